@@ -1,0 +1,1 @@
+"""What users run: the ``audiotok`` command and one module per job."""

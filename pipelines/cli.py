@@ -1,0 +1,38 @@
+"""The ``audiotok`` command: subcommands -> pipeline modules; nothing else."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+SUBCOMMANDS = {
+    "tokenize": ("pipelines.tokenize", "audio files -> WebDataset token shards"),
+    "fit-kmeans": ("pipelines.fit_kmeans", "fit a k-means codebook for a units tokenizer"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: audiotok SUBCOMMAND [flags]   (audiotok SUBCOMMAND --help for its flags)", ""]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        print(f"audiotok: unknown subcommand {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("apache_beam", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    module = importlib.import_module(SUBCOMMANDS[command][0])
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

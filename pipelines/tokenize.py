@@ -1,0 +1,199 @@
+"""The main job: audio files in, WebDataset token shards out.
+
+match -> decode -> resample -> segment -> tokenize -> write shards (temp, then finalize)
+-> index. ``python -m pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
+``audiotok tokenize ...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+import uuid
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import fit_kmeans
+from pipelines import options as opts
+from runners import profiles
+from transforms import metrics, shards, storage
+from transforms.decode import DecodeConfig
+from transforms.match import MatchConfig
+from transforms.read import ReadSegments
+from transforms.segment import SegmentConfig
+from transforms.shards import ShardConfig, WriteDataset
+from transforms.tokenize import TokenizeConfig, TokenizeSegments, stream_descriptions
+from transforms.tokenizers import registry
+from transforms.tokenizers.spectral import KMeansTokenizer
+
+logger = logging.getLogger(__name__)
+
+CODEBOOKS_DIR = "codebooks"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """Everything one tokenize run needs (built from flags by the CLI, or directly in code)."""
+
+    output: str
+    match: MatchConfig
+    decode: DecodeConfig = DecodeConfig()
+    segment: SegmentConfig = SegmentConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
+    shards: ShardConfig = ShardConfig()
+    overwrite: bool = False
+    kmeans_max_frames: int = 200_000
+
+    def __post_init__(self) -> None:
+        storage.check_url(self.output)
+
+
+def run_info(config: JobConfig) -> dict[str, Any]:
+    """What the index records about the run (no wall-clock values: reruns stay identical)."""
+    tokenizers = config.tokenize.tokenizers()
+    return {
+        "tokenizers": [t.describe() for t in tokenizers],
+        "streams": stream_descriptions(tokenizers),
+        "settings": {
+            "decode": dataclasses.asdict(config.decode),
+            "segment": dataclasses.asdict(config.segment),
+            "sample_rate": config.tokenize.sample_rate(),
+            "shards": dataclasses.asdict(config.shards),
+        },
+    }
+
+
+def build(p: beam.Pipeline, config: JobConfig, run_id: str | None = None):
+    """Adds the whole job to ``p``; returns the PCollection holding the written index."""
+    read = p | "ReadSegments" >> ReadSegments(
+        config.match, config.decode, config.tokenize.sample_rate(), config.segment)
+    tokenized = read["segments"] | "Tokenize" >> TokenizeSegments(config.tokenize)
+    all_failures = (read["failures"], tokenized.failures) | "AllFailures" >> beam.Flatten()
+    info = run_info(config)
+    return {"samples": tokenized.samples, "failures": all_failures} | "WriteDataset" >> WriteDataset(
+        config.output, config.shards, info["streams"], info, run_id=run_id)
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuses to mix with an existing dataset unless ``overwrite``; then clears the old one."""
+    index = storage.join(output, shards.INDEX_NAME)
+    if not storage.exists(index):
+        return
+    if not overwrite:
+        raise SystemExit(f"{output} already holds a dataset ({shards.INDEX_NAME}); pass --overwrite to replace it")
+    for name in (shards.INDEX_NAME, shards.SHARDS_DIR, shards.FAILURES_DIR, shards.TMP_DIR):
+        storage.remove(storage.join(output, name))
+
+
+def with_fitted_codebooks(config: JobConfig, beam_options: PipelineOptions) -> JobConfig:
+    """Fits (into OUTPUT/codebooks/) a codebook for each k-means tokenizer given none, and
+    returns the config with the codebooks filled in."""
+    specs = []
+    changed = False
+    for spec in registry.split_specs(config.tokenize.specs):
+        tok = registry.create(spec)
+        if isinstance(tok, KMeansTokenizer) and not tok.config.codebook:
+            url = storage.join(config.output, CODEBOOKS_DIR, f"{tok.name}-k{tok.config.k}.safetensors")
+            logger.info("no codebook given for %s: fitting one on a sample of the input into %s", tok.name, url)
+            fit = fit_kmeans.FitConfig(spec=spec, output=url, max_frames=config.kmeans_max_frames,
+                                       seed=tok.config.seed, device=config.tokenize.device)
+            fit_kmeans.run(config.match, config.decode, config.segment, fit, beam_options)
+            name, options = registry.parse_spec(spec)
+            options["codebook"] = url
+            spec = name + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
+            changed = True
+        specs.append(spec)
+    if not changed:
+        return config
+    return dataclasses.replace(config, tokenize=dataclasses.replace(config.tokenize, specs=",".join(specs)))
+
+
+def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[str, int], float]:
+    """Runs the job to completion.
+
+    Returns:
+        (the written index, the Beam counters of the run, wall seconds).
+    """
+    start = time.monotonic()
+    prepare_output(config.output, config.overwrite)
+    config = with_fitted_codebooks(config, beam_options)
+    p = beam.Pipeline(options=beam_options)
+    build(p, config, run_id=uuid.uuid4().hex)
+    result = p.run()
+    result.wait_until_finish()
+    counters = collect_counters(result)
+    return shards.read_index(config.output), counters, time.monotonic() - start
+
+
+def collect_counters(result) -> dict[str, int]:
+    try:
+        queried = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(metrics.NAMESPACE))
+    except (NotImplementedError, AttributeError):  # runners that do not report metrics
+        return {}
+    totals: dict[str, int] = {}
+    for c in queried["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def summary(index: dict, counters: dict[str, int], wall_s: float, output: str) -> str:
+    """The few lines a local run ends with."""
+    t = index["totals"]
+    audio_h = t["audio_s"] / 3600
+    lines = [
+        f"audiotok: {t['samples']} samples, {t['audio_s'] / 60:.1f} min of audio in {t['shards']} shard(s) "
+        f"under {output} ({wall_s:.1f} s, {t['audio_s'] / max(wall_s, 1e-9):.0f}x real time)",
+        f"  files: {counters.get('files_ok', 0)} decoded, {t['failures']} failed"
+        + (" (" + ", ".join(f"{r}: {n}" for r, n in t["failures_by_reason"].items()) + ")" if t["failures"] else ""),
+    ]
+    for name, n in t["tokens"].items():
+        per_h = n / audio_h if audio_h else 0
+        lines.append(f"  {name}: {n} tokens ({per_h:,.0f} per hour of audio)")
+    if t["failures"]:
+        lines.append(f"  dead letters: {storage.join(output, shards.FAILURES_DIR)}/")
+    return "\n".join(lines)
+
+
+def print_tokenizer_help(out=sys.stdout) -> None:
+    rows = registry.help_table()
+    headers = ["tokenizer", "family", "sample_rate", "stream", "kind", "frame_rate_hz", "num_codebooks",
+               "codebook_size", "dim", "weights"]
+    widths = {h: max(len(h), *(len(str(r[h] if r[h] is not None else "-")) for r in rows)) for h in headers}
+    print("  ".join(h.ljust(widths[h]) for h in headers), file=out)
+    for r in rows:
+        print("  ".join(str(r[h] if r[h] is not None else "-").ljust(widths[h]) for h in headers), file=out)
+    print("\nOptions: --tokenizer 'name[key=value,...]'; several tokenizers: --tokenizer a,b", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = opts.parse(opts.TokenizeOptions, list(sys.argv[1:] if argv is None else argv),
+                                 prog="audiotok tokenize")
+    if args.tokenizer.strip() == "help":
+        print_tokenizer_help()
+        return 0
+    if not args.input and not args.manifest:
+        raise SystemExit("audiotok tokenize: give --input PATTERN or --manifest URL")
+    if not args.output:
+        raise SystemExit("audiotok tokenize: give --output URL")
+    try:
+        config = JobConfig(
+            output=args.output, match=opts.match_config(args), decode=opts.decode_config(args),
+            segment=opts.segment_config(args), tokenize=opts.tokenize_config(args), shards=opts.shard_config(args),
+            overwrite=args.overwrite, kmeans_max_frames=args.kmeans_max_frames)
+        beam_options = profiles.pipeline_options(args.profile, beam_args)
+    except ValueError as e:
+        raise SystemExit(f"audiotok tokenize: {e}") from None
+    index, counters, wall_s = run(config, beam_options)
+    print(summary(index, counters, wall_s, config.output), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

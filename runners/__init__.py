@@ -1,0 +1,1 @@
+"""Runner profiles: a named profile plus user flags -> Beam pipeline options."""

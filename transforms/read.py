@@ -1,0 +1,29 @@
+"""The shared front of every job: match -> decode -> resample -> segment."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from transforms.decode import DecodeAudio, DecodeConfig, Resample
+from transforms.match import MatchAudio, MatchConfig
+from transforms.segment import SegmentAudio, SegmentConfig
+
+
+class ReadSegments(beam.PTransform):
+    """Inputs -> ``{"segments": PCollection[Segment], "failures": PCollection[Failure]}``.
+
+    Segments are mono at ``sample_rate``.
+    """
+
+    def __init__(self, match: MatchConfig, decode: DecodeConfig, sample_rate: int, segment: SegmentConfig):
+        super().__init__()
+        self.match, self.decode, self.sample_rate, self.segment = match, decode, sample_rate, segment
+
+    def expand(self, pbegin):
+        matched = pbegin | "MatchAudio" >> MatchAudio(self.match)
+        decoded = matched["refs"] | "DecodeAudio" >> DecodeAudio(self.decode)
+        resampled = decoded.decoded | "Resample" >> Resample(self.sample_rate)
+        segmented = resampled | "Segment" >> SegmentAudio(self.segment)
+        fails = ((matched["failures"], decoded.failures, segmented.failures)
+                 | "ReadFailures" >> beam.Flatten())
+        return {"segments": segmented.segments, "failures": fails}
