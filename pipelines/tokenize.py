@@ -160,7 +160,8 @@ def summary(index: dict, counters: dict[str, int], wall_s: float, output: str) -
     return "\n".join(lines)
 
 
-def print_tokenizer_help(out=sys.stdout) -> None:
+def print_tokenizer_help(out=None) -> None:
+    out = out or sys.stdout
     rows = registry.help_table()
     headers = ["tokenizer", "family", "sample_rate", "stream", "kind", "frame_rate_hz", "num_codebooks",
                "codebook_size", "dim", "weights"]

@@ -284,6 +284,10 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
                         json.dumps(index, indent=1, sort_keys=True).encode("utf-8"))
     try:
         storage.remove(temp_dir)
+        tmp_root = storage.join(output, TMP_DIR)
+        fs, path = storage.filesystem(tmp_root)
+        if fs.exists(path) and not fs.ls(path):
+            fs.rm(path, recursive=True)
     except OSError:
         pass  # an orphan temp folder is harmless: nothing reads _tmp/
     return index

@@ -1,0 +1,35 @@
+"""Shared pytest set-up: markers, the repo on sys.path, and where ../shared lives."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SPEECH = SHARED / "corpus" / "speech"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+# gcsfs must see this before it is imported anywhere (see tests/emulators.py).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: integration tests (emulators, runners); still run in CI")
+
+
+@pytest.fixture
+def speech_dir() -> Path:
+    """The real speech recordings in ../shared, or a skip when they are absent."""
+    if not SPEECH.is_dir():
+        pytest.skip("../shared/corpus/speech is absent")
+    return SPEECH
+
+
+@pytest.fixture(scope="session")
+def example_corpus() -> Path:
+    return ROOT / "examples" / "corpus"

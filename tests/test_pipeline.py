@@ -1,0 +1,183 @@
+"""The main job end to end under Beam: every sample read back by the stock webdataset reader."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import webdataset as wds
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from audio_fixtures import synth_speechlike, write_audio
+from pipelines import cli
+from pipelines import tokenize as job
+from transforms import failures
+from transforms.decode import DecodeConfig
+from transforms.match import MatchConfig
+from transforms.read import ReadSegments
+from transforms.segment import SegmentConfig
+from transforms.shards import ShardConfig
+from transforms.tokenize import TokenizeConfig
+
+RUNNER = "FnApiRunner"  # DirectRunner's engine, without its Prism download attempt
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Four good files in three formats and rates (one nested two deep), one corrupt, one text file."""
+    root = tmp_path / "in"
+    write_audio(root / "a" / "one.wav", synth_speechlike(3.2, 16000, seed=1), 16000, "wav")
+    write_audio(root / "a" / "b" / "two.flac", synth_speechlike(5.0, 22050, channels=2, seed=2), 22050, "flac")
+    write_audio(root / "three.mp3", synth_speechlike(2.5, 44100, seed=3), 44100, "mp3")
+    write_audio(root / "a" / "b" / "c" / "four.ogg", synth_speechlike(1.4, 16000, seed=4), 16000, "ogg")
+    (root / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt " + os.urandom(200))
+    (root / "notes.txt").write_text("not audio")
+    return root
+
+
+def job_config(corpus, out, specs="logmel", **kw) -> job.JobConfig:
+    return job.JobConfig(
+        output=str(out), match=MatchConfig(patterns=(f"{corpus}/**/*",)), decode=DecodeConfig(),
+        segment=SegmentConfig(segment_s=2.0, min_segment_s=0.5), tokenize=TokenizeConfig(specs=specs),
+        shards=ShardConfig(max_samples=kw.pop("max_samples", 1000)), **kw)
+
+
+def read_dataset(out):
+    index = json.load(open(out / "index.json"))
+    urls = [str(out / s["url"]) for s in index["shards"]]
+    return index, list(wds.WebDataset(urls, shardshuffle=False).decode())
+
+
+def test_pipeline_writes_readable_shards_and_dead_letters(corpus, tmp_path):
+    out = tmp_path / "out"
+    config = job_config(corpus, out, max_samples=3)
+    with TestPipeline(runner=RUNNER) as p:
+        index_pc = job.build(p, config)
+        assert_that(index_pc | beam.Map(lambda ix: ix["totals"]["samples"]), equal_to([8]))
+    index, samples = read_dataset(out)
+    # 3.2 s -> 2 + 1.2; 5.0 -> 2 + 2 + 1; 2.5 -> 2 + 0.5; 1.4 -> 1.4
+    assert sorted(round(s["json"]["duration_s"], 2) for s in samples) == [0.5, 1.0, 1.2, 1.4, 2, 2, 2, 2]
+    assert index["totals"]["shards"] == 3 and [s["samples"] for s in index["shards"]] == [3, 3, 2]
+    for s in samples:
+        meta = s["json"]
+        frames = int(round(meta["duration_s"] * 16000)) // 160
+        assert s["logmel.npy"].shape == (frames, 80) and s["logmel.npy"].dtype == np.float16
+        assert meta["streams"]["logmel"]["shape"] == [frames, 80]
+        assert meta["streams"]["logmel"]["frame_rate_hz"] == 100
+        assert meta["end_s"] - meta["start_s"] == pytest.approx(meta["duration_s"], abs=1e-4)
+        assert meta["source"]["uri"].startswith(str(corpus))
+        assert "." not in s["__key__"]
+    assert len({s["__key__"] for s in samples}) == 8
+    fails = [json.loads(line) for f in index["failures"] for line in open(out / f["url"])]
+    assert [(f["uri"].rsplit("/", 1)[1], f["stage"]) for f in fails] == [("broken.wav", "decode")]
+    assert fails[0]["reason"] in (failures.UNSUPPORTED_FORMAT, failures.DECODE_ERROR, failures.TRUNCATED)
+    assert index["totals"]["failures"] == 1
+    assert sum(s["audio_s"] for s in index["shards"]) == pytest.approx(3.2 + 5.0 + 2.5 + 1.4, abs=0.01)
+    assert not (out / "_tmp").exists()
+
+
+def test_read_segments_counts_match(corpus):
+    with TestPipeline(runner=RUNNER) as p:
+        read = p | ReadSegments(MatchConfig(patterns=(f"{corpus}/**/*",)), DecodeConfig(), 16000,
+                                SegmentConfig(2.0, 0.5))
+        assert_that(read["segments"] | beam.combiners.Count.Globally(), equal_to([8]), label="segments")
+        assert_that(read["failures"] | beam.Map(lambda f: f.reason), equal_to([failures.UNSUPPORTED_FORMAT]),
+                    label="failures")
+
+
+def test_cli_two_streams_with_fitted_codebook(corpus, tmp_path, capsys):
+    out = tmp_path / "cli-out"
+    argv = ["tokenize", "--input", f"{corpus}/**/*", "--output", str(out), "--tokenizer", "logmel,mfcc-kmeans[k=16]",
+            "--segment-s", "2", "--min-segment-s", "0.5", "--shard-max-samples", "4"]
+    assert cli.main(argv) == 0
+    summary = capsys.readouterr().err
+    assert "8 samples" in summary and "1 failed" in summary
+    index, samples = read_dataset(out)
+    assert len(samples) == 8
+    for s in samples:
+        frames = int(round(s["json"]["duration_s"] * 100))
+        assert s["logmel.npy"].shape == (frames, 80)
+        assert s["mfcc-kmeans.npy"].shape == (frames,) and s["mfcc-kmeans.npy"].dtype == np.int16
+        assert s["json"]["streams"]["mfcc-kmeans"]["codebook_size"] == 16
+    book = out / "codebooks" / "mfcc-kmeans-k16.safetensors"
+    assert book.exists()
+    assert str(book) in index["streams"]["mfcc-kmeans"]["weights"] or index["streams"]["mfcc-kmeans"]["weights"]
+    # A rerun into the same folder is refused without --overwrite, and replaces it with it.
+    with pytest.raises(SystemExit, match="--overwrite"):
+        cli.main(argv)
+    assert cli.main(argv + ["--overwrite"]) == 0
+    _, again = read_dataset(out)
+    assert sorted(s["__key__"] for s in again) == sorted(s["__key__"] for s in samples)
+
+
+def test_manifest_metadata_reaches_samples(corpus, tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    lines = [
+        {"uri": str(corpus / "a" / "one.wav"), "id": "utt-1", "text": "hello there", "speaker": "s1",
+         "language": "en"},
+        {"uri": "in/three.mp3", "text": "relative uri"},
+        "this line is not json",
+        {"text": "no uri"},
+    ]
+    manifest.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "out"
+    config = job.JobConfig(output=str(out), match=MatchConfig(manifests=(str(manifest),)),
+                           segment=SegmentConfig(30, 0.5))
+    with TestPipeline(runner=RUNNER) as p:
+        job.build(p, config)
+    index, samples = read_dataset(out)
+    by_id = {s["json"].get("id"): s["json"] for s in samples}
+    assert by_id["utt-1"]["text"] == "hello there" and by_id["utt-1"]["speaker"] == "s1"
+    assert by_id["utt-1"]["language"] == "en"
+    assert samples[0]["__key__"].startswith(("utt-1-", "three-"))
+    assert by_id[None]["text"] == "relative uri"
+    assert index["totals"]["failures_by_reason"] == {"bad_manifest": 2}
+
+
+def test_tokenizer_failure_isolated_to_its_segment(monkeypatch):
+    from transforms import tokenize
+    from transforms.records import AudioRef, Segment
+    from transforms.tokenizers import registry
+
+    tok = registry.create("logmel")
+    real = type(tok)._encode_batch
+
+    def flaky(self, audios):
+        if any(a.shape[-1] == 1234 for a in audios):
+            raise RuntimeError("kernel exploded")
+        return real(self, audios)
+
+    monkeypatch.setattr(type(tok), "_encode_batch", flaky)
+    segs = [Segment(f"k{i}", AudioRef(f"u{i}"), 0, n / 16000, 16000, np.zeros(n, np.float32))
+            for i, n in enumerate([16000, 1234, 8000])]
+    out = tokenize.tokenize_batch([tok], segs)
+    assert [type(o).__name__ for o in out] == ["Sample", "Failure", "Sample"]
+    assert out[1].reason == failures.TOKENIZER_ERROR and "kernel exploded" in out[1].message
+
+
+def test_plan_batches_bounds_and_buckets():
+    from transforms.tokenize import plan_batches
+
+    lengths = [100, 900, 300, 800, 100, 200]
+    batches = plan_batches(lengths, rate=100, max_s=20, max_items=3)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for b in batches:
+        assert len(b) <= 3 and max(lengths[i] for i in b) * len(b) / 100 <= 20
+    same = plan_batches([5, 5, 7, 7, 7], rate=1, max_s=100, max_items=10, same_length_only=True)
+    assert sorted(map(sorted, same)) == [[0, 1], [2, 3, 4]]
+
+
+def test_unknown_tokenizer_and_help(capsys):
+    with pytest.raises(SystemExit, match="unknown tokenizer"):
+        cli.main(["tokenize", "--input", "x", "--output", "y", "--tokenizer", "nope"])
+    assert cli.main(["tokenize", "--tokenizer", "help"]) == 0
+    assert "mfcc-kmeans" in capsys.readouterr().out
+
+
+def test_pipe_urls_refused():
+    with pytest.raises(SystemExit, match="refusing"):
+        cli.main(["tokenize", "--input", "pipe:curl http://x", "--output", "/tmp/x"])

@@ -1,0 +1,114 @@
+"""Sample encoding, shard rolling by count and by bytes, finalize and the index."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from transforms import shards
+from transforms.records import Sample
+from transforms.shards import ShardConfig, ShardWriter
+
+SPECS = {"units": {"kind": "units"}, "mel": {"kind": "vectors"}}
+
+
+def make_sample(i: int, frames: int = 50) -> Sample:
+    rng = np.random.default_rng(i)
+    return Sample(
+        key=f"clip{i:03d}-abc-000000000",
+        meta={"key": f"clip{i:03d}", "duration_s": frames / 100},
+        streams={"units": rng.integers(0, 100, frames).astype(np.int16),
+                 "mel": rng.standard_normal((frames, 8)).astype(np.float16)},
+    )
+
+
+def write_all(tmp_path, samples, config):
+    temp = str(tmp_path / "tmp")
+    written = []
+    with ShardWriter(temp, config, SPECS) as w:
+        for s in samples:
+            written += w.add(s)
+        written += w.close()
+    return written
+
+
+def test_encode_sample_members():
+    members = shards.encode_sample(make_sample(1))
+    names = [n for n, _ in members]
+    assert names == ["clip001-abc-000000000.json", "clip001-abc-000000000.mel.npy", "clip001-abc-000000000.units.npy"]
+    assert np.load(io.BytesIO(members[2][1])).dtype == np.int16
+
+
+def test_rolls_by_count(tmp_path):
+    written = write_all(tmp_path, [make_sample(i) for i in range(10)], ShardConfig(max_samples=4))
+    assert [w.samples for w in written] == [4, 4, 2]
+    for w in written:
+        assert os.path.getsize(w.temp_url) == w.bytes  # the index's byte counts are exact
+        assert w.tokens == {"units": 50 * w.samples, "mel": 50 * w.samples}
+
+
+def test_rolls_by_bytes(tmp_path):
+    one = sum(shards.member_tar_bytes(len(d)) for _, d in shards.encode_sample(make_sample(0)))
+    written = write_all(tmp_path, [make_sample(i) for i in range(7)], ShardConfig(max_samples=100,
+                                                                                     max_bytes=3 * one + 100))
+    assert [w.samples for w in written] == [3, 3, 1]
+    assert all(w.bytes <= 3 * one + 100 + 2 * 512 + tarfile.RECORDSIZE for w in written)
+
+
+def test_oversized_sample_gets_own_shard(tmp_path):
+    written = write_all(tmp_path, [make_sample(0, 10), make_sample(1, 5000), make_sample(2, 10)],
+                        ShardConfig(max_samples=100, max_bytes=4096))
+    assert [w.samples for w in written] == [1, 1, 1]
+
+
+def test_tar_is_reproducible_and_safe(tmp_path):
+    a = write_all(tmp_path / "a", [make_sample(i) for i in range(3)], ShardConfig())
+    b = write_all(tmp_path / "b", [make_sample(i) for i in range(3)], ShardConfig())
+    assert open(a[0].temp_url, "rb").read() == open(b[0].temp_url, "rb").read()
+    with tarfile.open(a[0].temp_url) as tar:
+        for member in tar.getmembers():
+            assert member.mtime == 0 and member.isreg()
+            tarfile.data_filter(member, str(tmp_path))  # raises on anything unsafe
+
+
+def test_finalize_names_index_and_cleans(tmp_path):
+    out = str(tmp_path / "out")
+    temp = os.path.join(out, "_tmp", "run1")
+    with ShardWriter(temp, ShardConfig(max_samples=2), SPECS) as w:
+        written = [x for i in range(5) for x in w.add(make_sample(4 - i))] + w.close()
+    fail = shards.write_failures_file(temp, ['{"uri": "u", "reason": "empty"}'], {"empty": 1}, "u")
+    index = shards.finalize(out, temp, written + [fail], {"streams": SPECS})
+    assert [s["url"] for s in index["shards"]] == ["shards/shard-000000.tar", "shards/shard-000001.tar",
+                                                     "shards/shard-000002.tar"]
+    assert index["totals"]["samples"] == 5 and index["totals"]["failures"] == 1
+    assert index["totals"]["failures_by_reason"] == {"empty": 1}
+    assert not os.path.exists(temp)
+    assert json.load(open(os.path.join(out, "index.json"))) == index
+    # Shards are named in key order, whatever order the writers finished in.
+    first_keys = [next(iter(wds.WebDataset(os.path.join(out, s["url"]), shardshuffle=False)))["__key__"]
+                  for s in index["shards"]]
+    assert first_keys == sorted(first_keys)
+    keys = [s["__key__"] for s in wds.WebDataset([os.path.join(out, s["url"]) for s in index["shards"]],
+                                                  shardshuffle=False)]
+    assert sorted(keys) == sorted(make_sample(i).key for i in range(5))
+
+
+def test_abort_removes_partial_shard(tmp_path):
+    temp = str(tmp_path / "tmp")
+    with pytest.raises(RuntimeError):
+        with ShardWriter(temp, ShardConfig(), SPECS) as w:
+            w.add(make_sample(0))
+            raise RuntimeError("worker died")
+    assert os.listdir(temp) == []
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_config_checks(value):
+    with pytest.raises(ValueError, match="Found"):
+        ShardConfig(max_samples=value)
