@@ -52,12 +52,16 @@ SENTENCES: tuple[str, ...] = (
     "Bring a warm coat, because the evenings in the hills are colder than you think.",
     "The library opens at nine and closes when the last reader goes home.",
     "He painted the fence bright yellow, then changed his mind and painted it green.",
-    "Good ideas often arrive while you are doing something else entirely, "
-    "like washing the dishes or walking the dog.",
+    (
+        "Good ideas often arrive while you are doing something else entirely, "
+        "like washing the dishes or walking the dog."
+    ),
     "Every map is a small promise that the world can be folded and carried in a pocket.",
     "Turn left at the bakery.",
-    "The clock in the hallway has been ten minutes fast for as long as anyone can remember, "
-    "and by now the whole family simply plans around it.",
+    (
+        "The clock in the hallway has been ten minutes fast for as long as anyone can remember, "
+        "and by now the whole family simply plans around it."
+    ),
 )
 
 PEAK = 0.8  # peak amplitude after normalisation: headroom for lossy codecs' overshoot
@@ -200,7 +204,7 @@ def prepare(speech: np.ndarray, rate: int, encoding: Encoding) -> np.ndarray:
     if encoding.channels == 1:
         return speech[None, :]
     if encoding.channels == 2:
-        delay = int(round(STEREO_DELAY_S * encoding.sample_rate))
+        delay = round(STEREO_DELAY_S * encoding.sample_rate)
         left = np.concatenate([speech, np.zeros(delay, dtype=np.float32)])
         right = STEREO_GAIN * np.concatenate([np.zeros(delay, dtype=np.float32), speech])
         return np.stack([left, right])
@@ -244,7 +248,7 @@ def encode_pyav(samples: np.ndarray, encoding: Encoding) -> bytes:
     for name in encoding.pyav_codecs:
         try:
             av.codec.Codec(name, "w")
-        except Exception:  # noqa: BLE001 - the exception type differs across PyAV versions
+        except Exception:  # noqa: BLE001, S112 - the exception type differs across PyAV versions
             continue
         break
     else:

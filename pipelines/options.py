@@ -10,6 +10,7 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from runners import profiles
 from transforms.decode import DecodeConfig
 from transforms.match import DEFAULT_EXCLUDE, MatchConfig
 from transforms.segment import SegmentConfig
@@ -64,10 +65,17 @@ class TokenizeOptions(InputOptions):
         g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
         g.add_argument("--overwrite", action="store_true",
                        help="replace an existing dataset in --output (default: refuse)")
+        g.add_argument("--incremental", action="store_true",
+                       help="refresh the dataset in --output: process only new and changed inputs (and all of them "
+                            "when the settings changed), exclude deleted ones, publish a new version")
+        g.add_argument("--files-per-bucket", dest="files_per_bucket", type=int, default=64,
+                       help="inputs per shard group: each group is sorted and written by one worker, which makes "
+                            "shards reproducible (default 64)")
         g.add_argument("--kmeans-max-frames", dest="kmeans_max_frames", type=int, default=200_000,
                        help="frames sampled to fit a k-means codebook on the fly (default 200000)")
-        g.add_argument("--profile", default="direct",
-                       help="runner profile: direct (default), direct-multiprocess; other Beam flags pass through")
+        g.add_argument("--profile", default="direct", choices=list(profiles.PROFILES), metavar="PROFILE",
+                       help="runner profile (" + profiles.help_text() + "); other Beam flags pass through "
+                            "and win over the profile's")
 
 
 class FitKMeansOptions(InputOptions):
@@ -111,7 +119,8 @@ def segment_config(args: argparse.Namespace) -> SegmentConfig:
 
 
 def shard_config(args: argparse.Namespace) -> ShardConfig:
-    return ShardConfig(max_samples=args.shard_max_samples, max_bytes=args.shard_max_bytes)
+    return ShardConfig(max_samples=args.shard_max_samples, max_bytes=args.shard_max_bytes,
+                       files_per_bucket=args.files_per_bucket)
 
 
 def tokenize_config(args: argparse.Namespace, specs: str | None = None) -> TokenizeConfig:

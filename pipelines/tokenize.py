@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import fit_kmeans
 from pipelines import options as opts
 from runners import profiles
-from transforms import metrics, shards, storage
+from transforms import card, incremental, lm, metrics, shards, storage
 from transforms.decode import DecodeConfig
 from transforms.match import MatchConfig
 from transforms.read import ReadSegments
@@ -47,6 +47,7 @@ class JobConfig:
     tokenize: TokenizeConfig = TokenizeConfig()
     shards: ShardConfig = ShardConfig()
     overwrite: bool = False
+    incremental: bool = False
     kmeans_max_frames: int = 200_000
 
     def __post_init__(self) -> None:
@@ -68,15 +69,67 @@ def run_info(config: JobConfig) -> dict[str, Any]:
     }
 
 
-def build(p: beam.Pipeline, config: JobConfig, run_id: str | None = None):
-    """Adds the whole job to ``p``; returns the PCollection holding the written index."""
+def settings(config: JobConfig) -> dict[str, Any]:
+    """What the tokens of an input depend on; its fingerprint decides what a refresh redoes."""
+    return {
+        "decode": dataclasses.asdict(config.decode),
+        "segment": dataclasses.asdict(config.segment),
+        "sample_rate": config.tokenize.sample_rate(),
+        "tokenizers": [t.fingerprint() for t in config.tokenize.tokenizers()],
+    }
+
+
+def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = None, run_id: str | None = None):
+    """Adds the whole job to ``p``; returns the PCollection holding the published index."""
+    plan = plan or shards.RunPlan(fingerprint=incremental.settings_fingerprint(settings(config)))
+    select = incremental.SelectChanged(plan.previous_state, plan.fingerprint) if plan.previous_state else None
     read = p | "ReadSegments" >> ReadSegments(
-        config.match, config.decode, config.tokenize.sample_rate(), config.segment)
+        config.match, config.decode, config.tokenize.sample_rate(), config.segment, select=select)
     tokenized = read["segments"] | "Tokenize" >> TokenizeSegments(config.tokenize)
     all_failures = (read["failures"], tokenized.failures) | "AllFailures" >> beam.Flatten()
     info = run_info(config)
-    return {"samples": tokenized.samples, "failures": all_failures} | "WriteDataset" >> WriteDataset(
-        config.output, config.shards, info["streams"], info, run_id=run_id)
+    dataset = {"samples": tokenized.samples, "failures": all_failures, "listed": read["listed"],
+               "selected": read["selected"]}
+    return dataset | "WriteDataset" >> WriteDataset(
+        config.output, config.shards, info["streams"], info, plan=plan, run_id=run_id)
+
+
+def plan_run(config: JobConfig) -> shards.RunPlan:
+    """Decides this run's dataset version from what ``config.output`` already holds.
+
+    A fresh output starts at version 1. An existing dataset is continued with
+    ``incremental``, replaced with ``overwrite``, and otherwise refused. Anything a crashed
+    run left unpublished (shards, failures, state of versions the index does not name, temp
+    files) is removed first.
+    """
+    fingerprint = incremental.settings_fingerprint(settings(config))
+    index_url = shards.join_index(config.output)
+    if storage.exists(index_url) and not config.overwrite:
+        if not config.incremental:
+            raise SystemExit(f"{config.output} already holds a dataset ({shards.INDEX_NAME}); pass --incremental "
+                             "to refresh it or --overwrite to replace it")
+        index = shards.read_index(config.output)
+        version = int(index.get("dataset_version", 0)) + 1
+        previous = storage.join(config.output, index["state"]) if index.get("state") else None
+    else:
+        prepare_output(config.output, config.overwrite)
+        version, previous = 1, None
+    clean_unpublished(config.output, version)
+    return shards.RunPlan(version=version, fingerprint=fingerprint, previous_state=previous)
+
+
+def clean_unpublished(output: str, version: int) -> None:
+    """Removes what runs of ``version`` or later left behind without publishing it."""
+    storage.remove(storage.join(output, shards.TMP_DIR))
+    for folder in (shards.SHARDS_DIR, shards.FAILURES_DIR, incremental.STATE_DIR):
+        fs, path = storage.filesystem(storage.join(output, folder))
+        if not fs.exists(path):
+            continue
+        for entry in fs.ls(path, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            digits = "".join(c for c in name.split(".")[0] if c.isdigit())
+            if digits and int(digits) >= version:
+                fs.rm(entry, recursive=True)
 
 
 def prepare_output(output: str, overwrite: bool) -> None:
@@ -86,7 +139,7 @@ def prepare_output(output: str, overwrite: bool) -> None:
         return
     if not overwrite:
         raise SystemExit(f"{output} already holds a dataset ({shards.INDEX_NAME}); pass --overwrite to replace it")
-    for name in (shards.INDEX_NAME, shards.SHARDS_DIR, shards.FAILURES_DIR, shards.TMP_DIR):
+    for name in (shards.INDEX_NAME, shards.SHARDS_DIR, shards.FAILURES_DIR, shards.TMP_DIR, incremental.STATE_DIR):
         storage.remove(storage.join(output, name))
 
 
@@ -99,18 +152,41 @@ def with_fitted_codebooks(config: JobConfig, beam_options: PipelineOptions) -> J
         tok = registry.create(spec)
         if isinstance(tok, KMeansTokenizer) and not tok.config.codebook:
             url = storage.join(config.output, CODEBOOKS_DIR, f"{tok.name}-k{tok.config.k}.safetensors")
+            if config.incremental and storage.exists(url):
+                # A refresh keeps the dataset's codebook: refitting would change every unit.
+                spec = _with_option(spec, "codebook", url)
+                changed = True
+                specs.append(spec)
+                continue
             logger.info("no codebook given for %s: fitting one on a sample of the input into %s", tok.name, url)
             fit = fit_kmeans.FitConfig(spec=spec, output=url, max_frames=config.kmeans_max_frames,
                                        seed=tok.config.seed, device=config.tokenize.device)
             fit_kmeans.run(config.match, config.decode, config.segment, fit, beam_options)
-            name, options = registry.parse_spec(spec)
-            options["codebook"] = url
-            spec = name + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
+            spec = _with_option(spec, "codebook", url)
             changed = True
         specs.append(spec)
     if not changed:
         return config
     return dataclasses.replace(config, tokenize=dataclasses.replace(config.tokenize, specs=",".join(specs)))
+
+
+def _with_option(spec: str, key: str, value: str) -> str:
+    name, options = registry.parse_spec(spec)
+    options[key] = value
+    return name + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
+
+
+def launch(config: JobConfig, beam_options: PipelineOptions) -> beam.runners.runner.PipelineResult:
+    """Checks the output, fits missing codebooks and starts the job, without waiting for it
+    (a Dataflow Flex Template launcher must exit once the job is submitted)."""
+    if storage.exists(shards.join_index(config.output)) and not (config.incremental or config.overwrite):
+        raise SystemExit(f"{config.output} already holds a dataset ({shards.INDEX_NAME}); pass --incremental "
+                         "to refresh it or --overwrite to replace it")
+    config = with_fitted_codebooks(config, beam_options)
+    plan = plan_run(config)
+    p = beam.Pipeline(options=beam_options)
+    build(p, config, plan=plan, run_id=uuid.uuid4().hex)
+    return p.run()
 
 
 def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[str, int], float]:
@@ -120,14 +196,13 @@ def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[st
         (the written index, the Beam counters of the run, wall seconds).
     """
     start = time.monotonic()
-    prepare_output(config.output, config.overwrite)
-    config = with_fitted_codebooks(config, beam_options)
-    p = beam.Pipeline(options=beam_options)
-    build(p, config, run_id=uuid.uuid4().hex)
-    result = p.run()
+    result = launch(config, beam_options)
     result.wait_until_finish()
     counters = collect_counters(result)
-    return shards.read_index(config.output), counters, time.monotonic() - start
+    index = shards.read_index(config.output)
+    lm.write_vocab(config.output, index)
+    card.write_card(config.output, index, max_shards=card.RUN_MAX_SHARDS)
+    return index, counters, time.monotonic() - start
 
 
 def collect_counters(result) -> dict[str, int]:
@@ -172,7 +247,8 @@ def print_tokenizer_help(out=None) -> None:
     print("\nOptions: --tokenizer 'name[key=value,...]'; several tokenizers: --tokenizer a,b", file=out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, wait: bool = True) -> int:
+    """``audiotok tokenize``; with ``wait=False`` it returns once the job is submitted."""
     args, beam_args = opts.parse(opts.TokenizeOptions, list(sys.argv[1:] if argv is None else argv),
                                  prog="audiotok tokenize")
     if args.tokenizer.strip() == "help":
@@ -186,10 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         config = JobConfig(
             output=args.output, match=opts.match_config(args), decode=opts.decode_config(args),
             segment=opts.segment_config(args), tokenize=opts.tokenize_config(args), shards=opts.shard_config(args),
-            overwrite=args.overwrite, kmeans_max_frames=args.kmeans_max_frames)
+            overwrite=args.overwrite, incremental=args.incremental, kmeans_max_frames=args.kmeans_max_frames)
         beam_options = profiles.pipeline_options(args.profile, beam_args)
     except ValueError as e:
         raise SystemExit(f"audiotok tokenize: {e}") from None
+    if not wait:
+        launch(config, beam_options)
+        return 0
     index, counters, wall_s = run(config, beam_options)
     print(summary(index, counters, wall_s, config.output), file=sys.stderr)
     return 0

@@ -101,7 +101,7 @@ def synth_speechlike(duration_s: float, sample_rate: int, channels: int = 1, see
     if channels < 1:
         raise ValueError(f"channels must be >= 1. Found: {channels}")
     rng = np.random.default_rng(seed)
-    n = int(round(duration_s * sample_rate))
+    n = round(duration_s * sample_rate)
     if n == 0:
         return np.zeros((channels, 0), dtype=np.float32)
 
@@ -151,7 +151,7 @@ def synth_speechlike(duration_s: float, sample_rate: int, channels: int = 1, see
     out = np.empty((channels, n))
     out[0] = signal
     for c in range(1, channels):
-        delay = int(round(0.0001 * c * sample_rate))
+        delay = round(0.0001 * c * sample_rate)
         shifted = np.concatenate([np.zeros(delay), signal[: n - delay]]) if delay < n else np.zeros(n)
         out[c] = 0.85 * shifted + 0.002 * rng.standard_normal(n)
     peak = float(np.max(np.abs(out)))
@@ -355,6 +355,6 @@ def _find_encoder(names: tuple[str, ...], fmt: str) -> av.codec.Codec:
     for name in names:
         try:
             return av.codec.Codec(name, "w")
-        except Exception:  # noqa: BLE001 - PyAV raises different errors across versions
+        except Exception:  # noqa: BLE001, S112 - PyAV raises different errors across versions
             continue
     raise RuntimeError(f"no {fmt} encoder in this PyAV/FFmpeg build; tried {list(names)}")

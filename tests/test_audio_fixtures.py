@@ -8,9 +8,21 @@ import numpy as np
 import pytest
 
 try:
-    from tests.audio_fixtures import FORMATS, OPUS_SAMPLE_RATE, decode_with_pyav, encode_audio, synth_speechlike
+    from tests.audio_fixtures import (
+        FORMATS,
+        OPUS_SAMPLE_RATE,
+        decode_with_pyav,
+        encode_audio,
+        synth_speechlike,
+    )
 except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from audio_fixtures import FORMATS, OPUS_SAMPLE_RATE, decode_with_pyav, encode_audio, synth_speechlike
+    from audio_fixtures import (
+        FORMATS,
+        OPUS_SAMPLE_RATE,
+        decode_with_pyav,
+        encode_audio,
+        synth_speechlike,
+    )
 
 AAC_FRAME = 1024
 

@@ -12,7 +12,8 @@ import pytest
 import webdataset as wds
 
 from transforms import shards
-from transforms.records import Sample
+from transforms.failures import Failure
+from transforms.records import AudioRef, Sample
 from transforms.shards import ShardConfig, ShardWriter
 
 SPECS = {"units": {"kind": "units"}, "mel": {"kind": "vectors"}}
@@ -21,8 +22,8 @@ SPECS = {"units": {"kind": "units"}, "mel": {"kind": "vectors"}}
 def make_sample(i: int, frames: int = 50) -> Sample:
     rng = np.random.default_rng(i)
     return Sample(
-        key=f"clip{i:03d}-abc-000000000",
-        meta={"key": f"clip{i:03d}", "duration_s": frames / 100},
+        key=f"clip{i:03d}-{i:010x}-000000000",
+        meta={"key": f"clip{i:03d}", "duration_s": frames / 100, "source": {"uri": f"/in/clip{i:03d}.wav"}},
         streams={"units": rng.integers(0, 100, frames).astype(np.int16),
                  "mel": rng.standard_normal((frames, 8)).astype(np.float16)},
     )
@@ -41,7 +42,8 @@ def write_all(tmp_path, samples, config):
 def test_encode_sample_members():
     members = shards.encode_sample(make_sample(1))
     names = [n for n, _ in members]
-    assert names == ["clip001-abc-000000000.json", "clip001-abc-000000000.mel.npy", "clip001-abc-000000000.units.npy"]
+    key = make_sample(1).key
+    assert names == [f"{key}.json", f"{key}.mel.npy", f"{key}.units.npy"]
     assert np.load(io.BytesIO(members[2][1])).dtype == np.int16
 
 
@@ -82,10 +84,13 @@ def test_finalize_names_index_and_cleans(tmp_path):
     temp = os.path.join(out, "_tmp", "run1")
     with ShardWriter(temp, ShardConfig(max_samples=2), SPECS) as w:
         written = [x for i in range(5) for x in w.add(make_sample(4 - i))] + w.close()
-    fail = shards.write_failures_file(temp, ['{"uri": "u", "reason": "empty"}'], {"empty": 1}, "u")
-    index = shards.finalize(out, temp, written + [fail], {"streams": SPECS})
-    assert [s["url"] for s in index["shards"]] == ["shards/shard-000000.tar", "shards/shard-000001.tar",
-                                                     "shards/shard-000002.tar"]
+    fail = shards.write_failures_file(temp, [Failure("u", "empty", "no bytes", stage="decode")])
+    refs = [AudioRef(f"/in/clip{i:03d}.wav") for i in range(5)] + [AudioRef("u")]
+    index = shards.finalize(out, temp, written + [fail], {"streams": SPECS}, shards.RunPlan(),
+                            listed=refs, selected=[r.uri for r in refs])
+    assert [s["url"] for s in index["shards"]] == ["shards/v000001/shard-000000.tar",
+                                                     "shards/v000001/shard-000001.tar",
+                                                     "shards/v000001/shard-000002.tar"]
     assert index["totals"]["samples"] == 5 and index["totals"]["failures"] == 1
     assert index["totals"]["failures_by_reason"] == {"empty": 1}
     assert not os.path.exists(temp)

@@ -10,20 +10,26 @@ from transforms.segment import SegmentAudio, SegmentConfig
 
 
 class ReadSegments(beam.PTransform):
-    """Inputs -> ``{"segments": PCollection[Segment], "failures": PCollection[Failure]}``.
+    """Inputs -> ``{"segments": PCollection[Segment], "failures": PCollection[Failure],
+    "listed": PCollection[AudioRef], "selected": PCollection[AudioRef]}``.
 
-    Segments are mono at ``sample_rate``.
+    Segments are mono at ``sample_rate``. ``listed`` holds every matched input; when
+    ``select`` is given (a PTransform over AudioRefs, e.g. the incremental filter), only the
+    inputs it passes are decoded.
     """
 
-    def __init__(self, match: MatchConfig, decode: DecodeConfig, sample_rate: int, segment: SegmentConfig):
+    def __init__(self, match: MatchConfig, decode: DecodeConfig, sample_rate: int, segment: SegmentConfig,
+                 select: beam.PTransform | None = None):
         super().__init__()
         self.match, self.decode, self.sample_rate, self.segment = match, decode, sample_rate, segment
+        self.select = select
 
     def expand(self, pbegin):
         matched = pbegin | "MatchAudio" >> MatchAudio(self.match)
-        decoded = matched["refs"] | "DecodeAudio" >> DecodeAudio(self.decode)
+        refs = matched["refs"] if self.select is None else matched["refs"] | "SelectInputs" >> self.select
+        decoded = refs | "DecodeAudio" >> DecodeAudio(self.decode)
         resampled = decoded.decoded | "Resample" >> Resample(self.sample_rate)
         segmented = resampled | "Segment" >> SegmentAudio(self.segment)
         fails = ((matched["failures"], decoded.failures, segmented.failures)
                  | "ReadFailures" >> beam.Flatten())
-        return {"segments": segmented.segments, "failures": fails}
+        return {"segments": segmented.segments, "failures": fails, "listed": matched["refs"], "selected": refs}

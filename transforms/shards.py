@@ -1,14 +1,15 @@
 """WebDataset shards: sample encoding, rolling tar writers, temp -> final, and the index.
 
 A sample ``KEY`` becomes ``KEY.json`` (metadata) and one ``KEY.<stream>.npy`` per stream.
-Shards are written under a temporary name and only renamed to ``shards/shard-NNNNNN.tar``
-by the finalize step, after every writer has finished; the index (``index.json``) is
-written last, as one object.
+Shards are written under a temporary name and only renamed to
+``shards/vNNNNNN/shard-NNNNNN.tar`` by the publish step, after every writer has finished;
+the state and then the index (``index.json``) are written last, each as one object.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import re
@@ -20,9 +21,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms import metrics, storage
+from transforms import incremental, metrics, storage
 from transforms.failures import Failure
-from transforms.records import Sample
+from transforms.records import AudioRef, Sample
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "audiotok-dataset"
@@ -43,12 +44,18 @@ class ShardConfig:
     Attributes:
         max_samples: samples per shard at most.
         max_bytes: tar bytes per shard at most (a single larger sample still gets a shard of its own).
+        files_per_bucket: inputs per shard group. Each group's samples are sorted by key and
+            written by one worker, so shards are the same whatever the runner; a group's
+            tokens are held in that worker's memory while it writes.
     """
 
     max_samples: int = 1000
     max_bytes: int = 1 << 30
+    files_per_bucket: int = 64
 
     def __post_init__(self) -> None:
+        if self.files_per_bucket < 1:
+            raise ValueError(f"files_per_bucket must be >= 1. Found: {self.files_per_bucket}")
         if self.max_samples < 1:
             raise ValueError(f"max_samples must be >= 1. Found: {self.max_samples}")
         if self.max_bytes < 4 * _BLOCK:
@@ -106,6 +113,8 @@ class WrittenFile:
         audio_s: seconds of audio in its samples.
         tokens: stream name -> tokens.
         reasons: failure reason -> count (failures files only).
+        sources: for shards, source hash -> {"uri", "samples", "audio_s", "tokens"};
+            for failures files, URI -> records.
     """
 
     kind: str
@@ -116,6 +125,7 @@ class WrittenFile:
     audio_s: float = 0.0
     tokens: Mapping[str, int] = dataclasses.field(default_factory=dict)
     reasons: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    sources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -149,6 +159,7 @@ class ShardWriter:
         self._bytes = 0
         self._audio_s = 0.0
         self._tokens: dict[str, int] = {}
+        self._sources: dict[str, dict[str, Any]] = {}
         self._first_key: str | None = None
 
     def __enter__(self) -> "ShardWriter":
@@ -173,9 +184,16 @@ class ShardWriter:
             self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
         self._count += 1
         self._bytes += size
-        self._audio_s += float(sample.meta.get("duration_s", 0.0))
+        duration_s = float(sample.meta.get("duration_s", 0.0))
+        self._audio_s += duration_s
+        uri = (sample.meta.get("source") or {}).get("uri", "")
+        source = self._sources.setdefault(incremental.source_of_key(sample.key),
+                                          {"uri": uri, "samples": 0, "audio_s": 0.0, "tokens": {}})
+        source["samples"] += 1
+        source["audio_s"] = round(source["audio_s"] + duration_s, 6)
         for name, n in count_tokens(sample.streams, self.stream_specs).items():
             self._tokens[name] = self._tokens.get(name, 0) + n
+            source["tokens"][name] = source["tokens"].get(name, 0) + n
         self._first_key = sample.key if self._first_key is None else min(self._first_key, sample.key)
         return closed
 
@@ -202,9 +220,7 @@ class ShardWriter:
 
     def _open(self) -> None:
         self._url = storage.join(self.temp_dir, f"{uuid.uuid4().hex}.tar")
-        fs, path = storage.filesystem(self._url)
-        storage.makedirs(self.temp_dir)
-        self._file = fs.open(path, "wb")
+        self._file = storage.open_output(self._url)
         self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.USTAR_FORMAT)
 
     def _close_current(self) -> WrittenFile:
@@ -213,7 +229,8 @@ class ShardWriter:
         total = self._bytes + 2 * _BLOCK  # the end-of-archive blocks
         written = WrittenFile(
             kind="shard", temp_url=self._url, first_key=self._first_key or "", samples=self._count,
-            bytes=_padded_archive_size(total), audio_s=round(self._audio_s, 6), tokens=dict(self._tokens))
+            bytes=_padded_archive_size(total), audio_s=round(self._audio_s, 6), tokens=dict(self._tokens),
+            sources=self._sources)
         self._tar = self._file = None
         self._reset()
         return written
@@ -225,63 +242,113 @@ def _padded_archive_size(n: int) -> int:
     return -(-n // record) * record
 
 
-def write_failures_file(temp_dir: str, lines: Sequence[str], reasons: Mapping[str, int], first: str) -> WrittenFile:
-    """Writes dead-letter JSON lines to a temp file."""
+def write_failures_file(temp_dir: str, failures: Sequence[Failure]) -> WrittenFile:
+    """Writes dead-letter records, one JSON line each, to a temp file."""
     url = storage.join(temp_dir, f"{uuid.uuid4().hex}.jsonl")
-    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    data = "".join(f.to_json() + "\n" for f in failures).encode("utf-8")
     storage.write_bytes(url, data)
-    return WrittenFile(kind="failures", temp_url=url, first_key=first, samples=len(lines), bytes=len(data),
-                       reasons=dict(reasons))
+    reasons: dict[str, int] = {}
+    uris: dict[str, int] = {}
+    for f in failures:
+        reasons[f.reason] = reasons.get(f.reason, 0) + 1
+        uris[f.uri] = uris.get(f.uri, 0) + 1
+    return WrittenFile(kind="failures", temp_url=url, first_key=min((f.uri for f in failures), default=""),
+                       samples=len(failures), bytes=len(data), reasons=reasons, sources=uris)
 
 
-def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_info: Mapping[str, Any]) -> dict:
-    """Renames temp files to their final names, writes the index last, removes the temp folder.
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a run publishes and what it builds on.
+
+    Attributes:
+        version: this run's dataset version (shards go under ``shards/vNNNNNN/``).
+        fingerprint: the settings fingerprint inputs are compared with.
+        previous_state: URL of the last published state file, or None for a fresh dataset.
+    """
+
+    version: int = 1
+    fingerprint: str = ""
+    previous_state: str | None = None
+
+
+def _load_json(url: str | None, default: dict) -> dict:
+    return json.loads(storage.read_bytes(url)) if url else default
+
+
+def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_info: Mapping[str, Any],
+             plan: RunPlan = RunPlan(), listed: Iterable[AudioRef] = (), selected: Iterable[str] = ()) -> dict:
+    """Publishes a run: temp files renamed to final names, the state, then the index, last.
 
     Final names follow the order of each file's first key, so they do not depend on which
-    worker wrote what first.
+    worker finished first. When the run changes nothing, nothing is written.
 
     Returns:
-        The index that was written.
+        The live index.
     """
     files = sorted(written, key=lambda w: (w.kind, w.first_key, w.temp_url))
     shards = [w for w in files if w.kind == "shard"]
     fails = [w for w in files if w.kind == "failures"]
-    shard_rows = []
+    previous_state = _load_json(plan.previous_state, incremental.empty_state())
+    previous_index = (json.loads(storage.read_bytes(join_index(output)))
+                      if plan.previous_state and storage.exists(join_index(output)) else {})
+    vname = incremental.version_name(plan.version)
+    new_rows, shard_sources = [], {}
     for i, w in enumerate(shards):
-        rel = f"{SHARDS_DIR}/shard-{i:06d}.tar"
+        rel = f"{SHARDS_DIR}/{vname}/shard-{i:06d}.tar"
         storage.rename(w.temp_url, storage.join(output, rel))
-        shard_rows.append({"url": rel, "samples": w.samples, "bytes": w.bytes, "audio_s": w.audio_s,
-                           "tokens": dict(sorted(w.tokens.items()))})
-    failure_rows = []
-    by_reason: dict[str, int] = {}
+        new_rows.append({"url": rel, "samples": w.samples, "bytes": w.bytes, "audio_s": w.audio_s,
+                         "tokens": dict(sorted(w.tokens.items()))})
+        shard_sources[rel] = w.sources
+    failure_rows = list(previous_index.get("failures", []))
+    failure_counts: dict[str, int] = {}
     for i, w in enumerate(fails):
-        rel = f"{FAILURES_DIR}/failures-{i:06d}.jsonl"
+        rel = f"{FAILURES_DIR}/{vname}/failures-{i:06d}.jsonl"
         storage.rename(w.temp_url, storage.join(output, rel))
-        failure_rows.append({"url": rel, "records": w.samples})
-        for reason, n in w.reasons.items():
-            by_reason[reason] = by_reason.get(reason, 0) + n
-    tokens: dict[str, int] = {}
-    for row in shard_rows:
-        for name, n in row["tokens"].items():
-            tokens[name] = tokens.get(name, 0) + n
+        failure_rows.append({"url": rel, "records": w.samples, "reasons": dict(sorted(w.reasons.items()))})
+        for uri, n in w.sources.items():
+            failure_counts[uri] = failure_counts.get(uri, 0) + n
+    state, stale = incremental.next_state(previous_state, plan.version, plan.fingerprint, listed, selected,
+                                          shard_sources, failure_counts)
+    _remove_temp(output, temp_dir)
+    unchanged = not shards and not fails and not stale and state["inputs"] == previous_state.get("inputs", {})
+    if unchanged and previous_index:
+        return previous_index  # a refresh that changes nothing writes nothing
+    rows = incremental.live_shards(previous_index.get("shards", []), new_rows, stale)
+    totals = incremental.live_totals(state, rows)
+    totals["failures"], totals["failures_by_reason"] = _live_failures(output, failure_rows, state, plan.version)
+    storage.write_bytes(storage.join(output, incremental.state_path(plan.version)),
+                        json.dumps(state, indent=1, sort_keys=True).encode("utf-8"))
     index = {
         "format": INDEX_FORMAT,
         "version": INDEX_VERSION,
+        "dataset_version": plan.version,
+        "state": incremental.state_path(plan.version),
         **run_info,
-        "totals": {
-            "shards": len(shard_rows),
-            "samples": sum(r["samples"] for r in shard_rows),
-            "bytes": sum(r["bytes"] for r in shard_rows),
-            "audio_s": round(sum(r["audio_s"] for r in shard_rows), 3),
-            "tokens": dict(sorted(tokens.items())),
-            "failures": sum(r["records"] for r in failure_rows),
-            "failures_by_reason": dict(sorted(by_reason.items())),
-        },
-        "shards": shard_rows,
+        "totals": totals,
+        "shards": rows,
         "failures": failure_rows,
     }
-    storage.write_bytes(storage.join(output, INDEX_NAME),
-                        json.dumps(index, indent=1, sort_keys=True).encode("utf-8"))
+    storage.write_bytes(join_index(output), json.dumps(index, indent=1, sort_keys=True).encode("utf-8"))
+    return index
+
+
+def _live_failures(output: str, failure_rows: Sequence[Mapping[str, Any]], state: Mapping[str, Any],
+                   version: int) -> tuple[int, dict[str, int]]:
+    """Dead letters that still count: those of live inputs from the run that processed them,
+    and this run's records that name no input (a pattern matching nothing, a bad manifest line)."""
+    live = state.get("inputs", {})
+    reasons: dict[str, int] = {}
+    for row in failure_rows:
+        run = int(row["url"].split("/")[1].lstrip("v"))
+        for line in storage.read_bytes(storage.join(output, row["url"])).decode("utf-8").splitlines():
+            record = json.loads(line)
+            entry = live.get(record.get("uri"))
+            if (entry is not None and entry.get("run") == run) or (entry is None and run == version):
+                reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
+    return sum(reasons.values()), dict(sorted(reasons.items()))
+
+
+def _remove_temp(output: str, temp_dir: str) -> None:
     try:
         storage.remove(temp_dir)
         tmp_root = storage.join(output, TMP_DIR)
@@ -290,7 +357,10 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
             fs.rm(path, recursive=True)
     except OSError:
         pass  # an orphan temp folder is harmless: nothing reads _tmp/
-    return index
+
+
+def join_index(output: str) -> str:
+    return storage.join(output, INDEX_NAME)
 
 
 def read_index(output: str) -> dict:
@@ -301,78 +371,99 @@ def read_index(output: str) -> dict:
 # ---------------------------------------------------------------------------- Beam
 
 
-class _WriteShardsFn(beam.DoFn):
-    """Writes each bundle's samples into temp shards; emits a WrittenFile per closed shard."""
+FAILURES_PER_FILE = 100_000
+
+
+def num_buckets(n_inputs: int, files_per_bucket: int) -> int:
+    """How many shard groups a run with ``n_inputs`` inputs writes."""
+    return max(1, -(-n_inputs // files_per_bucket))
+
+
+def bucket_of(key: str, buckets: int) -> int:
+    """The shard group of a sample: by its source, so a file's segments stay together."""
+    source = incremental.source_of_key(key) or hashlib.sha1(key.encode()).hexdigest()[:10]
+    try:
+        return int(source, 16) % buckets
+    except ValueError:
+        return int(hashlib.sha1(source.encode()).hexdigest()[:10], 16) % buckets
+
+
+class _WriteBucketFn(beam.DoFn):
+    """Writes one group's samples, sorted by key, into temp shards.
+
+    Sorting makes the shards' bytes independent of how the runner bundled the work, so a
+    rerun over the same inputs writes byte-identical shards.
+    """
 
     def __init__(self, temp_dir: str, config: ShardConfig, stream_specs: Mapping[str, Mapping[str, Any]]):
         self._temp_dir = temp_dir
         self._config = config
         self._stream_specs = dict(stream_specs)
 
-    def start_bundle(self) -> None:
-        self._writer = ShardWriter(self._temp_dir, self._config, self._stream_specs)
-
-    def process(self, sample: Sample):
-        for written in self._writer.add(sample):
+    def process(self, bucket_samples):
+        _, samples = bucket_samples
+        writer = ShardWriter(self._temp_dir, self._config, self._stream_specs)
+        with writer:
+            for sample in sorted(samples, key=lambda s: s.key):
+                for written in writer.add(sample):
+                    metrics.counter("shards").inc()
+                    yield written
+            closed = writer.close()
+        for written in closed:
             metrics.counter("shards").inc()
             yield written
 
-    def finish_bundle(self):
-        for written in self._writer.close():
-            metrics.counter("shards").inc()
-            yield GlobalWindows.windowed_value(written)
 
-    def teardown(self) -> None:
-        writer = getattr(self, "_writer", None)
-        if writer is not None:
-            writer.abort()
+def _failure_order(f: Failure) -> tuple:
+    return (f.uri, f.stage, f.start_s if f.start_s is not None else -1.0, f.reason, f.message)
 
 
-class _WriteFailuresFn(beam.DoFn):
-    """Writes each bundle's failures as one temp JSON lines file."""
-
-    def __init__(self, temp_dir: str):
-        self._temp_dir = temp_dir
-
-    def start_bundle(self) -> None:
-        self._lines: list[str] = []
-        self._reasons: dict[str, int] = {}
-        self._first = None
-
-    def process(self, failure: Failure):
-        self._lines.append(failure.to_json())
-        self._reasons[failure.reason] = self._reasons.get(failure.reason, 0) + 1
-        self._first = failure.uri if self._first is None else min(self._first, failure.uri)
-
-    def finish_bundle(self):
-        if self._lines:
-            yield GlobalWindows.windowed_value(
-                write_failures_file(self._temp_dir, self._lines, self._reasons, self._first or ""))
+def _write_failure_files(group, temp_dir: str):
+    _, records = group
+    ordered = sorted(records, key=_failure_order)
+    for i in range(0, len(ordered), FAILURES_PER_FILE):
+        yield write_failures_file(temp_dir, ordered[i:i + FAILURES_PER_FILE])
 
 
 class WriteDataset(beam.PTransform):
-    """Samples and failures -> shards, failure files and the index under ``output``.
+    """Samples and failures -> shards, failure files, state and the index under ``output``.
 
-    Applied to a dict ``{"samples": PCollection[Sample], "failures": PCollection[Failure]}``;
-    returns a PCollection with the one index that was written.
+    Applied to a dict with ``samples`` (PCollection[Sample]), ``failures`` (Failure),
+    ``listed`` (every matched AudioRef) and ``selected`` (the AudioRefs processed this run);
+    returns a PCollection with the live index that was published.
     """
 
     def __init__(self, output: str, config: ShardConfig, stream_specs: Mapping[str, Mapping[str, Any]],
-                 run_info: Mapping[str, Any], run_id: str | None = None):
+                 run_info: Mapping[str, Any], plan: RunPlan = RunPlan(), run_id: str | None = None):
         super().__init__()
         self.output = storage.check_url(output)
         self.config = config
         self.stream_specs = dict(stream_specs)
         self.run_info = dict(run_info)
+        self.plan = plan
         self.temp_dir = storage.join(output, TMP_DIR, run_id or uuid.uuid4().hex)
 
     def expand(self, inputs):
-        shards = inputs["samples"] | "WriteTempShards" >> beam.ParDo(
-            _WriteShardsFn(self.temp_dir, self.config, self.stream_specs))
-        fails = inputs["failures"] | "WriteTempFailures" >> beam.ParDo(_WriteFailuresFn(self.temp_dir))
+        n_selected = inputs["selected"] | "CountSelected" >> beam.combiners.Count.Globally()
+        per_bucket = self.config.files_per_bucket
+        shards = (inputs["samples"]
+                  | "KeyByBucket" >> beam.Map(lambda s, n: (bucket_of(s.key, num_buckets(n, per_bucket)), s),
+                                              beam.pvalue.AsSingleton(n_selected))
+                  | "GroupByBucket" >> beam.GroupByKey()
+                  | "WriteTempShards" >> beam.ParDo(_WriteBucketFn(self.temp_dir, self.config, self.stream_specs)))
+        fails = (inputs["failures"]
+                 | "KeyFailures" >> beam.Map(lambda f: (0, f))
+                 | "GroupFailures" >> beam.GroupByKey()
+                 | "WriteTempFailures" >> beam.FlatMap(_write_failure_files, self.temp_dir))
+        listed = inputs["listed"] | "AllListed" >> beam.combiners.ToList()
+        selected = (inputs["selected"]
+                    | "SelectedUris" >> beam.Map(lambda ref: ref.uri)
+                    | "AllSelected" >> beam.combiners.ToList())
         return ((shards, fails)
                 | "AllWritten" >> beam.Flatten()
                 | "CollectWritten" >> beam.combiners.ToList()
-                | "Finalize" >> beam.Map(
-                    lambda written, output, temp_dir, info: finalize(output, temp_dir, written, info),
-                    self.output, self.temp_dir, self.run_info))
+                | "Publish" >> beam.Map(
+                    lambda written, listed, selected, output, temp_dir, info, plan: finalize(
+                        output, temp_dir, written, info, plan, listed, selected),
+                    beam.pvalue.AsSingleton(listed), beam.pvalue.AsSingleton(selected),
+                    self.output, self.temp_dir, self.run_info, self.plan))
