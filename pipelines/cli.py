@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audiotok: unknown subcommand {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from transforms.storage import install_log_redaction
+
+    install_log_redaction()  # no credential reaches the logs, whichever library logs it
     for noisy in ("apache_beam", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     module = importlib.import_module(SUBCOMMANDS[command][0])

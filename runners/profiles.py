@@ -1,35 +1,217 @@
-"""Named runner profiles -> Beam pipeline flags.
+"""Named runner profiles -> Beam pipeline options: the one place that knows how each runner is
+launched.
 
-A profile supplies defaults; a flag the user gives wins over the profile's.
+A profile supplies defaults and checks what its runner needs; a flag the user gives wins
+over the profile's default (for list flags such as ``--experiments`` and
+``--dataflow_service_options`` the user's entry replaces the profile's entry with the same
+key, and the others stay).
+
+=====================  ==================================================================
+``direct`` (default)   in this process (FnApiRunner; skips the DirectRunner's Prism download)
+``direct-multiprocess`` two local worker processes
+``portable``           a Beam job service at ``--job_endpoint`` (see ``runners.portable``);
+                       LOOPBACK workers unless ``--environment_type`` says otherwise
+``dataflow``           Google Cloud Dataflow; needs ``--project``, ``--region``,
+                       ``--temp_location``; ships our package with ``--setup_file`` (source
+                       checkout) or runs in ``--sdk_container_image``
+``dataflow-gpu``       ``dataflow`` on one NVIDIA L4 per worker; needs the CUDA container
+                       of ``runners/dataflow/Dockerfile``
+``spark``              Beam's Spark job server (jar from ``runners.jobservers``' cache, or
+                       downloaded by Beam); ``local[2]`` unless ``--spark_master_url``
+``flink``              Beam's Flink job server; ``[local]`` unless ``--flink_master``
+=====================  ==================================================================
+
+Credentials are never flags: Beam's ``--s3_secret_access_key`` and friends are refused
+(pipeline options are logged and shown in job UIs); the standard chains supply them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
-# The Python DirectRunner first tries to download the Prism runner; FnApiRunner is the
-# engine it falls back to, without the download.
-PROFILES: dict[str, tuple[str, ...]] = {
-    "direct": ("--runner=FnApiRunner",),
-    "direct-multiprocess": ("--runner=FnApiRunner", "--direct_running_mode=multi_processing",
-                            "--direct_num_workers=2"),
-}
+from runners import jobservers
+
+# Beam flags whose values are lists; our defaults merge with the user's entry by entry.
+LIST_FLAGS = frozenset({"experiments", "dataflow_service_options"})
+# Beam flags that carry secrets.
+REFUSED_FLAGS = frozenset({"s3_access_key_id", "s3_secret_access_key", "s3_session_token", "azure_connection_string"})
+# The aliases Beam accepts for the flags profiles set, by their canonical name.
+_ALIASES = {"worker_machine_type": "machine_type", "experiment": "experiments",
+            "dataflow_service_option": "dataflow_service_options"}
+
+# A source checkout's setup.py, which --setup_file packages for Dataflow workers.
+SOURCE_SETUP_FILE = Path(__file__).resolve().parents[1] / "setup.py"
+
+GPU_MACHINE_TYPE = "g2-standard-8"
+GPU_ACCELERATOR = "type:nvidia-l4;count:1;install-nvidia-driver"
 
 
-def _flag_name(flag: str) -> str:
-    return flag.split("=", 1)[0].lstrip("-").replace("-", "_")
+Flags = dict[str, list[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """How one runner is launched.
+
+    Attributes:
+        name: what ``--profile`` takes.
+        summary: one line for help texts.
+        defaults: Beam flags (``--name=value``) applied unless the user gives the same flag.
+        required: flag names the user must give.
+        derive: more defaults that depend on the user's flags; may raise ValueError.
+    """
+
+    name: str
+    summary: str
+    defaults: tuple[str, ...]
+    required: tuple[str, ...] = ()
+    derive: Callable[[Flags], tuple[str, ...]] | None = None
+
+    def flags(self, user_flags: list[str]) -> list[str]:
+        """The Beam flags to run with: our defaults the user did not override, then theirs."""
+        given = parse_flags(user_flags)
+        refused = sorted(REFUSED_FLAGS & given.keys())
+        if refused:
+            raise ValueError(
+                f"refusing --{', --'.join(refused)}: credentials are not passed as flags (pipeline options are "
+                "logged and shown in job UIs); use the standard chains: AWS_PROFILE or "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the workers' environment, an instance role, ADC for GCS")
+        missing = [name for name in self.required if not any(given.get(name, []))]
+        if missing:
+            raise ValueError(f"profile {self.name!r} needs --{', --'.join(missing)}")
+        defaults = list(self.defaults) + list(self.derive(given) if self.derive else ())
+        return [f for f in defaults if not _overridden(f, given)] + list(user_flags)
+
+
+def parse_flags(flags: list[str]) -> Flags:
+    """``--name=value`` / ``--name value`` / ``--switch`` -> {canonical name: [values]}."""
+    out: Flags = {}
+    i = 0
+    while i < len(flags):
+        flag = flags[i]
+        i += 1
+        if not flag.startswith("--"):
+            continue
+        name, eq, value = flag[2:].partition("=")
+        if not eq and i < len(flags) and not flags[i].startswith("--"):
+            value = flags[i]
+            i += 1
+        name = name.replace("-", "_")
+        out.setdefault(_ALIASES.get(name, name), []).append(value)
+    return out
+
+
+def _entry_key(value: str) -> str:
+    # worker_accelerator=type:...  -> worker_accelerator; no_use_multiple_sdk_containers -> itself
+    return value.split("=", 1)[0]
+
+
+def _overridden(default: str, given: Flags) -> bool:
+    (name, values), = parse_flags([default]).items()
+    if name not in given:
+        return False
+    if name not in LIST_FLAGS:
+        return True
+    user_keys = {_entry_key(v) for entry in given[name] for v in entry.split(",")}
+    return all(_entry_key(v) in user_keys for v in values[0].split(","))
+
+
+# ------------------------------------------------------------------ derived defaults
+
+
+def _dataflow_packaging(given: Flags) -> tuple[str, ...]:
+    if any(given.get("setup_file", [])) or any(given.get("sdk_container_image", [])):
+        return ()
+    if SOURCE_SETUP_FILE.is_file():
+        return (f"--setup_file={SOURCE_SETUP_FILE}",)
+    raise ValueError(
+        "profile 'dataflow' needs our package on the workers: give --sdk_container_image=IMAGE (built from "
+        "runners/dataflow/Dockerfile) or --setup_file=PATH/TO/audiotok/setup.py")
+
+
+def _spark_defaults(given: Flags) -> tuple[str, ...]:
+    master = (given.get("spark_master_url") or ["local[2]"])[-1]
+    out = []
+    if master.startswith("local"):
+        out.append("--environment_type=LOOPBACK")  # workers in this process: nothing to ship
+    elif "environment_type" not in given:
+        raise ValueError(
+            f"profile 'spark' on {master}: give --environment_type=DOCKER --environment_config=IMAGE (an image "
+            "with audiotok installed, e.g. from runners/dataflow/Dockerfile) or --environment_type=EXTERNAL")
+    jar = jobservers.cached_jar(jobservers.coordinates("spark"))
+    if jar:
+        out.append(f"--spark_job_server_jar={jar}")
+    return tuple(out)
+
+
+def _flink_defaults(given: Flags) -> tuple[str, ...]:
+    master = (given.get("flink_master") or ["[local]"])[-1]
+    out = []
+    if master in ("[local]", "[auto]"):
+        out.append("--environment_type=LOOPBACK")
+    elif "environment_type" not in given:
+        raise ValueError(
+            f"profile 'flink' on {master}: give --environment_type=DOCKER --environment_config=IMAGE (an image "
+            "with audiotok installed) or --environment_type=EXTERNAL")
+    version = (given.get("flink_version") or [jobservers.DEFAULT_FLINK_VERSION])[-1]
+    jar = jobservers.cached_jar(jobservers.coordinates("flink", flink_version=version))
+    if jar:
+        out.append(f"--flink_job_server_jar={jar}")
+    return tuple(out)
+
+
+_DATAFLOW = ("--runner=DataflowRunner",)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (
+    Profile("direct", "in this process (default)", ("--runner=FnApiRunner",)),
+    Profile("direct-multiprocess", "two local worker processes",
+            ("--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2")),
+    Profile("portable", "a Beam job service at --job_endpoint (python -m runners.portable starts one)",
+            ("--runner=PortableRunner", "--environment_type=LOOPBACK"), required=("job_endpoint",)),
+    Profile("dataflow", "Google Cloud Dataflow (--project, --region, --temp_location)",
+            _DATAFLOW, required=("project", "region", "temp_location"), derive=_dataflow_packaging),
+    Profile("dataflow-gpu", "Dataflow with one NVIDIA L4 per worker (--sdk_container_image: a CUDA image)",
+            _DATAFLOW + (
+                f"--machine_type={GPU_MACHINE_TYPE}",
+                f"--dataflow_service_options=worker_accelerator={GPU_ACCELERATOR}",
+                # One SDK process per VM: the model loads once per GPU, not once per vCPU.
+                "--experiments=no_use_multiple_sdk_containers",
+                # The CUDA image is ~10 GB unpacked; Dataflow's default disk with Shuffle is 25 GB.
+                "--disk_size_gb=50"),
+            required=("project", "region", "temp_location", "sdk_container_image")),
+    Profile("spark", "Beam's Spark job server, local[2] unless --spark_master_url",
+            ("--runner=SparkRunner", "--spark_master_url=local[2]"), derive=_spark_defaults),
+    Profile("flink", "Beam's Flink job server, [local] unless --flink_master",
+            ("--runner=FlinkRunner", "--flink_master=[local]"), derive=_flink_defaults),
+)}
+
+
+def get(name: str) -> Profile:
+    """The profile called ``name``; ValueError listing the known ones otherwise."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def help_text() -> str:
+    """One line per profile, for ``--profile``'s help."""
+    return "; ".join(f"{p.name}: {p.summary}" for p in PROFILES.values())
 
 
 def beam_flags(profile: str, user_flags: list[str]) -> list[str]:
     """The profile's flags that the user did not give, followed by the user's flags."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
-    given = {_flag_name(f) for f in user_flags if f.startswith("--")}
-    return [f for f in PROFILES[profile] if _flag_name(f) not in given] + list(user_flags)
+    return get(profile).flags(list(user_flags))
 
 
 def pipeline_options(profile: str, user_flags: list[str]) -> PipelineOptions:
-    flags = beam_flags(profile, user_flags)
-    options = PipelineOptions(flags)
-    # Our DoFns carry their configs; the main session need not be pickled.
-    return options
+    """Beam pipeline options for ``profile`` plus ``user_flags``.
+
+    Raises:
+        ValueError: an unknown profile, a flag the profile needs, or a credential flag.
+    """
+    return PipelineOptions(beam_flags(profile, user_flags))
+

@@ -11,6 +11,8 @@ import dataclasses
 import json
 from typing import Any
 
+from transforms.storage import redact
+
 # Reason codes. Documented in the README; keep the two in step.
 EMPTY = "empty"  # zero bytes
 TRUNCATED = "truncated"  # a known container whose data ends early
@@ -77,5 +79,7 @@ class Failure:
         return cls(uri=uri, reason=reason, message=message[:_MAX_MESSAGE_CHARS], stage=stage, **where)
 
     def to_json(self) -> str:
-        record = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v != ""}
+        # Messages quote exceptions, which may quote requests: mask credentials on the way out.
+        record = {k: redact(v) if isinstance(v, str) else v
+                  for k, v in dataclasses.asdict(self).items() if v is not None and v != ""}
         return json.dumps(record, ensure_ascii=False, sort_keys=True)

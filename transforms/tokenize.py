@@ -130,8 +130,8 @@ def _audio_at(segment: Segment, rate: int, cache: dict[int, np.ndarray]) -> np.n
 
 
 def _check_shapes(tok: Tokenizer, n_samples: int, arrays: dict[str, np.ndarray]) -> None:
-    frames = tok.num_frames(n_samples)
     for spec in tok.streams:
+        frames = tok.stream_num_frames(spec, n_samples)
         if spec.name not in arrays:
             raise ValueError(f"{tok.name} returned no {spec.name!r} stream")
         array = arrays[spec.name]

@@ -137,6 +137,10 @@ class Tokenizer(abc.ABC):
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for ``num_samples`` input samples."""
 
+    def stream_num_frames(self, stream: StreamSpec, num_samples: int) -> int:
+        """Frames of one stream for ``num_samples`` samples; multi-rate tokenizers override it."""
+        return self.num_frames(num_samples)
+
     @abc.abstractmethod
     def _encode_batch(self, audios: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Encodes loaded-model inputs; see ``encode_batch``."""

@@ -1,0 +1,153 @@
+"""Job-server jars for Beam's portable Spark and Flink runners: where they live on Maven and
+in our cache, and fetching them with Maven.
+
+The Python ``SparkRunner``/``FlinkRunner`` start ``java -jar JOB_SERVER_JAR``; a job server
+must come from the same Beam release as the Python SDK. Beam downloads the jar itself from
+Maven Central when it can; this module fetches it with ``mvn`` instead (which honours the
+Maven mirrors and proxies of ``~/.m2/settings.xml``) into ``~/.cache/audiotok/jars``, so
+that the ``spark`` and ``flink`` profiles, and the tests, find it there::
+
+    python -m runners.jobservers fetch spark            # prints the jar's path
+    python -m runners.jobservers fetch flink --flink-version 1.19
+
+A failed fetch is remembered for a day (``*.missing`` beside the jars) so that set-ups that
+try it on every run do not pay Maven's start-up each time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import apache_beam
+
+GROUP = "org.apache.beam"
+RUNNERS = ("spark", "flink")
+DEFAULT_FLINK_VERSION = "1.19"
+MISSING_TTL_S = 24 * 3600
+FETCH_TIMEOUT_S = 600
+
+
+class JarUnavailable(RuntimeError):
+    """A job-server jar that Maven could not provide (message says what was tried)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JarCoordinates:
+    """A job-server jar on Maven: ``group:artifact:version``."""
+
+    artifact: str
+    version: str
+    group: str = GROUP
+
+    @property
+    def gav(self) -> str:
+        return f"{self.group}:{self.artifact}:{self.version}"
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.artifact}-{self.version}.jar"
+
+
+def coordinates(runner: str, beam_version: str | None = None,
+                flink_version: str = DEFAULT_FLINK_VERSION) -> JarCoordinates:
+    """The job-server jar of ``runner`` (``spark`` or ``flink``) for a Beam release (default:
+    the installed SDK's)."""
+    version = beam_version or apache_beam.__version__
+    if runner == "spark":
+        return JarCoordinates("beam-runners-spark-3-job-server", version)
+    if runner == "flink":
+        return JarCoordinates(f"beam-runners-flink-{flink_version}-job-server", version)
+    raise ValueError(f"unknown runner {runner!r}; known: {', '.join(RUNNERS)}")
+
+
+def cache_dir() -> Path:
+    """``$AUDIOTOK_JAR_CACHE``, else ``$XDG_CACHE_HOME/audiotok/jars``, else ``~/.cache/audiotok/jars``."""
+    explicit = os.environ.get("AUDIOTOK_JAR_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "audiotok" / "jars"
+
+
+def cached_jar(coords: JarCoordinates) -> Path | None:
+    """The cached jar, when it has been fetched."""
+    path = cache_dir() / coords.file_name
+    return path if path.is_file() and path.stat().st_size > 0 else None
+
+
+def _missing_marker(coords: JarCoordinates) -> Path:
+    return cache_dir() / (coords.file_name + ".missing")
+
+
+def fetch_jar(coords: JarCoordinates, timeout_s: float = FETCH_TIMEOUT_S, retry_missing: bool = False) -> Path:
+    """The jar in the cache, fetched with ``mvn dependency:copy`` when not there yet.
+
+    Raises:
+        JarUnavailable: Maven is not installed, did not serve the jar, or timed out; or it
+            failed within the last day and ``retry_missing`` is false.
+    """
+    found = cached_jar(coords)
+    if found:
+        return found
+    marker = _missing_marker(coords)
+    if not retry_missing and marker.is_file() and time.time() - marker.stat().st_mtime < MISSING_TTL_S:
+        raise JarUnavailable(f"{coords.gav}: not served the last time it was tried ({marker}): "
+                             + marker.read_text(encoding="utf-8", errors="replace")[:500])
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise JarUnavailable(f"{coords.gav}: Maven (mvn) is not installed")
+    target = cache_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target) as tmp:
+        command = [mvn, "-q", "-B", "dependency:copy", f"-Dartifact={coords.gav}:jar",
+                   f"-DoutputDirectory={tmp}", "-Dmdep.overWriteReleases=true"]
+        try:
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=timeout_s)
+            failure = "" if done.returncode == 0 else _maven_error(done.stdout + done.stderr)
+        except subprocess.TimeoutExpired:
+            failure = f"mvn timed out after {timeout_s:.0f} s"
+        fetched = Path(tmp) / coords.file_name
+        if not failure and fetched.is_file():
+            final = target / coords.file_name
+            os.replace(fetched, final)  # whole or nothing: a killed fetch leaves no half jar
+            marker.unlink(missing_ok=True)
+            return final
+    failure = failure or "mvn reported success but wrote no jar"
+    marker.write_text(failure + "\n", encoding="utf-8")
+    raise JarUnavailable(f"{coords.gav}: {failure}")
+
+
+def _maven_error(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if "ERROR" in line and line.strip() != "[ERROR]"]
+    return (lines[0] if lines else output.strip()[-500:]).replace("\x1b[0m", "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runners.jobservers", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch", help="fetch a job-server jar into the cache; prints its path")
+    fetch.add_argument("runner", choices=RUNNERS)
+    fetch.add_argument("--beam-version", default=None, help=f"default: the installed SDK's ({apache_beam.__version__})")
+    fetch.add_argument("--flink-version", default=DEFAULT_FLINK_VERSION)
+    fetch.add_argument("--retry", action="store_true", help="try again even if it failed within the last day")
+    args = parser.parse_args(argv)
+    coords = coordinates(args.runner, args.beam_version, args.flink_version)
+    try:
+        print(fetch_jar(coords, retry_missing=args.retry))
+    except JarUnavailable as e:
+        print(f"jobservers: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
