@@ -190,3 +190,25 @@ def test_next_state_and_live_rows_pure():
     assert incremental.needs_processing(AudioRef("a", 2, "m1"), prev["inputs"]["a"], "fp") == "changed"
     assert incremental.needs_processing(AudioRef("a", 1, "m1"), prev["inputs"]["a"], "fp2") == "settings"
     assert incremental.needs_processing(AudioRef("a", 1, "m1"), prev["inputs"]["a"], "fp") is None
+
+
+def test_compact_rewrites_live_samples_only(tmp_path):
+    from pipelines import compact
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 4)
+    run(config(inp, out, shards=shards.ShardConfig(max_samples=2)))
+    (inp / "f00.flac").unlink()
+    write_audio(inp / "f03.flac", synth_speechlike(1.1, 16000, seed=33), 16000, "flac")
+    run(config(inp, out, incremental=True, shards=shards.ShardConfig(max_samples=2)))
+    before = sorted(live_keys(out))
+    before_index = json.loads((out / "index.json").read_text())
+    assert any(r.get("excluded_sources") for r in before_index["shards"])
+    index = compact.compact(str(out), shards.ShardConfig(max_samples=100))
+    assert sorted(live_keys(out)) == before
+    assert index["totals"]["shards"] == 1 and not index["shards"][0].get("excluded_sources")
+    assert index["totals"]["samples"] == len(before) == index["shards"][0]["samples"]
+    # A refresh after compaction still knows where every input's samples are.
+    (inp / "f01.flac").unlink()
+    run(config(inp, out, incremental=True, shards=shards.ShardConfig(max_samples=2)))
+    assert sorted(live_keys(out)) == [k for k in before if not k.startswith("f01-")]
