@@ -157,3 +157,16 @@ def test_help_table_lists_every_registered_name():
 def test_tokenizer_classes_registered():
     assert registry.entries()["logmel"].factory is LogMel
     assert registry.entries()["mfcc-kmeans"].factory is MfccKMeans
+
+
+def test_codebook_bytes_are_canonical_and_load_with_safetensors():
+    from safetensors.numpy import load
+
+    meta = {f"key{i}": str(i) for i in range(20)}
+    book = kmeans.Codebook(np.arange(12, dtype=np.float32).reshape(3, 4), meta)
+    data = book.to_bytes()
+    # The same bytes whatever order the metadata was given in (safetensors' own writer varies it).
+    assert kmeans.Codebook(book.centroids, dict(reversed(list(meta.items())))).to_bytes() == data
+    np.testing.assert_array_equal(load(data)["centroids"], book.centroids)
+    again = kmeans.Codebook.from_bytes(data)
+    assert again.metadata["key7"] == "7" and again.to_bytes() == data

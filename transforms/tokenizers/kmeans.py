@@ -35,11 +35,20 @@ class Codebook:
         return int(self.centroids.shape[1])
 
     def to_bytes(self) -> bytes:
-        from safetensors.numpy import save
+        """The codebook as a safetensors file, byte-for-byte the same for the same codebook.
 
+        Written here rather than with ``safetensors.numpy.save``, whose metadata order varies
+        from process to process: a codebook's bytes (and so its sha256) must not.
+        """
         meta = {"format": CODEBOOK_FORMAT, "format_version": CODEBOOK_FORMAT_VERSION, **self.metadata}
-        return save({"centroids": np.ascontiguousarray(self.centroids, dtype=np.float32)},
-                    metadata={k: str(v) for k, v in sorted(meta.items())})
+        data = np.ascontiguousarray(self.centroids, dtype="<f4").tobytes()
+        header = {
+            "__metadata__": {k: str(v) for k, v in sorted(meta.items())},
+            "centroids": {"dtype": "F32", "shape": list(self.centroids.shape), "data_offsets": [0, len(data)]},
+        }
+        blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        blob += b" " * (-len(blob) % 8)  # safetensors aligns the data to 8 bytes
+        return struct.pack("<Q", len(blob)) + blob + data
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "") -> "Codebook":
