@@ -116,6 +116,10 @@ class Tokenizer(abc.ABC):
     # Whether padding a segment inside a batch leaves its tokens unchanged. When False,
     # batches only ever hold segments of identical length.
     padding_invariant: ClassVar[bool] = True
+    # Whether running under bf16/fp16 autocast (``--autocast``) is acceptable. Leave it False
+    # for discrete outputs: reduced precision moves features across codebook/centroid
+    # boundaries and changes tokens.
+    autocast_safe: ClassVar[bool] = False
 
     def __init__(self, config: TokenizerConfig):
         if not isinstance(config, self.config_class):
@@ -194,3 +198,17 @@ class Tokenizer(abc.ABC):
             "fingerprint": self.fingerprint(),
             "streams": [s.to_dict() for s in self.streams],
         }
+
+
+def to_device(array: np.ndarray, device: Any):
+    """A numpy array as a torch tensor on ``device`` (what adapters feed their models).
+
+    On CUDA the copy goes through page-locked (pinned) host memory and is non-blocking, so it
+    overlaps with kernels already queued; elsewhere the tensor shares the array's memory.
+    """
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

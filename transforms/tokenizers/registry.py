@@ -37,7 +37,7 @@ _REGISTRY: dict[str, Entry] = {}
 
 # Modules whose import registers tokenizers. Heavy libraries are imported inside the
 # adapters' ``load``, never here.
-_BUILTIN_MODULES = ("transforms.tokenizers.spectral",)
+_BUILTIN_MODULES = ("transforms.tokenizers.spectral", "transforms.tokenizers.codecs", "transforms.tokenizers.ssl")
 _builtins_imported = False
 
 
