@@ -6,20 +6,17 @@ over the profile's default (for list flags such as ``--experiments`` and
 ``--dataflow_service_options`` the user's entry replaces the profile's entry with the same
 key, and the others stay).
 
-=====================  ==================================================================
-``direct`` (default)   in this process (FnApiRunner; skips the DirectRunner's Prism download)
-``direct-multiprocess`` two local worker processes
-``portable``           a Beam job service at ``--job_endpoint`` (see ``runners.portable``);
-                       LOOPBACK workers unless ``--environment_type`` says otherwise
-``dataflow``           Google Cloud Dataflow; needs ``--project``, ``--region``,
-                       ``--temp_location``; ships our package with ``--setup_file`` (source
-                       checkout) or runs in ``--sdk_container_image``
-``dataflow-gpu``       ``dataflow`` on one NVIDIA L4 per worker; needs the CUDA container
-                       of ``runners/dataflow/Dockerfile``
-``spark``              Beam's Spark job server (jar from ``runners.jobservers``' cache, or
-                       downloaded by Beam); ``local[2]`` unless ``--spark_master_url``
-``flink``              Beam's Flink job server; ``[local]`` unless ``--flink_master``
-=====================  ==================================================================
+* ``direct`` (default): in this process (FnApiRunner; skips the DirectRunner's Prism download).
+* ``direct-multiprocess``: two local worker processes.
+* ``portable``: a Beam job service at ``--job_endpoint`` (``python -m runners.portable``
+  starts one); LOOPBACK workers unless ``--environment_type`` says otherwise.
+* ``dataflow``: Google Cloud Dataflow; needs ``--project``, ``--region``, ``--temp_location``;
+  ships our package with ``--setup_file`` (source checkout) or runs in ``--sdk_container_image``.
+* ``dataflow-gpu``: ``dataflow`` with one NVIDIA L4 per worker; needs the CUDA container of
+  ``runners/dataflow/Dockerfile``.
+* ``spark``: Beam's Spark job server (its jar from ``runners.jobservers``' cache, or downloaded
+  by Beam); ``local[2]`` unless ``--spark_master_url``.
+* ``flink``: Beam's Flink job server; ``[local]`` unless ``--flink_master``.
 
 Credentials are never flags: Beam's ``--s3_secret_access_key`` and friends are refused
 (pipeline options are logged and shown in job UIs); the standard chains supply them.

@@ -61,8 +61,11 @@ _MASK = "***"
 _MIN_SECRET_CHARS = 8
 
 _SECRET_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
-    # scheme://user:password@host
-    (re.compile(r"(?P<keep>\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=@)"), r"\g<keep>" + _MASK),
+    # PEM private keys (service-account JSON); first, before key=value cuts them
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
+     "-----PRIVATE KEY " + _MASK + "-----"),
+    # scheme://user:password@host (pasted passwords may hold '/'; host:port/ is no password)
+    (re.compile(r"(?P<keep>\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?!\d+/)[^\s@?#]+(?=@)"), r"\g<keep>" + _MASK),
     # signed-URL and token query parameters
     (re.compile(r"(?i)(?P<keep>[?&;](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
                 r"x-goog-credential|signature|sig|access_token|token|api_key|apikey|key)=)[^&#\s'\"]+"),
@@ -74,9 +77,6 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"(?i)(?P<keep>\b(?:aws_secret_access_key|aws_session_token|secret_access_key|secret_key|"
                 r"session_token|client_secret|refresh_token|access_token|private_key|password|passwd)"
                 r"['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\g<keep>" + _MASK),
-    # PEM private keys (service-account JSON)
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
-     "-----PRIVATE KEY " + _MASK + "-----"),
 )
 
 
@@ -108,7 +108,10 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: the handler reports it, as it would unfiltered
+            return True
         cleaned = redact(message)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

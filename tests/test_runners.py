@@ -1,0 +1,308 @@
+"""Runner profiles, and the tokenize job on the runners this machine can run.
+
+* Profiles -> Beam flags: defaults, user overrides, checks (no Beam run).
+* The real job on the multi-process DirectRunner and on the PortableRunner against Beam's
+  local job service with an external worker pool (whose workers get no pipeline options:
+  the S3 endpoint reaches them through the pool's environment). Both write the same tokens
+  as the in-process run.
+* Dataflow as far as it goes offline: the job Beam would submit (``--dry_run``), with the
+  GPU flags, the container and the ``--setup_file`` sdist; the Flex Template entry point;
+  the template spec from ``gcloud ... --print-only``; the Cloud Scheduler request.
+* Spark and Flink on their job-server jars, when Maven serves the jars (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from emulators import (EXAMPLE_CORPUS, REPO_ROOT, GcsEmulator, MotoS3, apply_env, dataset_digest, local_reference,
+                       upload_tree)
+from runners import jobservers, portable, profiles
+
+
+# ------------------------------------------------------------------ profiles -> flags
+
+
+def _flags(profile, *user):
+    return profiles.parse_flags(profiles.beam_flags(profile, list(user)))
+
+
+def test_default_profile_runs_in_process_without_prism():
+    assert profiles.beam_flags("direct", []) == ["--runner=FnApiRunner"]
+
+
+def test_user_flags_win_in_either_spelling():
+    flags = profiles.beam_flags("direct-multiprocess", ["--direct_num_workers", "4"])
+    assert flags == ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers", "4"]
+    assert _flags("spark", "--spark-master-url=local[4]")["spark_master_url"] == ["local[4]"]
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known: direct, direct-multiprocess, portable, dataflow"):
+        profiles.pipeline_options("dataflw", [])
+
+
+@pytest.mark.parametrize("profile, user, missing", [
+    ("portable", [], "--job_endpoint"),
+    ("dataflow", ["--project=p"], "--region, --temp_location"),
+    ("dataflow-gpu", ["--project=p", "--region=r", "--temp_location=gs://b/t"], "--sdk_container_image"),
+])
+def test_profiles_name_the_flags_they_need(profile, user, missing):
+    with pytest.raises(ValueError, match=missing):
+        profiles.beam_flags(profile, user)
+
+
+@pytest.mark.parametrize("flag", ["--s3_secret_access_key=abc", "--s3_access_key_id", "--azure_connection_string=x"])
+def test_credential_flags_are_refused_without_echoing_them(flag):
+    with pytest.raises(ValueError, match="standard chains") as e:
+        profiles.beam_flags("direct", [flag, "AKIAEXAMPLE"] if "=" not in flag else [flag])
+    assert "abc" not in str(e.value) and "AKIAEXAMPLE" not in str(e.value)
+
+
+def test_dataflow_ships_the_source_package_or_runs_in_the_container():
+    base = ["--project=p", "--region=r", "--temp_location=gs://b/t"]
+    assert _flags("dataflow", *base)["setup_file"] == [str(profiles.SOURCE_SETUP_FILE)]
+    assert "setup_file" not in _flags("dataflow", *base, "--sdk_container_image=img")
+
+
+def test_dataflow_gpu_flags_merge_with_the_users_list_entries():
+    base = ["--project=p", "--region=r", "--temp_location=gs://b/t", "--sdk_container_image=img"]
+    flags = _flags("dataflow-gpu", *base)
+    assert flags["dataflow_service_options"] == [f"worker_accelerator={profiles.GPU_ACCELERATOR}"]
+    assert flags["experiments"] == ["no_use_multiple_sdk_containers"]
+    assert flags["machine_type"] == [profiles.GPU_MACHINE_TYPE]
+    t4 = "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+    flags = _flags("dataflow-gpu", *base, f"--dataflow_service_options={t4}", "--experiments=use_runner_v2",
+                   "--worker_machine_type=n1-standard-8")
+    assert flags["dataflow_service_options"] == [t4]  # the user's accelerator replaces ours
+    assert flags["experiments"] == ["no_use_multiple_sdk_containers", "use_runner_v2"]  # other entries add up
+    assert flags["machine_type"] == ["n1-standard-8"]  # aliases count as the same flag
+
+
+def test_spark_and_flink_default_to_local_masters_with_loopback_workers():
+    assert _flags("spark")["environment_type"] == ["LOOPBACK"]
+    assert _flags("flink")["flink_master"] == ["[local]"]
+    with pytest.raises(ValueError, match="environment_type"):
+        profiles.beam_flags("spark", ["--spark_master_url=spark://cluster:7077"])
+    remote = _flags("flink", "--flink_master=jm:8081", "--environment_type=EXTERNAL", "--environment_config=w:50000")
+    assert remote["environment_type"] == ["EXTERNAL"]
+
+
+def test_job_server_jar_coordinates_follow_the_sdk_version():
+    import apache_beam
+
+    spark = jobservers.coordinates("spark")
+    assert spark.gav == f"org.apache.beam:beam-runners-spark-3-job-server:{apache_beam.__version__}"
+    assert jobservers.coordinates("flink", "2.77.0", "1.19").file_name == "beam-runners-flink-1.19-job-server-2.77.0.jar"
+    with pytest.raises(ValueError, match="known: spark, flink"):
+        jobservers.coordinates("storm")
+
+
+# ------------------------------------------------------------------ the real job on local runners
+
+
+def _run(input_pattern: str, output: str, profile: str, flags: list[str]) -> dict:
+    from pipelines import tokenize
+    from transforms.match import MatchConfig
+
+    config = tokenize.JobConfig(output=output, match=MatchConfig(patterns=(input_pattern,)), overwrite=True)
+    index, _, _ = tokenize.run(config, profiles.pipeline_options(profile, flags))
+    return index
+
+
+@pytest.mark.slow
+def test_direct_multiprocess_writes_what_the_in_process_run_writes(tmp_path):
+    _run(os.path.join(EXAMPLE_CORPUS, "**"), str(tmp_path / "out"), "direct-multiprocess", [])
+    assert dataset_digest(str(tmp_path / "out")) == local_reference()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_portable_runner_with_an_external_worker_pool_bucket_to_bucket(monkeypatch):
+    """Beam's local job service + worker pool, S3 in and out: the workers find the S3 server
+    and the keys through the pool's environment, as they must (they get no options)."""
+    with MotoS3() as s3:
+        for k, v in s3.env.items():
+            monkeypatch.setenv(k, v)
+        s3.make_bucket("corpus")
+        upload_tree(EXAMPLE_CORPUS, "s3://corpus/examples")
+        with portable.local_portable(env=os.environ) as endpoints:
+            _run("s3://corpus/examples/**", "s3://corpus/tokens", "portable", endpoints.flags())
+        assert dataset_digest("s3://corpus/tokens") == local_reference()
+
+
+# ------------------------------------------------------------------ Dataflow, offline
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    with GcsEmulator(buckets=("corpus", "tokens")) as server:
+        with apply_env(server.env):
+            upload_tree(os.path.join(EXAMPLE_CORPUS, "en", "a"), "gs://corpus/a")
+        yield server
+
+
+DATAFLOW_FLAGS = ["--project=audiotok-test", "--region=us-central1", "--temp_location=gs://tokens/tmp",
+                  "--dry_run=True"]
+IMAGE = "us-central1-docker.pkg.dev/audiotok-test/audiotok/audiotok:0.1.0"
+
+
+def _dry_run_job(profile: str, flags: list[str]):
+    """The job Beam would submit to Dataflow, and the worker environment it would ask for."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+    from apache_beam.runners.dataflow.internal import apiclient
+
+    from pipelines import tokenize
+    from transforms.match import MatchConfig
+
+    config = tokenize.JobConfig(output="gs://tokens/dataflow", match=MatchConfig(patterns=("gs://corpus/a/*",)))
+    result = tokenize.launch(config, profiles.pipeline_options(profile, DATAFLOW_FLAGS + flags))
+    job = result.job
+    # What create_job would send, built offline (the staged pipeline URL is not used).
+    environment = apiclient.Environment(packages=[], options=job.options, environment_version="8",
+                                        proto_pipeline_staged_url="gs://tokens/tmp/pipeline.pb",
+                                        proto_pipeline=job.proto_pipeline).proto
+    (sdk_env,) = job.proto_pipeline.components.environments.values()
+    staged = {}
+    for dep in sdk_env.dependencies:
+        name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(dep.role_payload).staged_name
+        staged[name] = beam_runner_api_pb2.ArtifactFilePayload.FromString(dep.type_payload).path
+    image = beam_runner_api_pb2.DockerPayload.FromString(sdk_env.payload).container_image
+    return environment, staged, image
+
+
+@pytest.mark.slow
+def test_dataflow_gpu_job_asks_for_the_gpu_and_our_container(gcs, monkeypatch):
+    for k, v in gcs.env.items():
+        monkeypatch.setenv(k, v)
+    environment, staged, image = _dry_run_job("dataflow-gpu", [f"--sdk_container_image={IMAGE}"])
+    assert list(environment.service_options) == [f"worker_accelerator={profiles.GPU_ACCELERATOR}"]
+    assert "no_use_multiple_sdk_containers" in environment.experiments
+    (pool,) = environment.worker_pools
+    assert pool.machine_type == profiles.GPU_MACHINE_TYPE and pool.disk_size_gb == 50
+    assert [i.container_image for i in pool.sdk_harness_container_images] == [IMAGE]
+    assert image == IMAGE
+    assert "workflow.tar.gz" not in staged  # the package is in the image
+
+
+@pytest.mark.slow
+def test_dataflow_cpu_job_ships_our_package_with_setup_file(gcs, monkeypatch):
+    """--setup_file packaging: Beam builds an sdist of this checkout for the workers; it holds
+    every package and the Dataflow files."""
+    for k, v in gcs.env.items():
+        monkeypatch.setenv(k, v)
+    environment, staged, image = _dry_run_job("dataflow", [])
+    assert image.endswith(f"beam_python{sys.version_info.major}.{sys.version_info.minor}_sdk:2.77.0")
+    with tarfile.open(staged["workflow.tar.gz"]) as sdist:
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+    assert {"setup.py", "pipelines/tokenize.py", "transforms/storage.py", "runners/profiles.py",
+            "runners/dataflow/Dockerfile", "runners/dataflow/flex_main.py"} <= names
+
+
+@pytest.mark.slow
+def test_flex_template_entry_point_submits_and_returns(gcs, monkeypatch):
+    """What the Flex Template launcher runs, with the flags it passes; --dry_run stands in for
+    the Dataflow API."""
+    for k, v in gcs.env.items():
+        monkeypatch.setenv(k, v)
+    flex_main = runpy.run_path(os.path.join(REPO_ROOT, "runners", "dataflow", "flex_main.py"))
+    code = flex_main["main"]([
+        "--input=gs://corpus/a/*", "--output=gs://tokens/flex", "--tokenizer=logmel", "--profile=dataflow-gpu",
+        f"--sdk_container_image={IMAGE}", "--staging_location=gs://tokens/staging", "--job_name=audiotok-refresh",
+        *DATAFLOW_FLAGS])
+    assert code == 0
+
+
+def test_flex_template_metadata_names_real_flags():
+    """Every template parameter is a flag of `audiotok tokenize` (the launcher passes them as
+    --name=value)."""
+    from pipelines import options as opts
+
+    with open(os.path.join(REPO_ROOT, "runners", "dataflow", "metadata.json"), encoding="utf-8") as f:
+        metadata = json.load(f)
+    names = [p["name"] for p in metadata["parameters"]]
+    args, unknown = opts.parse(opts.TokenizeOptions, [f"--{n}=x" if n != "profile" else "--profile=dataflow-gpu"
+                                                      for n in names], prog="t")
+    assert unknown == [] and {"input", "output"} <= set(names)
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
+def test_gcloud_builds_the_flex_template_spec(tmp_path):
+    env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "PROJECT": "audiotok-test",
+           "REGION": "us-central1", "BUCKET": "gs://tokens", "PRINT_ONLY": "1"}
+    done = subprocess.run(["bash", os.path.join(REPO_ROOT, "runners", "dataflow", "template.sh"), "template"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    spec = json.loads(done.stdout.split("\n", 1)[1])  # gcloud prints a YAML block scalar: "|-" then JSON
+    assert spec["image"] == IMAGE
+    assert spec["sdkInfo"]["language"] == "PYTHON"
+    assert {p["name"] for p in spec["metadata"]["parameters"]} >= {"input", "output", "profile"}
+
+
+def test_scheduler_request_launches_the_template(tmp_path):
+    """template.sh schedule, with a stand-in gcloud that records its arguments: the Cloud
+    Scheduler job POSTs a flexTemplates:launch request naming the template and parameters."""
+    fake = tmp_path / "bin" / "gcloud"
+    fake.parent.mkdir()
+    fake.write_text('#!/usr/bin/env python3\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "PROJECT": "audiotok-test",
+           "REGION": "us-central1", "BUCKET": "gs://tokens", "PROFILE": "dataflow-gpu", "TOKENIZER": "logmel,mfcc",
+           "SCHEDULER_SA": "launcher@audiotok-test.iam.gserviceaccount.com"}
+    done = subprocess.run(["bash", os.path.join(REPO_ROOT, "runners", "dataflow", "template.sh"), "schedule",
+                           "gs://corpus/**", "gs://tokens/ds", "0 3 * * *"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    argv = json.loads(done.stdout)
+    opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    assert argv[:4] == ["scheduler", "jobs", "create", "http"]
+    assert opts["uri"] == ("https://dataflow.googleapis.com/v1b3/projects/audiotok-test/locations/us-central1/"
+                           "flexTemplates:launch")
+    launch = json.loads(opts["message-body"])["launchParameter"]
+    assert launch["containerSpecGcsPath"] == "gs://tokens/templates/audiotok-tokenize.json"
+    assert launch["parameters"] == {"input": "gs://corpus/**", "output": "gs://tokens/ds", "tokenizer": "logmel,mfcc",
+                                    "profile": "dataflow-gpu", "sdk_container_image": IMAGE}
+
+
+# ------------------------------------------------------------------ Spark and Flink
+
+
+@pytest.fixture(scope="module")
+def job_server_jars() -> dict:
+    """runner -> the cached jar, or the JarUnavailable that says why not. Both fetched at
+    once: most of a fetch is Maven starting up (a failure is remembered for a day)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fetch(runner):
+        try:
+            return jobservers.fetch_jar(jobservers.coordinates(runner), timeout_s=240)
+        except jobservers.JarUnavailable as e:
+            return e
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(jobservers.RUNNERS, pool.map(fetch, jobservers.RUNNERS)))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("runner", jobservers.RUNNERS)
+def test_job_server_runners_write_what_the_in_process_run_writes(runner, job_server_jars, tmp_path):
+    """Beam's Spark (local[2]) or Flink ([local]) job server from its jar, fetched with Maven
+    into ~/.cache/audiotok/jars. Skipped, with Maven's answer, where the jar is not served."""
+    if shutil.which("java") is None:
+        pytest.skip("java is not installed")
+    jar = job_server_jars[runner]
+    if isinstance(jar, Exception):
+        pytest.skip(str(jar))
+    flag = {"spark": "--spark_job_server_jar", "flink": "--flink_job_server_jar"}[runner]
+    _run(os.path.join(EXAMPLE_CORPUS, "**"), str(tmp_path / "out"), runner, [f"{flag}={jar}"])
+    assert dataset_digest(str(tmp_path / "out")) == local_reference()

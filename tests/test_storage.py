@@ -1,0 +1,164 @@
+"""transforms.storage without a server: URLs, endpoints from the environment, redaction.
+
+The same functions against real S3 and GCS protocol servers: tests/test_cloud_emulators.py.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from transforms import storage
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+# ------------------------------------------------------------------ URLs
+
+
+@pytest.mark.parametrize("url", ["/data/x.wav", "file:///data/x.wav", "gs://b/x.wav", "s3://b/a/**",
+                                 "https://host/x.wav", "memory://x", "s3://b/key:with:colons@2x.wav",
+                                 "http://127.0.0.1:9000/b/voice@2x.wav"])
+def test_check_url_accepts_storage(url):
+    assert storage.check_url(url) == url
+
+
+@pytest.mark.parametrize("url", ["pipe:cat /etc/passwd", "PIPE://x", "cmd://ls", "", None])
+def test_check_url_refuses_commands_and_empties(url):
+    with pytest.raises(ValueError):
+        storage.check_url(url)
+
+
+@pytest.mark.parametrize("url", [
+    f"https://user:{SECRET}@host/a.wav",
+    f"s3://AKIAX:{SECRET}@bucket/a.wav",
+    f"https://b.s3.amazonaws.com/a.wav?X-Amz-Credential=AKIAX&X-Amz-Signature={SECRET}",
+    f"https://storage.googleapis.com/b/a.wav?X-Goog-Signature={SECRET}",
+    f"https://host/a.wav?access_token={SECRET}",
+])
+def test_check_url_refuses_credentials_and_does_not_echo_them(url):
+    with pytest.raises(ValueError, match="credentials") as e:
+        storage.check_url(url)
+    assert SECRET not in str(e.value)
+
+
+# ------------------------------------------------------------------ endpoints
+
+
+def test_storage_options_follow_the_environment():
+    assert storage.storage_options("gs", {}) == {}
+    assert storage.storage_options("gs", {"STORAGE_EMULATOR_HOST": "localhost:9023"}) == {
+        "endpoint_url": "http://localhost:9023", "token": "anon"}
+    assert storage.storage_options("gcs", {"STORAGE_EMULATOR_HOST": "default"}) == {}
+    assert storage.storage_options("s3", {"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"}) == {
+        "endpoint_url": "http://127.0.0.1:5000"}
+    # the service-specific variable wins, as in botocore
+    assert storage.storage_options("s3", {"AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_S3": "http://b"}) == {
+        "endpoint_url": "http://b"}
+    assert storage.storage_options("file", {"AWS_ENDPOINT_URL": "http://a"}) == {}
+
+
+def test_storage_options_never_carry_credentials():
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:5000", "AWS_ACCESS_KEY_ID": "AKIAX",
+           "AWS_SECRET_ACCESS_KEY": SECRET, "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9023"}
+    for protocol in ("s3", "gs"):
+        assert SECRET not in repr(storage.storage_options(protocol, env))
+
+
+def test_filesystem_against_an_emulator_uses_plain_gcsfs(monkeypatch):
+    """gcsfs' experimental zonal-bucket layer stalls on emulators; it is bypassed whatever the
+    import order of gcsfs was."""
+    gcsfs = pytest.importorskip("gcsfs")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    fs, path = storage.filesystem("gs://bucket/a/b.wav")
+    assert type(fs) is gcsfs.core.GCSFileSystem
+    assert path == "bucket/a/b.wav"
+    assert fs._location == "http://127.0.0.1:9"
+
+
+# ------------------------------------------------------------------ redaction
+
+
+@pytest.mark.parametrize("text", [
+    f"https://user:{SECRET}@host/a.wav",
+    f"GET /a.wav?X-Amz-Signature={SECRET}&x=1",
+    f"headers={{'Authorization': 'Bearer {SECRET}'}}",
+    f"Authorization: AWS4-HMAC-SHA256 Credential=AKIAX/2026, Signature={SECRET}",
+    f"aws_secret_access_key = {SECRET}",
+    f'{{"client_secret": "{SECRET}", "type": "authorized_user"}}',
+    f'"private_key": "-----BEGIN PRIVATE KEY-----\\nMII{SECRET}\\n-----END PRIVATE KEY-----\\n"',
+])
+def test_redact_masks_credential_shapes(text):
+    out = storage.redact(text, environ={})
+    assert SECRET not in out
+    assert "***" in out
+
+
+def test_redact_masks_the_values_of_secret_variables_anywhere():
+    env = {"AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ACCESS_KEY_ID": "AKIAPUBLICID"}
+    out = storage.redact(f"botocore said {SECRET!r} for AKIAPUBLICID", environ=env)
+    assert out == "botocore said '***' for AKIAPUBLICID"
+
+
+def test_redact_leaves_ordinary_text_alone():
+    text = "decode_error: soundfile: Error opening s3://bucket/a/b.wav: format not recognised (key=3)"
+    assert storage.redact(text, environ={"AWS_SECRET_ACCESS_KEY": "short"}) == text
+
+
+def test_log_redaction_filter_masks_messages_arguments_and_tracebacks(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    logger = logging.getLogger("audiotok.test.redaction")
+    handler = Keep()
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        storage.install_log_redaction(logger)
+        storage.install_log_redaction(logger)  # idempotent
+        assert sum(isinstance(f, storage.RedactingFilter) for f in handler.filters) == 1
+        logger.warning("credentials %s in an argument", SECRET)
+        try:
+            raise OSError(f"refused https://u:{SECRET}@h/x")
+        except OSError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    assert len(records) == 2
+    assert all(SECRET not in r for r in records)
+    assert "OSError" in records[1]
+
+
+def test_failure_records_are_redacted(monkeypatch):
+    from transforms.failures import READ_ERROR, Failure
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    record = Failure(uri=f"https://u:{SECRET}@h/x.wav", reason=READ_ERROR,
+                     message=f"ClientError: signature {SECRET} does not match").to_json()
+    assert SECRET not in record
+
+
+# ------------------------------------------------------------------ local files
+
+
+def test_local_open_output_makes_folders_and_rename_moves(tmp_path):
+    url = str(tmp_path / "a" / "b" / "x.bin")
+    with storage.open_output(url) as f:
+        f.write(b"abc")
+    storage.rename(url, str(tmp_path / "c" / "y.bin"))
+    assert storage.read_bytes(str(tmp_path / "c" / "y.bin")) == b"abc"
+    assert not storage.exists(url)
+
+
+def test_memory_filesystem_round_trip():
+    """Any fsspec filesystem follows the object-store path (copy + delete on rename)."""
+    storage.write_bytes("memory://audiotok-test/a/x.bin", b"123")
+    storage.rename("memory://audiotok-test/a/x.bin", "memory://audiotok-test/b/x.bin")
+    (found, _), = storage.list_files("memory://audiotok-test/**")
+    assert found.endswith("audiotok-test/b/x.bin") and storage.read_bytes(found) == b"123"
+    storage.remove("memory://audiotok-test")
