@@ -1,46 +1,104 @@
-"""Cutting decoded audio into segments, and naming them.
+"""Cutting audio into segments, naming them, and spreading long files over workers.
 
-``fixed_windows`` is the default segmenter: consecutive windows of ``segment_s`` seconds,
-the last one kept when it lasts at least ``min_segment_s``.
+Segmenters (``SegmentConfig.segmenter``; see ``transforms/SEGMENTERS.md``):
+
+* ``fixed`` (default): consecutive windows of ``segment_s`` seconds, the last one kept when it
+  lasts at least ``min_segment_s``.
+* ``vad``: Silero VAD; ``energy``: an energy detector with no model. Both cut speech into
+  segments of ``min_segment_s``..``segment_s`` seconds (``transforms/vad.py``); the time left
+  out is counted (``nonspeech_ms``), not tokenized.
+
+Short files (up to ``split_s`` seconds by their header) are decoded whole
+(``DecodeAudio``) and segmented in memory. Longer ones are never held whole: a planning step
+reads their header, cuts them into work items of about ``split_s`` seconds (at window
+multiples for ``fixed``, at the quietest point near each border for the speech segmenters),
+the items are reshuffled over the workers, and each item is decoded in chunks
+(``transforms/streaming.py``) and segmented on its own.
+
+A manifest may give a timed transcript (``words``: [{start, end, word}] or ``segments``:
+[{start, end, text}], seconds in the source); each segment then carries the entries whose
+midpoint it holds, with times relative to the segment start, and their ``text``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
+import math
 import posixpath
 import re
 import unicodedata
-from typing import Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.transforms.window import GlobalWindows
 
-from transforms import failures, metrics
-from transforms.failures import Failure
+from transforms import failures, metrics, streaming, vad
+from transforms.decode import DecodeConfig, check_format, resample
+from transforms.failures import AudiotokError, Failure
+from transforms.progress import Progress
 from transforms.records import AudioRef, Decoded, Segment
+from transforms.streaming import Probe
+from transforms.vad import VAD_RATE, VadConfig
+
+logger = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 KEY_STEM_CHARS = 40
 
+SEGMENTERS: tuple[str, ...] = ("fixed", "vad", "energy")
+# Half-width of the stretch searched for the quietest point around a work item border.
+QUIET_SEARCH_S = 5.0
+# The speech segmenters score a work item, then cut it: the item's audio (at the segment rate)
+# is kept between the two passes up to this size (a 10-minute item at 24 kHz: 55 MiB), and
+# decoded a second time beyond it (an item of a file whose header gives no length).
+ITEM_BUFFER_BYTES = 128 << 20
+
 
 @dataclasses.dataclass(frozen=True)
 class SegmentConfig:
-    """Fixed-window segmentation.
+    """How audio becomes segments.
 
     Attributes:
-        segment_s: window length, seconds.
-        min_segment_s: a shorter tail (or a shorter whole file) is dropped.
+        segment_s: ``fixed``: window length; ``vad``/``energy``: the longest segment (a longer
+            stretch of speech is split at its quietest point), seconds.
+        min_segment_s: shorter segments (a fixed tail, a short file, a short burst of speech)
+            are dropped.
+        segmenter: ``fixed``, ``vad`` (Silero) or ``energy``.
+        vad: speech detection settings (``vad`` and ``energy``).
+        split_s: files longer than this (by their header) are streamed and split into work
+            items of about this many seconds spread over the workers; None or 0: every file
+            is decoded whole.
+        chunk_s: seconds of source audio decoded at a time when streaming (memory, not results:
+            the segments are the same for any value).
     """
 
     segment_s: float = 30.0
     min_segment_s: float = 1.0
+    segmenter: str = "fixed"
+    vad: VadConfig = VadConfig()
+    split_s: float | None = 600.0
+    chunk_s: float = streaming.DEFAULT_CHUNK_S
 
     def __post_init__(self) -> None:
         if not self.segment_s > 0:
             raise ValueError(f"segment_s must be > 0. Found: {self.segment_s}")
         if not 0 <= self.min_segment_s <= self.segment_s:
             raise ValueError(f"min_segment_s must be in [0, segment_s={self.segment_s}]. Found: {self.min_segment_s}")
+        if self.segmenter not in SEGMENTERS:
+            raise ValueError(f"unknown segmenter {self.segmenter!r}; known: {', '.join(SEGMENTERS)}")
+        if not isinstance(self.vad, VadConfig):
+            raise ValueError(f"vad must be a VadConfig. Found: {type(self.vad).__name__}")
+        if self.split_s is not None and self.split_s != 0 and not self.split_s >= 4 * QUIET_SEARCH_S:
+            raise ValueError(f"split_s must be 0 (never split) or >= {4 * QUIET_SEARCH_S} s. Found: {self.split_s}")
+        if not 0.1 <= self.chunk_s <= 3600:
+            raise ValueError(f"chunk_s must be in [0.1, 3600] seconds. Found: {self.chunk_s}")
+
+    @property
+    def splits(self) -> bool:
+        return bool(self.split_s)
 
 
 def fixed_windows(n_samples: int, sample_rate: int, config: SegmentConfig) -> list[tuple[int, int]]:
@@ -86,44 +144,579 @@ def segment_key(ref: AudioRef, start_s: float) -> str:
     return f"{key_stem(ref)}-{source_hash(ref)}-{int(round(start_s * 1000)):09d}"
 
 
+# ---------------------------------------------------------------------------- transcripts
+
+_TRANSCRIPT_LABELS = {"words": "word", "segments": "text"}
+
+
+def timed_transcript(meta: Mapping[str, Any] | None) -> tuple[str, list[dict[str, Any]]] | None:
+    """The timed transcript of a manifest record: (``words`` or ``segments``, its entries sorted
+    by start), or None when there is none.
+
+    Raises:
+        AudiotokError: ``bad_manifest`` when the field is not a list of
+            ``{"start": s, "end": s, "word"|"text": str}`` with 0 <= start <= end.
+    """
+    if not meta:
+        return None
+    for field, label in _TRANSCRIPT_LABELS.items():
+        entries = meta.get(field)
+        if entries is None:
+            continue
+        if not isinstance(entries, (list, tuple)):
+            raise AudiotokError(failures.BAD_MANIFEST, f"{field!r} must be a list of {{start, end, {label}}}")
+        parsed = []
+        for i, entry in enumerate(entries):
+            try:
+                start, end, value = float(entry["start"]), float(entry["end"]), entry[label]
+            except (TypeError, KeyError, ValueError):
+                raise AudiotokError(failures.BAD_MANIFEST,
+                                    f"{field}[{i}] needs numeric 'start', 'end' and a string {label!r}") from None
+            if not (isinstance(value, str) and math.isfinite(start) and math.isfinite(end) and 0 <= start <= end):
+                raise AudiotokError(failures.BAD_MANIFEST, f"{field}[{i}]: need 0 <= start <= end and a string "
+                                    f"{label!r}. Found: {entry!r:.200}")
+            parsed.append({"start": start, "end": end, label: value})
+        parsed.sort(key=lambda e: (e["start"], e["end"]))
+        return field, parsed
+    return None
+
+
+def _midpoint_in(entry: Mapping[str, Any], start_s: float, end_s: float) -> bool:
+    return start_s <= (entry["start"] + entry["end"]) / 2 < end_s
+
+
+def narrow_transcript(meta: Mapping[str, Any], start_s: float, end_s: float) -> Mapping[str, Any]:
+    """``meta`` with its timed transcript reduced to the entries whose midpoint lies in
+    ``[start_s, end_s)`` (times unchanged); ``meta`` itself when it has none."""
+    found = timed_transcript(meta)
+    if found is None:
+        return meta
+    field, entries = found
+    return {**meta, field: [e for e in entries if _midpoint_in(e, start_s, end_s)]}
+
+
+def segment_meta(meta: Mapping[str, Any], start_s: float, end_s: float) -> Mapping[str, Any]:
+    """The manifest fields of the segment ``[start_s, end_s)``: with a timed transcript, its
+    entries whose midpoint the segment holds (times relative to ``start_s``, clipped to the
+    segment, rounded to the millisecond) and ``text``, their words or texts joined by spaces.
+    Without one, ``meta`` unchanged."""
+    found = timed_transcript(meta)
+    if found is None:
+        return meta
+    field, entries = found
+    label = _TRANSCRIPT_LABELS[field]
+    inside = [e for e in entries if _midpoint_in(e, start_s, end_s)]
+    duration = end_s - start_s
+    relative = [{"start": round(min(max(e["start"] - start_s, 0.0), duration), 3),
+                 "end": round(min(max(e["end"] - start_s, 0.0), duration), 3), label: e[label]} for e in inside]
+    text = " ".join(t for t in (e[label].strip() for e in inside) if t)
+    return {**meta, field: relative, "text": text}
+
+
+def make_segment(ref: AudioRef, start: int, end: int, rate: int, audio: np.ndarray,
+                 source_info: Mapping[str, Any]) -> Segment:
+    """The segment of ``ref`` holding samples ``[start, end)`` at ``rate``.
+
+    With a timed transcript, ``segment.source`` is ``ref`` with the segment's share of it
+    (:func:`segment_meta`), which is how ``text``/``words`` reach the sample's ``KEY.json``.
+    """
+    start_s, end_s = start / rate, end / rate
+    meta = segment_meta(ref.meta, start_s, end_s)
+    source = ref if meta is ref.meta else dataclasses.replace(ref, meta=meta)
+    return Segment(key=segment_key(ref, start_s), source=source, start_s=start_s, end_s=end_s, sample_rate=rate,
+                   audio=audio, source_info=dict(source_info))
+
+
+# ---------------------------------------------------------------------------- whole files
+
+
 def cut_segments(decoded: Decoded, config: SegmentConfig) -> Iterator[Segment]:
     """Cuts decoded mono audio into fixed-window segments."""
     rate = decoded.sample_rate
     info = decoded.source_info()
     for start, end in fixed_windows(decoded.audio.shape[-1], rate, config):
-        start_s = start / rate
-        yield Segment(
-            key=segment_key(decoded.source, start_s),
-            source=decoded.source,
-            start_s=start_s,
-            end_s=end / rate,
-            sample_rate=rate,
-            audio=decoded.audio[start:end],
-            source_info=info,
-        )
+        yield make_segment(decoded.source, start, end, rate, decoded.audio[start:end], info)
+
+
+@dataclasses.dataclass
+class SegmentStats:
+    """Milliseconds of audio by what became of them (the speech segmenters' counters)."""
+
+    segmented_ms: int = 0
+    nonspeech_ms: int = 0
+    dropped_speech_ms: int = 0
+    streamed_samples: int = 0
+
+    def add_plan(self, plan: vad.SegmentPlan, total_16k: int) -> None:
+        kept = sum(b - a for a, b in plan.segments)
+        dropped = sum(b - a for a, b in plan.dropped)
+        self.segmented_ms += _ms(kept)
+        self.dropped_speech_ms += _ms(dropped)
+        self.nonspeech_ms += _ms(max(0, total_16k - kept - dropped))
+
+    def report(self) -> None:
+        metrics.counter("segmented_ms").inc(self.segmented_ms)
+        metrics.counter("nonspeech_ms").inc(self.nonspeech_ms)
+        metrics.counter("dropped_speech_ms").inc(self.dropped_speech_ms)
+
+
+def _ms(samples_16k: int) -> int:
+    return int(round(samples_16k * 1000 / VAD_RATE))
+
+
+def to_rate(samples_16k: int, rate: int) -> int:
+    """A 16 kHz sample index at ``rate`` (nearest sample)."""
+    return (2 * samples_16k * rate + VAD_RATE) // (2 * VAD_RATE)
+
+
+def speech_scores(chunks_16k: Iterable[np.ndarray], config: SegmentConfig, model=None) -> vad.FrameScores:
+    """The detector of ``config.segmenter`` over 16 kHz audio given in chunks."""
+    if config.segmenter == "energy":
+        return vad.energy_scores(chunks_16k)
+    if config.segmenter == "vad":
+        return vad.silero_scores(model if model is not None else vad.loaded_silero(), chunks_16k,
+                                 config.vad.batch_lanes)
+    raise ValueError(f"{config.segmenter!r} is not a speech segmenter")
+
+
+def speech_intervals(scores: vad.FrameScores, config: SegmentConfig, rate: int,
+                     stats: SegmentStats | None = None) -> list[tuple[int, int]]:
+    """Segments as (start, end) sample indices at ``rate``, relative to the scored audio."""
+    plan = vad.plan_segments(scores, config.vad, config.segment_s, config.min_segment_s)
+    if stats is not None:
+        stats.add_plan(plan, scores.n_samples)
+    return [(to_rate(a, rate), to_rate(b, rate)) for a, b in plan.segments]
+
+
+def cut_speech(decoded: Decoded, scores: vad.FrameScores, config: SegmentConfig,
+               stats: SegmentStats | None = None) -> Iterator[Segment]:
+    """Cuts decoded mono audio along the speech found in ``scores`` (of the same audio at 16 kHz)."""
+    rate, info, n = decoded.sample_rate, decoded.source_info(), decoded.audio.shape[-1]
+    for start, end in speech_intervals(scores, config, rate, stats):
+        end = min(end, n)
+        if end > start:
+            yield make_segment(decoded.source, start, end, rate, decoded.audio[start:end], info)
+
+
+def at_vad_rate(decoded: Decoded) -> np.ndarray:
+    """The audio of ``decoded`` at 16 kHz (what the detectors take)."""
+    return resample(decoded.audio, decoded.sample_rate, VAD_RATE)
+
+
+def _too_short(decoded: Decoded, config: SegmentConfig) -> Failure:
+    metrics.failure(failures.TOO_SHORT, "segment")
+    if config.segmenter == "fixed":
+        message = f"{decoded.duration_s:.3f} s is shorter than the minimum segment ({config.min_segment_s} s)"
+    else:
+        message = (f"no stretch of speech of {config.min_segment_s} s or more in {decoded.duration_s:.3f} s "
+                   f"({config.segmenter} segmenter)")
+    return Failure(decoded.source.uri, failures.TOO_SHORT, message, stage="segment")
 
 
 def _segment_or_fail(decoded: Decoded, config: SegmentConfig):
     n = 0
-    for segment in cut_segments(decoded, config):
-        n += 1
-        yield segment
+    try:
+        for segment in cut_segments(decoded, config):
+            n += 1
+            yield segment
+    except AudiotokError as e:  # a bad timed transcript
+        metrics.failure(e.reason, "segment")
+        yield beam.pvalue.TaggedOutput("failures", Failure.from_error(decoded.source.uri, e, "segment"))
+        return
     metrics.counter("segments").inc(n)
     if n == 0:
-        metrics.failure(failures.TOO_SHORT, "segment")
-        yield beam.pvalue.TaggedOutput("failures", Failure(
-            decoded.source.uri, failures.TOO_SHORT,
-            f"{decoded.duration_s:.3f} s is shorter than the minimum segment ({config.min_segment_s} s)",
-            stage="segment"))
+        yield beam.pvalue.TaggedOutput("failures", _too_short(decoded, config))
+
+
+class _SpeechSegmentFn(beam.DoFn):
+    """Speech segmentation of whole files. Silero runs on the lanes of several files at once:
+    files are held until ``batch_lanes`` lanes are waiting (or the bundle ends)."""
+
+    def __init__(self, config: SegmentConfig):
+        self._config = config
+
+    def setup(self) -> None:
+        self._model = vad.loaded_silero() if self._config.segmenter == "vad" else None
+
+    def start_bundle(self) -> None:
+        self._held: list[Decoded] = []
+        self._lanes = 0
+
+    def process(self, decoded: Decoded):
+        if self._model is None:
+            yield from self._segment([decoded], windowed=False)
+            return
+        self._held.append(decoded)
+        self._lanes += -(-int(round(decoded.duration_s * VAD_RATE)) // (vad.LANE_FRAMES * vad.SILERO_HOP))
+        if self._lanes >= self._config.vad.batch_lanes:
+            yield from self._flush(windowed=False)
+
+    def finish_bundle(self):
+        yield from self._flush(windowed=True)
+
+    def _flush(self, windowed: bool):
+        held, self._held, self._lanes = self._held, [], 0
+        if held:
+            yield from self._segment(held, windowed)
+
+    def _segment(self, batch: list[Decoded], windowed: bool):
+        def out(value):
+            return GlobalWindows.windowed_value(value) if windowed else value
+
+        if self._model is not None:
+            all_scores = vad.silero_scores_many(self._model, [[at_vad_rate(d)] for d in batch],
+                                                self._config.vad.batch_lanes)
+        else:
+            all_scores = [vad.energy_scores([at_vad_rate(d)]) for d in batch]
+        for decoded, scores in zip(batch, all_scores):
+            stats = SegmentStats()
+            n = 0
+            try:
+                for segment in cut_speech(decoded, scores, self._config, stats):
+                    n += 1
+                    yield out(segment)
+            except AudiotokError as e:  # a bad timed transcript
+                metrics.failure(e.reason, "segment")
+                yield beam.pvalue.TaggedOutput("failures", out(Failure.from_error(decoded.source.uri, e, "segment")))
+                continue
+            stats.report()
+            metrics.counter("segments").inc(n)
+            if n == 0:
+                yield beam.pvalue.TaggedOutput("failures", out(_too_short(decoded, self._config)))
 
 
 class SegmentAudio(beam.PTransform):
-    """PCollection[Decoded] -> Segment (main) and Failure (``failures``: inputs too short for any segment)."""
+    """PCollection[Decoded] -> Segment (main) and Failure (``failures``: inputs with no segment)."""
 
     def __init__(self, config: SegmentConfig):
         super().__init__()
         self.config = config
 
     def expand(self, decoded):
-        return decoded | "FixedWindows" >> beam.FlatMap(_segment_or_fail, self.config).with_outputs(
+        if self.config.segmenter == "fixed":
+            return decoded | "FixedWindows" >> beam.FlatMap(_segment_or_fail, self.config).with_outputs(
+                "failures", main="segments")
+        return decoded | "SpeechSegments" >> beam.ParDo(_SpeechSegmentFn(self.config)).with_outputs(
+            "failures", main="segments")
+
+
+# ---------------------------------------------------------------------------- long files
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+    """A stretch of a long file, segmented by one worker.
+
+    Attributes:
+        source: the input (its timed transcript narrowed to the stretch).
+        info: the file's probe.
+        sample_rate: the rate segments are cut at, Hz.
+        start, stop: the stretch, in samples at ``sample_rate`` (``stop=None``: to the end).
+        index, count: position of the item among the file's items.
+    """
+
+    source: AudioRef
+    info: Probe
+    sample_rate: int
+    start: int
+    stop: int | None
+    index: int
+    count: int
+
+    @property
+    def start_s(self) -> float:
+        return self.start / self.sample_rate
+
+    @property
+    def stop_s(self) -> float | None:
+        return None if self.stop is None else self.stop / self.sample_rate
+
+
+def fixed_borders(n_est: int, rate: int, config: SegmentConfig) -> list[int]:
+    """Item borders for the fixed segmenter: multiples of the window close to ``split_s``, so that
+    every item's windows are the whole file's windows."""
+    window = max(1, int(round(config.segment_s * rate)))
+    step = window * max(1, int(round(config.split_s * rate / window)))
+    return list(range(step, n_est - window, step))
+
+
+def nominal_borders(n_est: int, rate: int, config: SegmentConfig) -> list[int]:
+    """Every ``split_s`` seconds, keeping the last item at least half as long."""
+    step = int(round(config.split_s * rate))
+    return list(range(step, n_est - step // 2, step))
+
+
+def quiet_cuts(ref: AudioRef, info: Probe, borders: list[int], rate: int, config: SegmentConfig,
+               decode: DecodeConfig) -> list[int]:
+    """Moves each border to the quietest point within ``QUIET_SEARCH_S`` of it (by 16 kHz frame
+    energy). Borders whose stretch the file does not hold (a header that overstates the
+    length) are dropped."""
+    half = int(round(min(QUIET_SEARCH_S, config.split_s / 4) * rate))
+    windows = [(b - half, b + half) for b in borders]
+    # Cuts on the whole file's frame grid keep the frames of every item where they would be
+    # for the whole file (when a frame is a whole number of samples at ``rate``).
+    hop = vad.SILERO_HOP if config.segmenter == "vad" else vad.ENERGY_HOP
+    grid = hop * rate // VAD_RATE if (hop * rate) % VAD_RATE == 0 else 1
+    cuts = []
+    for (lo, hi), audio in zip(windows, read_windows(ref.uri, info, windows, rate, config.chunk_s, decode)):
+        if audio.shape[0] < hi - lo:
+            break
+        db = vad.frame_energy_db(resample(audio, rate, VAD_RATE), vad.ENERGY_HOP)
+        cut = lo + to_rate(vad.quietest_point(db, vad.ENERGY_HOP), rate)
+        cuts.append((2 * cut + grid) // (2 * grid) * grid)
+    return cuts
+
+
+def read_windows(uri: str, info: Probe, windows: list[tuple[int, int]], rate: int, chunk_s: float,
+                 decode: DecodeConfig) -> Iterator[np.ndarray]:
+    """The audio of each (sorted, disjoint) window: one seek each for libsndfile formats, one
+    pass over the file for the others. A window past the end comes back short."""
+    if info.seekable:
+        for lo, hi in windows:
+            yield streaming.read_all(uri, rate, chunk_s, start=lo, stop=hi, config=decode, info=info)
+        return
+    chunks = streaming.iter_chunks(uri, chunk_s, rate, start=windows[0][0] if windows else 0,
+                                   stop=windows[-1][1] if windows else 0, config=decode, info=info)
+    pos = windows[0][0] if windows else 0
+    got = 0
+    for lo, hi, audio in cut_stream(chunks, [(lo - pos, hi - pos) for lo, hi in windows]):
+        got += 1
+        yield audio
+    for _ in range(got, len(windows)):  # windows past the end of the file
+        yield np.zeros(0, np.float32)
+
+
+def plan_work_items(ref: AudioRef, info: Probe, rate: int, config: SegmentConfig,
+                    decode: DecodeConfig) -> list[WorkItem]:
+    """Cuts a long file into work items of about ``split_s`` seconds (see the module docstring)."""
+    n_est = int(info.frames * rate / info.sample_rate)
+    if config.segmenter == "fixed":
+        cuts = fixed_borders(n_est, rate, config)
+    else:
+        cuts = quiet_cuts(ref, info, nominal_borders(n_est, rate, config), rate, config, decode)
+    edges = [0, *cuts, None]
+    count = len(edges) - 1
+    items = []
+    for i, (start, stop) in enumerate(zip(edges, edges[1:])):
+        source = ref
+        if ref.meta:
+            narrowed = narrow_transcript(ref.meta, start / rate, math.inf if stop is None else stop / rate)
+            source = ref if narrowed is ref.meta else dataclasses.replace(ref, meta=narrowed)
+        items.append(WorkItem(source, info, rate, start, stop, i, count))
+    return items
+
+
+def cut_stream(chunks: Iterable[np.ndarray], intervals: list[tuple[int, int]]) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Cuts a stream of float32 chunks along sorted, disjoint (start, end) sample intervals.
+
+    Yields:
+        (start, end, audio) for each interval, in order, audio a fresh array (it holds no chunk
+        alive). An interval the stream ends inside comes back shorter; the ones after are skipped.
+    """
+    todo = iter(intervals)
+    current = next(todo, None)
+    pos = 0
+    parts: list[np.ndarray] = []
+    for chunk in chunks:
+        if current is None:
+            return
+        end_of_chunk = pos + chunk.shape[0]
+        while current is not None and current[0] < end_of_chunk:
+            lo, hi = current
+            a, b = max(lo, pos) - pos, min(hi, end_of_chunk) - pos
+            if b > a:
+                parts.append(chunk[a:b])
+            if hi > end_of_chunk:
+                break
+            yield lo, hi, _join(parts)
+            parts = []
+            current = next(todo, None)
+        pos = end_of_chunk
+    if current is not None and parts:
+        yield current[0], pos, _join(parts)
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+class _Counted:
+    """Passes chunks through, counting their samples, and keeping them while they take at most
+    ``keep_bytes`` (so that a second pass need not decode again)."""
+
+    def __init__(self, chunks: Iterable[np.ndarray], keep_bytes: int = 0):
+        self._chunks, self.n = chunks, 0
+        self._keep_bytes, self._kept_bytes = keep_bytes, 0
+        self.kept: list[np.ndarray] | None = [] if keep_bytes else None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for chunk in self._chunks:
+            self.n += chunk.shape[0]
+            if self.kept is not None:
+                self._kept_bytes += chunk.nbytes
+                if self._kept_bytes <= self._keep_bytes:
+                    self.kept.append(chunk)
+                else:
+                    self.kept = None  # too long to hold: the second pass reads again
+            yield chunk
+
+
+def segment_work_item(item: WorkItem, config: SegmentConfig, decode: DecodeConfig, model=None,
+                      stats: SegmentStats | None = None) -> Iterator[Segment | Failure]:
+    """Segments one work item by streaming it: one pass for ``fixed``; for the speech
+    segmenters a first pass scores the stretch and a second cuts it (from the audio kept by the
+    first, up to ``ITEM_BUFFER_BYTES``; decoded again beyond).
+
+    Yields:
+        Segments (absolute positions in the file) and, when the stretch ends early against an
+        exact header, one ``truncated`` Failure.
+
+    Raises:
+        AudiotokError: when the stretch cannot be read.
+    """
+    rate, ref = item.sample_rate, item.source
+
+    def chunks():
+        return streaming.iter_chunks(ref.uri, config.chunk_s, rate, item.start, item.stop, decode, item.info)
+
+    info = item.info.source_info()
+    if config.segmenter == "fixed":
+        window = max(1, int(round(config.segment_s * rate)))
+        min_len = int(round(config.min_segment_s * rate))
+        counted = _Counted(chunks())
+        pos = item.start
+        for block in vad.reblock(counted, window):
+            n = block.shape[0]
+            if n == window or (n >= min_len and n > 0):
+                yield make_segment(ref, pos, pos + n, rate, np.array(block), info)
+            pos += n
+        got = counted.n
+        if stats is not None:
+            stats.streamed_samples += got
+    else:
+        counted = _Counted(chunks(), keep_bytes=ITEM_BUFFER_BYTES)
+        scores = speech_scores(streaming.resample_stream(counted, rate, VAD_RATE), config, model)
+        got = counted.n
+        if stats is not None:
+            stats.streamed_samples += got
+        intervals = [(a, min(b, got)) for a, b in speech_intervals(scores, config, rate, stats) if a < got]
+        second_pass = counted.kept if counted.kept is not None else chunks()
+        counted.kept = None
+        for lo, hi, audio in cut_stream(second_pass, intervals):
+            if hi > lo:
+                yield make_segment(ref, item.start + lo, item.start + hi, rate, audio, info)
+    expected = _expected_length(item)
+    if expected is not None and got < expected - int(0.1 * rate):
+        yield Failure(ref.uri, failures.TRUNCATED,
+                      f"the stretch ends after {got / rate:.2f} of {expected / rate:.2f} s "
+                      f"(the header declares {item.info.duration_s:.2f} s)", stage="decode",
+                      start_s=item.start_s, end_s=(item.start + expected) / rate)
+
+
+def _expected_length(item: WorkItem) -> int | None:
+    if item.stop is not None:
+        return item.stop - item.start if item.info.exact else None
+    if item.info.exact and item.info.frames is not None:
+        return max(0, int(item.info.frames * item.sample_rate / item.info.sample_rate) - item.start)
+    return None
+
+
+class _PlanFn(beam.DoFn):
+    """Long files -> work items (``items``); the rest pass on (main) to be decoded whole."""
+
+    def __init__(self, rate: int, config: SegmentConfig, decode: DecodeConfig):
+        self._rate, self._config, self._decode = rate, config, decode
+
+    def process(self, ref: AudioRef):
+        try:
+            info = streaming.probe(ref.uri)
+        except Exception:  # noqa: BLE001 - the whole-file decoder gives the reason a file is bad
+            yield ref
+            return
+        duration = info.duration_s
+        unknown_and_big = duration is None and (info.size_bytes or 0) >= streaming.UNKNOWN_LENGTH_STREAM_BYTES
+        if not unknown_and_big and (duration is None or duration <= self._config.split_s or not info.believable()):
+            yield ref
+            return
+        try:
+            check_format(info.sample_rate, info.channels, self._decode)
+            limit = self._decode.max_duration_s
+            if duration is not None and limit is not None and duration > limit:
+                raise AudiotokError(failures.TOO_LONG, f"the header declares {duration:.1f} s > {limit} s")
+            timed_transcript(ref.meta)
+            if unknown_and_big:  # no length to plan with: one worker streams it, in bounded memory
+                items = [WorkItem(ref, info, self._rate, 0, None, 0, 1)]
+            else:
+                items = plan_work_items(ref, info, self._rate, self._config, self._decode)
+        except Exception as e:  # every failure is a record, never a failed bundle
+            failure = Failure.from_error(ref.uri, e, "decode")
+            metrics.failure(failure.reason, "decode")
+            yield beam.pvalue.TaggedOutput("failures", failure)
+            return
+        metrics.counter("long_files").inc()
+        metrics.counter("work_items").inc(len(items))
+        logger.info("%s: %s s in %d work item(s)", failures.redact(failures.printable(ref.uri)),
+                    "?" if duration is None else f"{duration:.0f}", len(items))
+        for item in items:
+            yield beam.pvalue.TaggedOutput("items", item)
+
+
+class _SegmentItemFn(beam.DoFn):
+    def __init__(self, config: SegmentConfig, decode: DecodeConfig):
+        self._config, self._decode = config, decode
+
+    def setup(self) -> None:
+        self._model = vad.loaded_silero() if self._config.segmenter == "vad" else None
+        self._progress = Progress("streamed")
+
+    def process(self, item: WorkItem):
+        stats = SegmentStats()
+        n = 0
+        try:
+            for out in segment_work_item(item, self._config, self._decode, self._model, stats):
+                if isinstance(out, Failure):
+                    metrics.failure(out.reason, out.stage)
+                    yield beam.pvalue.TaggedOutput("failures", out)
+                    continue
+                n += 1
+                yield out
+        except Exception as e:  # every failure is a record, never a failed bundle
+            failure = Failure.from_error(item.source.uri, e, "decode", start_s=item.start_s, end_s=item.stop_s)
+            metrics.failure(failure.reason, "decode")
+            yield beam.pvalue.TaggedOutput("failures", failure)
+            return
+        if item.index == 0:
+            metrics.counter("files_ok").inc()
+        if self._config.segmenter != "fixed":
+            stats.report()
+        metrics.counter("segments").inc(n)
+        audio_s = stats.streamed_samples / item.sample_rate
+        metrics.counter("audio_ms").inc(int(round(audio_s * 1000)))
+        self._progress.add(audio_s)
+
+
+class PlanLongFiles(beam.PTransform):
+    """PCollection[AudioRef] -> AudioRef (main: decode whole), WorkItem (``items``, spread over
+    the workers) and Failure (``failures``)."""
+
+    def __init__(self, sample_rate: int, config: SegmentConfig, decode: DecodeConfig):
+        super().__init__()
+        self.sample_rate, self.config, self.decode = sample_rate, config, decode
+
+    def expand(self, refs):
+        planned = refs | "Probe" >> beam.ParDo(_PlanFn(self.sample_rate, self.config, self.decode)).with_outputs(
+            "items", "failures", main="whole")
+        items = planned.items | "SpreadWorkItems" >> beam.Reshuffle()
+        return {"whole": planned.whole, "items": items, "failures": planned.failures}
+
+
+class SegmentWorkItems(beam.PTransform):
+    """PCollection[WorkItem] -> Segment (main) and Failure (``failures``)."""
+
+    def __init__(self, config: SegmentConfig, decode: DecodeConfig):
+        super().__init__()
+        self.config, self.decode = config, decode
+
+    def expand(self, items):
+        return items | "StreamSegments" >> beam.ParDo(_SegmentItemFn(self.config, self.decode)).with_outputs(
             "failures", main="segments")
