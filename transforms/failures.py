@@ -1,43 +1,114 @@
-"""Dead-letter records and reason codes.
+"""Dead-letter records, reason codes, and redaction of secrets.
 
 Nothing bad stops the job: a pure function raises :class:`AudiotokError` with a reason
 code, the DoFn around it turns the error into a :class:`Failure`, which goes to the
 ``failures`` output and ends as one JSON line under ``OUTPUT/failures/``.
+
+Every URI and message that reaches a failure record goes through :func:`redact` first, so
+credentials in URLs (``s3://KEY:SECRET@bucket/x``, signed query strings) never land in the
+dataset or in logs. The codes are documented in ``transforms/FAILURES.md``; keep the two in step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
-from transforms.storage import redact
-
-# Reason codes. Documented in the README; keep the two in step.
-EMPTY = "empty"  # zero bytes
+# Reason codes. Documented in transforms/FAILURES.md; keep the two in step.
+EMPTY = "empty"  # zero bytes, or a valid header with no samples
 TRUNCATED = "truncated"  # a known container whose data ends early
 UNSUPPORTED_FORMAT = "unsupported_format"  # no decoder recognises the bytes
 HEADER_MISMATCH = "header_mismatch"  # header values that the data cannot back
 DECODE_ERROR = "decode_error"  # a decoder failed for another reason
 NON_FINITE = "non_finite"  # NaN or Inf samples
+OUT_OF_RANGE = "out_of_range"  # finite samples beyond [-1, 1] (float formats)
+SILENT = "silent"  # no sample above the silence threshold
+CLIPPED = "clipped"  # too many samples at full scale
 TOO_SHORT = "too_short"  # shorter than the minimum segment
-TOO_LONG = "too_long"  # longer than the maximum duration
+TOO_LONG = "too_long"  # longer than the maximum duration, or than the decode memory guard
 BAD_SAMPLE_RATE = "bad_sample_rate"  # outside the accepted range
 TOO_MANY_CHANNELS = "too_many_channels"
-TIMEOUT = "timeout"
-DECODER_CRASH = "decoder_crash"
+TIMEOUT = "timeout"  # decoding took longer than the per-file limit
+DECODER_CRASH = "decoder_crash"  # the decoder process died (segfault, abort, killed)
 READ_ERROR = "read_error"  # the storage could not be read
+BAD_NAME = "bad_name"  # a file name that metadata cannot carry (not UTF-8)
 BAD_MANIFEST = "bad_manifest"  # a manifest line that is not a valid record
 TOKENIZER_ERROR = "tokenizer_error"  # a tokenizer failed on a segment
 OUT_OF_MEMORY = "out_of_memory"
 
 REASONS: tuple[str, ...] = (
-    EMPTY, TRUNCATED, UNSUPPORTED_FORMAT, HEADER_MISMATCH, DECODE_ERROR, NON_FINITE,
-    TOO_SHORT, TOO_LONG, BAD_SAMPLE_RATE, TOO_MANY_CHANNELS, TIMEOUT, DECODER_CRASH,
-    READ_ERROR, BAD_MANIFEST, TOKENIZER_ERROR, OUT_OF_MEMORY,
+    EMPTY, TRUNCATED, UNSUPPORTED_FORMAT, HEADER_MISMATCH, DECODE_ERROR, NON_FINITE, OUT_OF_RANGE,
+    SILENT, CLIPPED, TOO_SHORT, TOO_LONG, BAD_SAMPLE_RATE, TOO_MANY_CHANNELS, TIMEOUT, DECODER_CRASH,
+    READ_ERROR, BAD_NAME, BAD_MANIFEST, TOKENIZER_ERROR, OUT_OF_MEMORY,
 )
 
 _MAX_MESSAGE_CHARS = 2000
+REDACTED = "***"
+
+# scheme://userinfo@host: the userinfo (user:password, or a bare token) goes. Secrets pasted
+# without percent-encoding may hold '/' (AWS secret keys do), so user:password may span slashes.
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s?#:]+:[^@\s]*|[^/@\s?#]+)@")
+# Query parameters that carry signatures or tokens (presigned S3/GCS URLs, Azure SAS, API keys).
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&;][^=&;\s#]*(?:sig|signature|token|key|secret|password|passwd|pwd|credential|auth)"
+    r"[^=&;\s#]*=)(?P<value>[^&;\s#]+)",
+    re.IGNORECASE)
+# key=value / key: value in free text (exception messages echoing a configuration).
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?P<name>\b[\w-]*(?:secret|password|passwd|token|api[_-]?key|access[_-]?key(?:[_-]?id)?)\b)(?P<sep>\s*[=:]\s*)"
+    r"(?P<value>(?!\*\*\*)[^\s&,;'\"]+)",
+    re.IGNORECASE)
+
+
+def redact(text: str, uri: str | None = None) -> str:
+    """``text`` with credentials in URLs and ``secret=...`` assignments replaced by ``***``
+    (then :func:`transforms.storage.redact`: secret environment values, private keys, tokens).
+
+    ``s3://KEY:SECRET@bucket/x`` -> ``s3://***@bucket/x``;
+    ``https://h/x?X-Amz-Signature=abc`` -> ``https://h/x?X-Amz-Signature=***``.
+    With ``uri``, the credentials of that URI are also scrubbed wherever they appear in
+    ``text`` (libraries echo them without the scheme: ``Invalid bucket name "KEY:SECRET@b"``).
+    Idempotent; paths and file names are left alone.
+    """
+    if not isinstance(text, str) or not text:
+        return text
+    from transforms import storage  # here: storage is heavier, and failures must stay importable alone
+
+    for secret in _credentials(uri):
+        text = text.replace(secret, REDACTED)
+    text = _USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
+    text = _SECRET_PARAM.sub(lambda m: m.group("name") + REDACTED, text)
+    text = _SECRET_ASSIGNMENT.sub(lambda m: m.group("name") + m.group("sep") + REDACTED, text)
+    return storage.redact(text)  # and the storage layer's rules: secret env values, keys, bearer tokens
+
+
+def _credentials(uri: str | None) -> list[str]:
+    """The userinfo of ``uri`` and its parts (longest first), when it has any."""
+    if not isinstance(uri, str):
+        return []
+    found = []
+    for m in _USERINFO.finditer(uri):
+        userinfo = m.group("userinfo")
+        found.append(userinfo)
+        found.extend(part for part in userinfo.split(":", 1) if len(part) >= 4)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: bytes that are not (file names read with ``surrogateescape``)
+    become ``\\xNN`` escapes, so JSON writers never fail on them."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
 
 
 class AudiotokError(Exception):
@@ -53,12 +124,15 @@ class AudiotokError(Exception):
 
     def __str__(self) -> str:
         where = f" ({self.uri})" if self.uri else ""
-        return f"{self.reason}: {self.message}{where}"
+        return redact(printable(f"{self.reason}: {self.message}{where}"), self.uri)
 
 
 @dataclasses.dataclass(frozen=True)
 class Failure:
-    """One dead-letter record: what could not be processed, where, and why."""
+    """One dead-letter record: what could not be processed, where, and why.
+
+    ``uri`` and ``message`` are redacted and made valid UTF-8 when the record is built.
+    """
 
     uri: str
     reason: str
@@ -66,6 +140,11 @@ class Failure:
     stage: str = ""
     start_s: float | None = None
     end_s: float | None = None
+
+    def __post_init__(self) -> None:
+        raw_uri = str(self.uri)
+        object.__setattr__(self, "uri", redact(printable(raw_uri)))
+        object.__setattr__(self, "message", redact(printable(str(self.message)), raw_uri)[:_MAX_MESSAGE_CHARS])
 
     @classmethod
     def from_error(cls, uri: str, error: BaseException, stage: str, **where: Any) -> "Failure":
@@ -76,10 +155,8 @@ class Failure:
         else:
             reason = DECODE_ERROR if stage == "decode" else TOKENIZER_ERROR
             message = f"{type(error).__name__}: {error}"
-        return cls(uri=uri, reason=reason, message=message[:_MAX_MESSAGE_CHARS], stage=stage, **where)
+        return cls(uri=uri, reason=reason, message=message, stage=stage, **where)
 
     def to_json(self) -> str:
-        # Messages quote exceptions, which may quote requests: mask credentials on the way out.
-        record = {k: redact(v) if isinstance(v, str) else v
-                  for k, v in dataclasses.asdict(self).items() if v is not None and v != ""}
+        record = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v != ""}
         return json.dumps(record, ensure_ascii=False, sort_keys=True)

@@ -1,0 +1,139 @@
+"""Decoding in a reused child process: crashes and hangs cost one file, never the worker."""
+
+from __future__ import annotations
+
+import time
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from audio_fixtures import encode_audio, synth_speechlike
+from transforms import failures, isolation
+from transforms.decode import DecodeAudio, DecodeConfig
+from transforms.failures import AudiotokError
+from transforms.records import AudioRef
+
+TIMEOUT_S = 1.5
+FAULTS = DecodeConfig(isolation="process", timeout_s=TIMEOUT_S, decoder="hostile_corpus:fault_kinds")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A good stereo FLAC, a loud float WAV, and one file per fault (its first line names it)."""
+    root = tmp_path_factory.mktemp("iso")
+    paths = {}
+    good = synth_speechlike(1.0, 22050, channels=2, seed=1)
+    (root / "good.flac").write_bytes(encode_audio(good, 22050, "flac"))
+    (root / "loud.wav").write_bytes(encode_audio(good * 4, 22050, "wav-float"))
+    (root / "empty.wav").write_bytes(b"")
+    paths.update(good=root / "good.flac", loud=root / "loud.wav", empty=root / "empty.wav")
+    for kind in ("segfault", "abort", "exit", "hang", "bug", "memory", "reason"):
+        paths[kind] = root / f"{kind}.wav"
+        paths[kind].write_bytes(kind.encode() + b"\n" + b"\0" * 64)
+    return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture
+def decoder():
+    d = isolation.ProcessDecoder(FAULTS)
+    yield d
+    d.close()
+
+
+def _reason(decoder, uri):
+    with pytest.raises(AudiotokError) as e:
+        decoder.decode(AudioRef(uri))
+    return e.value
+
+
+def test_same_result_as_in_process_and_one_process_reused(decoder, files):
+    in_process = isolation.InProcessDecoder(DecodeConfig(isolation="none"))
+    for name in ("good", "loud", "good"):
+        got, notes = decoder.decode(AudioRef(files[name], meta={"id": "x"}))
+        want, want_notes = in_process.decode(AudioRef(files[name]))
+        np.testing.assert_array_equal(got.audio, want.audio)
+        assert got.audio.dtype == np.float32 and got.audio.flags.writeable and got.audio.flags.c_contiguous
+        assert (got.sample_rate, got.source_channels, got.source_format) == (22050, 2, "flac" if name == "good"
+                                                                              else "wav")
+        assert notes == want_notes == (("out_of_range_scaled",) if name == "loud" else ())
+        assert got.source.meta == {"id": "x"}  # the caller's reference, not the child's
+    first_pid = decoder.pid
+    decoder.decode(AudioRef(files["good"]))
+    assert decoder.pid == first_pid and decoder.restarts == 0
+    assert decoder.max_rss_mb > 0
+
+
+@pytest.mark.parametrize("kind,how", [("segfault", "SIGSEGV"), ("abort", "SIGABRT"), ("exit", "exit status 3")])
+def test_a_dying_decoder_is_one_record_and_restarts(decoder, files, kind, how):
+    decoder.decode(AudioRef(files["good"]))
+    pid = decoder.pid
+    error = _reason(decoder, files[kind])
+    assert error.reason == failures.DECODER_CRASH and how in error.message and error.uri == files[kind]
+    assert decoder.restarts == 1
+    decoded, _ = decoder.decode(AudioRef(files["good"]))  # the next file gets a fresh process
+    assert decoded.audio.shape == (22050,) and decoder.pid != pid
+
+
+def test_a_hanging_decoder_is_killed_at_the_time_limit(decoder, files):
+    decoder.decode(AudioRef(files["good"]))
+    start = time.monotonic()
+    error = _reason(decoder, files["hang"])
+    elapsed = time.monotonic() - start
+    assert error.reason == failures.TIMEOUT
+    assert TIMEOUT_S <= elapsed < TIMEOUT_S + isolation.GRACE_S + 3
+    decoded, _ = decoder.decode(AudioRef(files["good"]))
+    assert decoded.duration_s == pytest.approx(1.0)
+
+
+def test_python_errors_in_the_child_are_records_without_a_restart(decoder, files):
+    decoder.decode(AudioRef(files["good"]))
+    pid = decoder.pid
+    bug = _reason(decoder, files["bug"])
+    assert bug.reason == failures.DECODE_ERROR and "KeyError" in bug.message
+    assert _reason(decoder, files["memory"]).reason == failures.OUT_OF_MEMORY
+    said = _reason(decoder, files["reason"])
+    assert (said.reason, said.message) == (failures.DECODE_ERROR, "a decoder said no")
+    assert _reason(decoder, files["empty"]).reason == failures.EMPTY
+    assert decoder.pid == pid and decoder.restarts == 0
+
+
+def test_a_bad_decoder_path_fails_loudly():
+    d = isolation.ProcessDecoder(DecodeConfig(decoder="no_such_module_here:decode"))
+    with pytest.raises(RuntimeError, match="ModuleNotFoundError"):
+        d.decode(AudioRef("/nonexistent.wav"))
+    with pytest.raises(ValueError, match="module:function"):
+        DecodeConfig(decoder="not a path")
+
+
+def test_answers_are_checked_not_trusted():
+    good = {"ok": True, "samples": 10, "sample_rate": 16000, "source_sample_rate": 16000, "source_channels": 1,
+            "source_format": "wav", "notes": [], "max_rss_mb": 1.0}
+    isolation._check_header(good, DecodeConfig())
+    for bad in ({"samples": -1}, {"samples": 1 << 40}, {"samples": "10"}, {"sample_rate": 0},
+                {"notes": ["../x"]}, {"notes": "x"}, {"source_format": None}, {"max_rss_mb": "1"}):
+        with pytest.raises(isolation._ProtocolError):
+            isolation._check_header({**good, **bad}, DecodeConfig())
+
+
+def test_decode_stage_under_beam_turns_faults_into_records(files):
+    refs = [AudioRef(files[k]) for k in ("good", "segfault", "hang", "bug", "loud")]
+    with TestPipeline(runner="FnApiRunner") as p:
+        out = p | beam.Create(refs) | DecodeAudio(FAULTS)
+        assert_that(out.decoded | beam.Map(lambda d: d.source.uri.rsplit("/", 1)[1]),
+                    equal_to(["good.flac", "loud.wav"]), label="decoded")
+        assert_that(out.failures | beam.Map(lambda f: (f.uri.rsplit("/", 1)[1], f.reason, f.stage)),
+                    equal_to([("segfault.wav", "decoder_crash", "decode"), ("hang.wav", "timeout", "decode"),
+                              ("bug.wav", "decode_error", "decode")]), label="failures")
+
+
+def test_spawn_start_method_works_too(files):
+    d = isolation.ProcessDecoder(DecodeConfig(), start_method="spawn")
+    try:
+        decoded, _ = d.decode(AudioRef(files["good"]))
+        assert decoded.audio.shape == (22050,)
+    finally:
+        d.close()
+    assert d.pid is None
