@@ -9,6 +9,12 @@ import sys
 SUBCOMMANDS = {
     "tokenize": ("pipelines.tokenize", "audio files -> WebDataset token shards"),
     "fit-kmeans": ("pipelines.fit_kmeans", "fit a k-means codebook for a units tokenizer"),
+    "decode": ("pipelines.decode_codes", "codec codes of one sample -> a WAV file"),
+    "inspect": ("pipelines.inspect", "print a dataset's summary and one decoded sample"),
+    "verify": ("pipelines.verify", "check every shard of a dataset; exit 1 listing the problems"),
+    "card": ("pipelines.card", "(re)write a dataset's card: README.md, stats.json, plots"),
+    "export": ("pipelines.export", "copy a dataset to another format (lhotse-shar)"),
+    "compact": ("pipelines.compact", "rewrite a dataset's live samples into fresh full shards"),
 }
 
 

@@ -13,13 +13,42 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from runners import profiles
 from transforms.decode import DecodeConfig
 from transforms.match import DEFAULT_EXCLUDE, MatchConfig
-from transforms.segment import SegmentConfig
+from transforms.segment import SEGMENTERS, SegmentConfig
+from transforms.streaming import DEFAULT_CHUNK_S
+from transforms.vad import VadConfig
 from transforms.shards import ShardConfig
 from transforms.tokenize import TokenizeConfig
 
 
 def _csv(value: str) -> list[str]:
     return [v for v in (s.strip() for s in value.split(",")) if v]
+
+
+def _add_segmenter_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("segmentation and long files (transforms/SEGMENTERS.md)")
+    v = VadConfig()
+    g.add_argument("--segmenter", default="fixed", choices=SEGMENTERS,
+                   help="fixed windows (default), vad (Silero VAD) or energy (no model): the speech segmenters "
+                        "leave non-speech out")
+    g.add_argument("--vad-threshold", dest="vad_threshold", type=float, default=v.threshold,
+                   help=f"vad: speech probability at which speech starts (default {v.threshold})")
+    g.add_argument("--vad-energy-margin-db", dest="vad_energy_margin_db", type=float, default=v.energy_margin_db,
+                   help=f"energy: dB above the noise floor at which speech starts (default {v.energy_margin_db})")
+    g.add_argument("--vad-min-speech-s", dest="vad_min_speech_s", type=float, default=v.min_speech_s,
+                   help=f"shorter bursts of speech are ignored (default {v.min_speech_s})")
+    g.add_argument("--vad-min-silence-s", dest="vad_min_silence_s", type=float, default=v.min_silence_s,
+                   help=f"a pause must last this long to split speech (default {v.min_silence_s})")
+    g.add_argument("--vad-pad-s", dest="vad_pad_s", type=float, default=v.pad_s,
+                   help=f"context kept around speech, seconds (default {v.pad_s})")
+    g.add_argument("--vad-merge-gap-s", dest="vad_merge_gap_s", type=float, default=v.merge_gap_s,
+                   help=f"stretches this close are merged while within --segment-s (default {v.merge_gap_s})")
+    g.add_argument("--vad-batch-lanes", dest="vad_batch_lanes", type=int, default=v.batch_lanes,
+                   help=f"vad: 16.4 s lanes per Silero batch (default {v.batch_lanes})")
+    g.add_argument("--split-s", dest="split_s", type=float, default=600.0,
+                   help="longer files are streamed and split into work items of about this many seconds over the "
+                        "workers (default 600; 0: decode every file whole)")
+    g.add_argument("--chunk-s", dest="chunk_s", type=float, default=DEFAULT_CHUNK_S,
+                   help=f"seconds decoded at a time when streaming; memory, not results (default {DEFAULT_CHUNK_S:g})")
 
 
 class InputOptions(PipelineOptions):
@@ -37,11 +66,46 @@ class InputOptions(PipelineOptions):
                        help="comma-separated basename globs that pattern matching skips (default: text and "
                             "metadata files, hidden files); '' skips nothing")
         g.add_argument("--segment-s", dest="segment_s", type=float, default=30.0,
-                       help="segment length, seconds (default 30)")
+                       help="segment length (fixed) or longest segment (vad, energy), seconds (default 30)")
         g.add_argument("--min-segment-s", dest="min_segment_s", type=float, default=1.0,
-                       help="a shorter tail or file is dropped (default 1)")
+                       help="a shorter tail, file or stretch of speech is dropped (default 1)")
+        _add_segmenter_args(parser)
         g.add_argument("--max-duration-s", dest="max_duration_s", type=float, default=4 * 3600.0,
-                       help="longer inputs are dead-lettered as too_long (default 14400)")
+                       help="longer inputs are dead-lettered as too_long, refused from the header where it "
+                            "tells (default 14400; 0: no limit)")
+        # Hostile and broken input: limits, repairs and isolation (transforms/FAILURES.md).
+        d = DecodeConfig()
+        g.add_argument("--min-sample-rate", dest="min_sample_rate", type=int, default=d.min_sample_rate,
+                       help=f"lowest accepted source rate, Hz; lower is bad_sample_rate (default {d.min_sample_rate})")
+        g.add_argument("--max-sample-rate", dest="max_sample_rate", type=int, default=d.max_sample_rate,
+                       help=f"highest accepted source rate, Hz (default {d.max_sample_rate})")
+        g.add_argument("--max-channels", dest="max_channels", type=int, default=d.max_channels,
+                       help=f"more channels is too_many_channels (default {d.max_channels})")
+        g.add_argument("--max-decoded-mb", dest="max_decoded_mb", type=int, default=d.max_decoded_bytes >> 20,
+                       help="memory guard: a file whose decoded float32 samples would exceed this many MiB is "
+                            f"stopped and dead-lettered as too_long (default {d.max_decoded_bytes >> 20})")
+        g.add_argument("--truncated", choices=("reject", "keep"), default=d.truncated,
+                       help="a file cut short: dead-letter it (reject, default) or keep what decodes")
+        g.add_argument("--non-finite", dest="non_finite", choices=("reject", "zero"), default=d.non_finite,
+                       help="NaN/Inf samples: dead-letter the file (reject, default) or replace them by 0")
+        g.add_argument("--out-of-range", dest="out_of_range", choices=("scale", "clip", "reject"),
+                       default=d.out_of_range,
+                       help="float samples beyond [-1, 1]: scale the file to a peak of 1 (default), clip, or reject")
+        g.add_argument("--silence", choices=("keep", "reject"), default=d.silence,
+                       help="files whose peak is at or below --silence-threshold-db: keep (default) or reject")
+        g.add_argument("--silence-threshold-db", dest="silence_threshold_dbfs", type=float,
+                       default=d.silence_threshold_dbfs, help=f"dBFS (default {d.silence_threshold_dbfs:g})")
+        g.add_argument("--clipping", choices=("keep", "reject"), default=d.clipping,
+                       help="files with more than --clipping-fraction of samples at full scale: keep (default) "
+                            "or reject")
+        g.add_argument("--clipping-fraction", dest="clipping_fraction", type=float, default=d.clipping_fraction,
+                       help=f"(default {d.clipping_fraction:g})")
+        g.add_argument("--decode-isolation", dest="decode_isolation", choices=("process", "none"),
+                       default=d.isolation,
+                       help="process (default): decode in a reused child process, so a decoder crash or hang "
+                            "costs one file (decoder_crash, timeout); none: in the worker")
+        g.add_argument("--decode-timeout-s", dest="decode_timeout_s", type=float, default=d.timeout_s,
+                       help=f"per-file decode time limit (default {d.timeout_s:g}; 0: none)")
 
 
 class TokenizeOptions(InputOptions):
@@ -63,6 +127,15 @@ class TokenizeOptions(InputOptions):
         g.add_argument("--batch-max-items", dest="batch_max_items", type=int, default=64,
                        help="segments per inference batch at most (default 64)")
         g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+        g.add_argument("--batch-buffer-s", dest="batch_buffer_s", type=float, default=None,
+                       help="seconds of audio each worker thread holds to batch similar lengths together "
+                            "(default 12 x --batch-max-s)")
+        g.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"],
+                       help="mixed precision for the tokenizers that declare it safe; the others run in float32 "
+                            "(default none)")
+        g.add_argument("--model-copies", dest="model_copies", type=int, default=None,
+                       help="model copies per worker VM, shared by its SDK processes (default: one per GPU on CUDA, "
+                            "one per process on CPU); 0: one per SDK process")
         g.add_argument("--overwrite", action="store_true",
                        help="replace an existing dataset in --output (default: refuse)")
         g.add_argument("--incremental", action="store_true",
@@ -73,6 +146,10 @@ class TokenizeOptions(InputOptions):
                             "shards reproducible (default 64)")
         g.add_argument("--kmeans-max-frames", dest="kmeans_max_frames", type=int, default=200_000,
                        help="frames sampled to fit a k-means codebook on the fly (default 200000)")
+        g.add_argument("--max-failure-fraction", dest="max_failure_fraction", type=float, default=0.5,
+                       help="exit non-zero (after writing the dataset and failures) when more than this fraction "
+                            "of the inputs has a dead-letter record: a sign of misconfiguration (default 0.5; "
+                            "1: never)")
         g.add_argument("--profile", default="direct", choices=list(profiles.PROFILES), metavar="PROFILE",
                        help="runner profile (" + profiles.help_text() + "); other Beam flags pass through "
                             "and win over the profile's")
@@ -111,11 +188,21 @@ def match_config(args: argparse.Namespace) -> MatchConfig:
 
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
-    return DecodeConfig(max_duration_s=args.max_duration_s)
+    return DecodeConfig(
+        max_duration_s=args.max_duration_s or None, min_sample_rate=args.min_sample_rate,
+        max_sample_rate=args.max_sample_rate, max_channels=args.max_channels,
+        max_decoded_bytes=args.max_decoded_mb << 20, truncated=args.truncated, non_finite=args.non_finite,
+        out_of_range=args.out_of_range, silence=args.silence, silence_threshold_dbfs=args.silence_threshold_dbfs,
+        clipping=args.clipping, clipping_fraction=args.clipping_fraction, isolation=args.decode_isolation,
+        timeout_s=args.decode_timeout_s or None)
 
 
 def segment_config(args: argparse.Namespace) -> SegmentConfig:
-    return SegmentConfig(segment_s=args.segment_s, min_segment_s=args.min_segment_s)
+    vad = VadConfig(threshold=args.vad_threshold, energy_margin_db=args.vad_energy_margin_db,
+                    min_speech_s=args.vad_min_speech_s, min_silence_s=args.vad_min_silence_s, pad_s=args.vad_pad_s,
+                    merge_gap_s=args.vad_merge_gap_s, batch_lanes=args.vad_batch_lanes)
+    return SegmentConfig(segment_s=args.segment_s, min_segment_s=args.min_segment_s, segmenter=args.segmenter,
+                         vad=vad, split_s=args.split_s or None, chunk_s=args.chunk_s)
 
 
 def shard_config(args: argparse.Namespace) -> ShardConfig:
@@ -125,4 +212,5 @@ def shard_config(args: argparse.Namespace) -> ShardConfig:
 
 def tokenize_config(args: argparse.Namespace, specs: str | None = None) -> TokenizeConfig:
     return TokenizeConfig(specs=specs or args.tokenizer, batch_max_s=args.batch_max_s,
-                          batch_max_items=args.batch_max_items, device=args.device)
+                          batch_max_items=args.batch_max_items, device=args.device, autocast=args.autocast,
+                          model_copies=args.model_copies, batch_buffer_s=args.batch_buffer_s)

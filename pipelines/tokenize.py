@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import fit_kmeans
 from pipelines import options as opts
 from runners import profiles
-from transforms import card, incremental, lm, metrics, shards, storage
+from transforms import card, failures, incremental, lm, metrics, shards, storage
 from transforms.decode import DecodeConfig
 from transforms.match import MatchConfig
 from transforms.read import ReadSegments
@@ -49,9 +49,25 @@ class JobConfig:
     overwrite: bool = False
     incremental: bool = False
     kmeans_max_frames: int = 200_000
+    max_failure_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         storage.check_url(self.output)
+        if not 0 <= self.max_failure_fraction <= 1:
+            raise ValueError(f"max_failure_fraction must be in [0, 1]. Found: {self.max_failure_fraction}")
+
+
+class TooManyFailures(RuntimeError):
+    """The run finished and published its dataset and failures, but more of the inputs failed
+    than ``max_failure_fraction`` allows: a sign of misconfiguration, not of a few bad files.
+
+    Attributes:
+        index, counters, wall_s: what :func:`run` would have returned.
+    """
+
+    def __init__(self, message: str, index: dict, counters: dict[str, int], wall_s: float):
+        super().__init__(message)
+        self.index, self.counters, self.wall_s = index, counters, wall_s
 
 
 def run_info(config: JobConfig) -> dict[str, Any]:
@@ -72,7 +88,7 @@ def run_info(config: JobConfig) -> dict[str, Any]:
 def settings(config: JobConfig) -> dict[str, Any]:
     """What the tokens of an input depend on; its fingerprint decides what a refresh redoes."""
     return {
-        "decode": dataclasses.asdict(config.decode),
+        "decode": config.decode.content_settings(),
         "segment": dataclasses.asdict(config.segment),
         "sample_rate": config.tokenize.sample_rate(),
         "tokenizers": [t.fingerprint() for t in config.tokenize.tokenizers()],
@@ -194,6 +210,10 @@ def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[st
 
     Returns:
         (the written index, the Beam counters of the run, wall seconds).
+
+    Raises:
+        TooManyFailures: after everything is written, when the failed fraction of the inputs
+            is over ``config.max_failure_fraction``.
     """
     start = time.monotonic()
     result = launch(config, beam_options)
@@ -202,7 +222,47 @@ def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[st
     index = shards.read_index(config.output)
     lm.write_vocab(config.output, index)
     card.write_card(config.output, index, max_shards=card.RUN_MAX_SHARDS)
-    return index, counters, time.monotonic() - start
+    wall_s = time.monotonic() - start
+    problem = check_failure_fraction(config, index, counters)
+    if problem:
+        raise TooManyFailures(problem, index, counters, wall_s)
+    return index, counters, wall_s
+
+
+def failed_inputs(output: str, index: dict) -> set[str]:
+    """The inputs (URIs, manifest lines, patterns) named by this run's dead-letter records."""
+    failed = set()
+    for row in index.get("failures", []):
+        parts = row["url"].split("/")
+        if len(parts) > 2 and parts[1].lstrip("v").isdigit() and int(parts[1].lstrip("v")) != index.get(
+                "dataset_version", int(parts[1].lstrip("v"))):
+            continue  # an earlier version's records: not this run's inputs
+        for line in storage.read_bytes(storage.join(output, row["url"])).decode("utf-8").splitlines():
+            if line.strip():
+                failed.add(json.loads(line)["uri"])
+    return failed
+
+
+def check_failure_fraction(config: JobConfig, index: dict, counters: dict[str, int]) -> str | None:
+    """A message when more than ``config.max_failure_fraction`` of the inputs failed, else None.
+
+    An input counts as failed when any dead-letter record names it; the inputs are the files
+    matched plus the manifest lines and patterns that yielded none.
+    """
+    if config.max_failure_fraction >= 1 or not index.get("failures"):
+        return None
+    if "files_matched" not in counters:
+        logger.warning("the runner reports no metrics: --max-failure-fraction is not checked")
+        return None
+    failed = len(failed_inputs(config.output, index))
+    unmatched = sum(n for name, n in counters.items()
+                    if name.startswith("failures_match_") and not name.endswith("_" + failures.BAD_NAME))
+    total = counters["files_matched"] + unmatched
+    if not total or failed / total <= config.max_failure_fraction:
+        return None
+    return (f"{failed} of {total} inputs ({failed / total:.0%}) failed, more than --max-failure-fraction "
+            f"{config.max_failure_fraction:g}: check the input pattern and the decode settings (dataset and "
+            f"dead letters written under {storage.join(config.output, shards.FAILURES_DIR)}/)")
 
 
 def collect_counters(result) -> dict[str, int]:
@@ -262,14 +322,20 @@ def main(argv: list[str] | None = None, wait: bool = True) -> int:
         config = JobConfig(
             output=args.output, match=opts.match_config(args), decode=opts.decode_config(args),
             segment=opts.segment_config(args), tokenize=opts.tokenize_config(args), shards=opts.shard_config(args),
-            overwrite=args.overwrite, incremental=args.incremental, kmeans_max_frames=args.kmeans_max_frames)
+            overwrite=args.overwrite, incremental=args.incremental, kmeans_max_frames=args.kmeans_max_frames,
+            max_failure_fraction=args.max_failure_fraction)
         beam_options = profiles.pipeline_options(args.profile, beam_args)
     except ValueError as e:
         raise SystemExit(f"audiotok tokenize: {e}") from None
     if not wait:
         launch(config, beam_options)
         return 0
-    index, counters, wall_s = run(config, beam_options)
+    try:
+        index, counters, wall_s = run(config, beam_options)
+    except TooManyFailures as e:
+        print(summary(e.index, e.counters, e.wall_s, config.output), file=sys.stderr)
+        print(f"audiotok tokenize: {e}", file=sys.stderr)
+        return 1
     print(summary(index, counters, wall_s, config.output), file=sys.stderr)
     return 0
 

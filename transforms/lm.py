@@ -198,7 +198,8 @@ class VocabSpec:
         if d.get("format") != VOCAB_FORMAT:
             raise ValueError(f"not an {VOCAB_FORMAT} file (format {d.get('format')!r})")
         if d.get("version") != VOCAB_VERSION:
-            raise ValueError(f"unsupported {VOCAB_FORMAT} version {d.get('version')!r}; this reader knows {VOCAB_VERSION}")
+            raise ValueError(f"unsupported {VOCAB_FORMAT} version {d.get('version')!r}; "
+                             f"this reader knows {VOCAB_VERSION}")
         spec = cls(specials=dict(d["specials"]), streams=tuple(StreamVocab.from_dict(s) for s in d["streams"]),
                    not_in_vocab=dict(d.get("not_in_vocab", {})))
         if d.get("size") is not None and d["size"] != spec.size:
@@ -393,8 +394,7 @@ class SequenceConfig:
     eos: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.streams, str):
-            object.__setattr__(self, "streams", (self.streams,))
+        object.__setattr__(self, "streams", (self.streams,) if isinstance(self.streams, str) else tuple(self.streams))
         if not self.streams or len(set(self.streams)) != len(self.streams):
             raise ValueError(f"streams must be distinct stream names, at least one. Found: {self.streams!r}")
         _check_pattern(self.pattern)

@@ -64,6 +64,25 @@ def expand_pattern(pattern: str, exclude: Sequence[str] = ()) -> Iterator[AudioR
                        version=storage.version_marker(info))
 
 
+def check_listed_name(url: str) -> None:
+    """Refuses a listed file whose name the rest of the pipeline cannot carry safely.
+
+    Raises:
+        AudiotokError: ``bad_name`` for a name that is not valid UTF-8 (sample metadata is
+            UTF-8 JSON and must name its source exactly), or that holds ``::`` (fsspec reads
+            it as a URL chain and would open another file).
+    """
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AudiotokError(failures.BAD_NAME, "the file name is not valid UTF-8 (shown with \\x escapes); "
+                            "metadata cannot name it exactly: rename the file", url) from None
+    path = url.split("://", 1)[1] if "://" in url else url
+    if "::" in path:
+        raise AudiotokError(failures.BAD_NAME, "the file name holds '::', which fsspec reads as a URL chain: "
+                            "rename the file", url)
+
+
 def resolve_uri(uri: str, manifest_url: str) -> str:
     """Makes a manifest entry's URI absolute (relative to the manifest's folder)."""
     if "://" in uri or uri.startswith("/"):
@@ -82,7 +101,8 @@ def parse_manifest_line(line: str, manifest_url: str, line_no: int) -> AudioRef:
     if not isinstance(record, dict) or not isinstance(record.get("uri"), str) or not record["uri"]:
         raise AudiotokError(failures.BAD_MANIFEST, f"line {line_no} has no string 'uri'", where)
     try:
-        uri = storage.check_url(resolve_uri(record["uri"], manifest_url))
+        # The entry itself first: resolving would turn 'pipe:cmd' into a harmless-looking path.
+        uri = storage.check_url(resolve_uri(storage.check_url(record["uri"]), manifest_url))
     except ValueError as e:
         raise AudiotokError(failures.BAD_MANIFEST, str(e), where) from None
     meta = {k: record[k] for k in MANIFEST_FIELDS if record.get(k) not in (None, "")}
@@ -101,9 +121,16 @@ class _ExpandPattern(beam.DoFn):
         n = 0
         for ref in expand_pattern(pattern, self._exclude):
             n += 1
+            try:
+                check_listed_name(ref.uri)
+            except AudiotokError as e:
+                metrics.failure(e.reason, "match")
+                yield beam.pvalue.TaggedOutput("failures", Failure.from_error(ref.uri, e, "match"))
+                continue
             yield ref
         metrics.counter("files_matched").inc(n)
         if n == 0:
+            metrics.failure(failures.READ_ERROR, "match")
             yield beam.pvalue.TaggedOutput(
                 "failures", Failure(pattern, failures.READ_ERROR, "the pattern matches no file", stage="match"))
 
@@ -123,6 +150,7 @@ class _ReadManifest(beam.DoFn):
                         metrics.failure(e.reason, "match")
                         yield beam.pvalue.TaggedOutput("failures", Failure.from_error(e.uri, e, "match"))
         except (OSError, ValueError) as e:
+            metrics.failure(failures.READ_ERROR, "match")
             yield beam.pvalue.TaggedOutput(
                 "failures", Failure(manifest_url, failures.READ_ERROR, f"{type(e).__name__}: {e}", stage="match"))
 

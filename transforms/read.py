@@ -1,4 +1,8 @@
-"""The shared front of every job: match -> decode -> resample -> segment."""
+"""The shared front of every job: match -> decode -> resample -> segment.
+
+Files up to ``SegmentConfig.split_s`` seconds are decoded whole; longer ones are probed,
+cut into work items spread over the workers, and decoded in chunks (``transforms/segment.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import apache_beam as beam
 
 from transforms.decode import DecodeAudio, DecodeConfig, Resample
 from transforms.match import MatchAudio, MatchConfig
-from transforms.segment import SegmentAudio, SegmentConfig
+from transforms.segment import PlanLongFiles, SegmentAudio, SegmentConfig, SegmentWorkItems
 
 
 class ReadSegments(beam.PTransform):
@@ -27,9 +31,19 @@ class ReadSegments(beam.PTransform):
     def expand(self, pbegin):
         matched = pbegin | "MatchAudio" >> MatchAudio(self.match)
         refs = matched["refs"] if self.select is None else matched["refs"] | "SelectInputs" >> self.select
-        decoded = refs | "DecodeAudio" >> DecodeAudio(self.decode)
+        whole = refs
+        long_fails = []
+        if self.segment.splits:
+            planned = refs | "PlanLongFiles" >> PlanLongFiles(self.sample_rate, self.segment, self.decode)
+            whole = planned["whole"]
+            streamed = planned["items"] | "SegmentLongFiles" >> SegmentWorkItems(self.segment, self.decode)
+            long_fails = [planned["failures"], streamed.failures]
+        decoded = whole | "DecodeAudio" >> DecodeAudio(self.decode)
         resampled = decoded.decoded | "Resample" >> Resample(self.sample_rate)
         segmented = resampled | "Segment" >> SegmentAudio(self.segment)
-        fails = ((matched["failures"], decoded.failures, segmented.failures)
+        segments = segmented.segments
+        if self.segment.splits:
+            segments = (segments, streamed.segments) | "AllSegments" >> beam.Flatten()
+        fails = ((matched["failures"], decoded.failures, segmented.failures, *long_fails)
                  | "ReadFailures" >> beam.Flatten())
-        return {"segments": segmented.segments, "failures": fails, "listed": matched["refs"], "selected": refs}
+        return {"segments": segments, "failures": fails, "listed": matched["refs"], "selected": refs}

@@ -16,10 +16,13 @@ never ``pipe:``), instead of ``gopen``, which shells out to ``gsutil``/``curl``.
 
 Across nodes and workers: the shard list is shuffled identically everywhere (seed + epoch),
 then split by node (``RANK``/``WORLD_SIZE`` or torch.distributed), then by DataLoader worker,
-so each shard is read by exactly one worker of one node per epoch. Samples that an
-incremental refresh superseded (``excluded_sources`` of a shard row) are skipped. Give a dataset at least
+so each shard is read by exactly one worker of one node per epoch. Give a dataset at least
 ``nodes x workers`` shards, or some workers get none; use ``.with_epoch(n)`` on the result
 for equal-length epochs across nodes.
+
+Samples that an incremental refresh superseded (``excluded_sources`` of a shard row) are
+skipped here; readers that take the shards as they are (Hugging Face's ``webdataset``
+builder) see them too, unless the dataset is compacted first.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ def excluded_sources(output: str, index: Mapping[str, Any]) -> dict[str, frozens
             if row.get("excluded_sources")}
 
 
-def live_only(samples: Iterable[Mapping[str, Any]], excluded: Mapping[str, frozenset[str]]) -> Iterator[Mapping[str, Any]]:
+def live_only(samples: Iterable[Mapping[str, Any]],
+              excluded: Mapping[str, frozenset[str]]) -> Iterator[Mapping[str, Any]]:
     """webdataset stage: drops grouped samples of excluded sources (``incremental.is_live``)."""
     if not excluded:
         yield from samples
@@ -128,7 +132,8 @@ def decode_sample(raw: Mapping[str, Any], streams: Sequence[str] | None = None) 
             raise ShardFormatError(f"sample has no stream {name!r}; it has: {', '.join(sorted(declared))}", url, key)
         array = np.load(io.BytesIO(raw[f"{name}.npy"]), allow_pickle=False)
         d = declared[name]
-        if list(array.shape) != list(d.get("shape", array.shape)) or str(array.dtype) != d.get("dtype", str(array.dtype)):
+        declared_shape, declared_dtype = d.get("shape", list(array.shape)), d.get("dtype", str(array.dtype))
+        if list(array.shape) != list(declared_shape) or str(array.dtype) != declared_dtype:
             raise ShardFormatError(f"stream {name!r} is {array.dtype}{list(array.shape)}; "
                                    f"KEY.json declares {d.get('dtype')}{d.get('shape')}", url, key)
         arrays[name] = array
@@ -148,6 +153,10 @@ def _select_members(members: Iterable[dict], keep: Callable[[str], bool] | None)
             yield m
 
 
+def _no_shards() -> Iterator[dict]:
+    return iter(())
+
+
 def sample_pipeline_stages(urls: Sequence[str], *, streams: Sequence[str] | None = None,
                            shuffle_shards: bool = False, seed: int = 0, split: bool = True,
                            shuffle_buffer: int = 0, excluded: Mapping[str, frozenset[str]] | None = None) -> list:
@@ -156,7 +165,8 @@ def sample_pipeline_stages(urls: Sequence[str], *, streams: Sequence[str] | None
     import webdataset as wds
     from webdataset.tariterators import group_by_keys
 
-    stages: list = [wds.SimpleShardList(list(urls))]
+    # webdataset's shard list refuses an empty list; a dataset whose inputs all failed has no shards.
+    stages: list = [wds.SimpleShardList(list(urls)) if urls else _no_shards]
     if shuffle_shards:
         # Same seed and epoch on every node and worker: one permutation, then split.
         stages.append(wds.detshuffle(bufsize=max(len(urls), 1), initial=max(len(urls), 1), seed=seed))
