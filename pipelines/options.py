@@ -136,6 +136,9 @@ class TokenizeOptions(InputOptions):
         g.add_argument("--model-copies", dest="model_copies", type=int, default=None,
                        help="model copies per worker VM, shared by its SDK processes (default: one per GPU on CUDA, "
                             "one per process on CPU); 0: one per SDK process")
+        g.add_argument("--torch-threads", dest="torch_threads", type=int, default=None,
+                       help="torch intra-op threads per worker process for CPU inference (default 1: CPU workers "
+                            "run one process per core; more threads spin against each other)")
         g.add_argument("--overwrite", action="store_true",
                        help="replace an existing dataset in --output (default: refuse)")
         g.add_argument("--incremental", action="store_true",
@@ -213,4 +216,5 @@ def shard_config(args: argparse.Namespace) -> ShardConfig:
 def tokenize_config(args: argparse.Namespace, specs: str | None = None) -> TokenizeConfig:
     return TokenizeConfig(specs=specs or args.tokenizer, batch_max_s=args.batch_max_s,
                           batch_max_items=args.batch_max_items, device=args.device, autocast=args.autocast,
-                          model_copies=args.model_copies, batch_buffer_s=args.batch_buffer_s)
+                          model_copies=args.model_copies, batch_buffer_s=args.batch_buffer_s,
+                          torch_threads=args.torch_threads)

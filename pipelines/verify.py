@@ -7,7 +7,7 @@ What is checked:
 * every shard: the file exists and has the size the index says; the tar reads to its end
   (header checksums, and no data after an early end-of-archive, where ``tarfile`` would
   stop quietly); every member is a regular file that passes ``tarfile``'s ``data``
-  extraction filter and is named ``KEY.json`` or ``KEY.<stream>.npy`` with a safe key; a
+  extraction filter and is named ``KEY.json``, ``KEY.<stream>.npy`` or ``KEY.txt`` with a safe key; a
   sample's members are adjacent; its samples, seconds of audio and tokens per stream equal
   the index row, and so do its live samples (those not in ``excluded_sources``).
 * every sample: ``KEY.json`` parses and names the key; start_s, end_s and duration_s agree;
@@ -15,7 +15,8 @@ What is checked:
   ``.npy`` loads without pickle, has the shape and dtype ``KEY.json`` declares, and fits the
   index's stream spec (kind, dtype, K, D, frame rate, tokenizer); codes and units lie in
   ``[0, codebook_size)``; run lengths are positive; vectors are finite; the frame count fits
-  the duration and frame rate.
+  the duration and frame rate; a ``KEY.txt`` (the segment's share of a timed transcript) is
+  UTF-8 and equals the ``text`` of ``KEY.json``.
 * keys are unique across the live samples of the whole dataset.
 * the dataset totals (samples, seconds, tokens per stream) equal what the live samples hold.
 * ``failures/*.jsonl``: exist, hold the records and reasons their index rows say; the
@@ -76,7 +77,7 @@ FINGERPRINT_MISMATCH = "fingerprint_mismatch"  # a live sample's tokenizer is no
 # keeps them).
 WARNING_CODES = frozenset({UNLISTED_SHARD})
 
-_MEMBER = re.compile(r"^(?P<key>[^./]+)\.(?P<suffix>json|(?P<stream>[^./]+)\.npy)$")
+_MEMBER = re.compile(r"^(?P<key>[^./]+)\.(?P<suffix>json|txt|(?P<stream>[^./]+)\.npy)$")
 _CHUNK = 1 << 20
 
 
@@ -180,6 +181,14 @@ def check_sample(key: str, members: Mapping[str, bytes], specs: Mapping[str, Map
     except (KeyError, TypeError, ValueError) as e:
         problem(BAD_METADATA, f"bad or missing start_s/end_s/duration_s ({e})")
         duration_s = None
+    if "txt" in members:
+        try:
+            text = members["txt"].decode("utf-8")
+        except UnicodeDecodeError as e:
+            problem(BAD_METADATA, f"KEY.txt is not UTF-8: {e}")
+        else:
+            if text != meta.get("text"):
+                problem(BAD_METADATA, f"KEY.txt {text[:80]!r} differs from KEY.json's text {str(meta.get('text'))[:80]!r}")
     present = {s[:-len(".npy")] for s in members if s.endswith(".npy")}
     for name in sorted(set(declared) - present):
         problem(MISSING_MEMBER, f"KEY.json declares stream {name!r}; no KEY.{name}.npy")

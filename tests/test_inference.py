@@ -263,3 +263,28 @@ def test_to_device_on_cpu_shares_memory():
     array = np.arange(6, dtype=np.float32)
     tensor = base.to_device(array, "cpu")
     assert tensor.device.type == "cpu" and tensor.data_ptr() == array.ctypes.data
+
+
+def test_cpu_inference_sets_torch_threads():
+    """CPU workers default to one torch thread per process (two spun against each other on 2
+    cores); --torch-threads overrides it and reaches the job's config."""
+    import torch
+
+    from pipelines import options
+    from transforms import inference
+    from transforms.tokenize import TokenizeConfig
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        inference.loaded_tokenizers("logmel", "cpu")
+        assert torch.get_num_threads() == 1
+        inference.loaded_tokenizers("logmel", "cpu", torch_threads=2)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="torch_threads"):
+            TokenizeConfig(torch_threads=0)
+        args, _ = options.parse(options.TokenizeOptions, ["--input", "x", "--output", "y", "--torch-threads", "3"],
+                                "audiotok tokenize")
+        assert options.tokenize_config(args).torch_threads == 3
+    finally:
+        torch.set_num_threads(before)

@@ -138,6 +138,34 @@ def test_manifest_metadata_reaches_samples(corpus, tmp_path):
     assert index["totals"]["failures_by_reason"] == {"bad_manifest": 2}
 
 
+def test_timed_transcript_is_cut_into_key_txt(corpus, tmp_path):
+    """A manifest's timed words follow the segments into KEY.json and KEY.txt; verify agrees."""
+    from pipelines import verify
+
+    words = [{"start": 0.2, "end": 0.6, "word": "alpha"}, {"start": 1.1, "end": 1.5, "word": "beta"},
+             {"start": 2.3, "end": 2.8, "word": "gamma"}, {"start": 4.4, "end": 4.9, "word": "delta"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(x) for x in [
+        {"uri": str(corpus / "a" / "b" / "two.flac"), "id": "talk", "text": "whole file", "words": words},
+        {"uri": str(corpus / "a" / "one.wav"), "text": "plain text only"},
+        {"uri": str(corpus / "three.mp3"), "words": [{"start": 1.0, "end": 0.5, "word": "backwards"}]},
+    ]) + "\n")
+    out = tmp_path / "out"
+    config = job.JobConfig(output=str(out), match=MatchConfig(manifests=(str(manifest),)),
+                           segment=SegmentConfig(segment_s=2.0, min_segment_s=0.5))
+    with TestPipeline(runner=RUNNER) as p:
+        job.build(p, config)
+    index, samples = read_dataset(out)
+    talk = sorted((s for s in samples if s["json"].get("id") == "talk"), key=lambda s: s["json"]["start_s"])
+    assert [s["json"]["start_s"] for s in talk] == [0.0, 2.0, 4.0]
+    assert [s["txt"] for s in talk] == ["alpha beta", "gamma", "delta"]
+    assert talk[1]["json"]["words"] == [{"start": 0.3, "end": 0.8, "word": "gamma"}]
+    plain = [s for s in samples if s["json"].get("text") == "plain text only"]
+    assert plain and all("txt" not in s for s in plain)  # a file-level text is not a segment's transcript
+    assert index["totals"]["failures_by_reason"] == {"bad_manifest": 1}
+    assert verify.verify_dataset(str(out)).problems == []
+
+
 def test_tokenizer_failure_isolated_to_its_segment(monkeypatch):
     from transforms import tokenize
     from transforms.records import AudioRef, Segment

@@ -123,11 +123,41 @@ _loads = 0  # tokenizer sets loaded by this process
 _unreported = 0  # of which not yet counted in the ``model_loads`` metric
 
 
-def loaded_tokenizers(specs: str, device: str) -> list[Tokenizer]:
-    """The tokenizers of ``specs`` on ``device``, loaded once per process and shared by its threads."""
+def cpu_threads(torch_threads: int | None) -> int:
+    """Torch intra-op threads for CPU inference: ``torch_threads``, or 1 when it is None.
+
+    One by default because a CPU worker already runs one SDK process per core (Dataflow), or
+    decodes in child processes beside the model (the direct runner): on a 2-core machine
+    torch's default of one thread per core spun in OpenMP's barriers and ran log-mel and
+    EnCodec 5-10x slower (``benchmarks/README.md``).
+    """
+    if torch_threads is not None and torch_threads < 1:
+        raise ValueError(f"torch_threads must be >= 1. Found: {torch_threads}")
+    return 1 if torch_threads is None else torch_threads
+
+
+def set_cpu_threads(device: str, torch_threads: int | None) -> None:
+    """Sets this process's torch thread count for inference on ``device`` (CPU only: on a GPU
+    torch's threads only feed the device, and the default is left alone)."""
+    if device != "cpu" and torch_threads is None:
+        return
+    import torch
+
+    wanted = cpu_threads(torch_threads)
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+        logger.info("torch intra-op threads: %d", wanted)
+
+
+def loaded_tokenizers(specs: str, device: str, torch_threads: int | None = None) -> list[Tokenizer]:
+    """The tokenizers of ``specs`` on ``device``, loaded once per process and shared by its threads.
+
+    Loading also sets the process's torch threads (:func:`set_cpu_threads`).
+    """
     global _loads, _unreported
     key = (specs, resolve_device(device))
     with _LOCK:
+        set_cpu_threads(key[1], torch_threads)
         if key not in _LOADED:
             tokenizers = registry.create_all(specs)
             for tok in tokenizers:
@@ -235,9 +265,9 @@ class LoadedTokenizers:
     any other device.
     """
 
-    def __init__(self, specs: str, device: str, autocast: str = "none"):
+    def __init__(self, specs: str, device: str, autocast: str = "none", torch_threads: int | None = None):
         self._device = device
-        self._tokenizers = loaded_tokenizers(specs, device)
+        self._tokenizers = loaded_tokenizers(specs, device, torch_threads)
         dtype = autocast_dtype(autocast)
         self._autocast = [dtype if dtype is not None and tok.autocast_safe else None for tok in self._tokenizers]
         if dtype is not None:
@@ -312,10 +342,12 @@ def _define_handler() -> type:
                 per process elsewhere; 0: one per process; N: N copies shared by the worker's
                 processes, placed round-robin on its GPUs.
             tag: unique per job: names the machine-wide device counter.
+            torch_threads: torch intra-op threads per process for CPU inference (None: 1,
+                see :func:`cpu_threads`).
         """
 
         def __init__(self, specs: str, device: str, batch_fn: BatchFn, *, autocast: str = "none",
-                     model_copies: int | None = None, tag: str = "audiotok"):
+                     model_copies: int | None = None, tag: str = "audiotok", torch_threads: int | None = None):
             super().__init__()
             check_device(device)
             if autocast not in AUTOCAST_CHOICES:
@@ -328,6 +360,7 @@ def _define_handler() -> type:
             self._autocast = autocast
             self._copies = model_copies
             self._tag = tag
+            self._threads = cpu_threads(torch_threads) if torch_threads is not None else None
             self._metadata: list[Tokenizer] | None = None
 
         def __getstate__(self) -> dict[str, Any]:
@@ -354,7 +387,7 @@ def _define_handler() -> type:
             return True, (cuda_device_count() or 1) if device == "cuda" else 1
 
         def load_model(self) -> LoadedTokenizers:
-            return LoadedTokenizers(self._specs, self.next_device(), self._autocast)
+            return LoadedTokenizers(self._specs, self.next_device(), self._autocast, self._threads)
 
         def next_device(self) -> str:
             """The device of the next copy this machine loads (round-robin over its GPUs)."""

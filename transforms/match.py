@@ -1,8 +1,9 @@
 """Patterns and manifests -> ``AudioRef``s.
 
 A pattern is any fsspec URL with glob characters (``**`` recurses); a manifest is a JSON
-lines file with ``uri`` and optional ``id``, ``text``, ``speaker``, ``language`` per line
-(relative URIs are relative to the manifest's folder). Each pattern is listed once, by one
+lines file with ``uri`` and optional ``id``, ``text``, ``speaker``, ``language`` per line,
+and optionally a timed transcript (``words``: [{start, end, word}] or ``segments``:
+[{start, end, text}], seconds in the file) that segmentation cuts along with the audio (relative URIs are relative to the manifest's folder). Each pattern is listed once, by one
 worker, and the references are then spread over the workers.
 """
 
@@ -18,7 +19,7 @@ import apache_beam as beam
 
 from transforms import failures, metrics, storage
 from transforms.failures import AudiotokError, Failure
-from transforms.records import MANIFEST_FIELDS, AudioRef
+from transforms.records import MANIFEST_FIELDS, TRANSCRIPT_FIELDS, AudioRef
 
 # Files that sit beside audio in corpora and are never audio. Matching skips them (and
 # counts them) rather than dead-lettering every README.
@@ -110,6 +111,16 @@ def parse_manifest_line(line: str, manifest_url: str, line_no: int) -> AudioRef:
         if not isinstance(v, (str, int, float)):
             raise AudiotokError(failures.BAD_MANIFEST, f"line {line_no}: field {k!r} must be a string", where)
         meta[k] = str(v)
+    timed = {k: record[k] for k in TRANSCRIPT_FIELDS if record.get(k) is not None}
+    if len(timed) > 1:
+        raise AudiotokError(failures.BAD_MANIFEST, f"line {line_no}: give 'words' or 'segments', not both", where)
+    if timed:
+        from transforms.segment import timed_transcript  # segment imports the decoders; keep match light
+        try:
+            field, entries = timed_transcript(timed)
+        except AudiotokError as e:
+            raise AudiotokError(failures.BAD_MANIFEST, f"line {line_no}: {e.message}", where) from None
+        meta[field] = entries
     return AudioRef(uri=uri, meta=meta)
 
 

@@ -13,6 +13,8 @@ import numpy as np
 
 # Manifest fields carried into every sample's metadata.
 MANIFEST_FIELDS: tuple[str, ...] = ("id", "text", "speaker", "language")
+# Timed transcripts a manifest line may carry: lists of {start, end, word} or {start, end, text}.
+TRANSCRIPT_FIELDS: tuple[str, ...] = ("words", "segments")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms import incremental, metrics, storage
 from transforms.failures import Failure
-from transforms.records import AudioRef, Sample
+from transforms.records import TRANSCRIPT_FIELDS, AudioRef, Sample
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "audiotok-dataset"
@@ -83,7 +83,22 @@ def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
         if not _STREAM.match(name):
             raise ValueError(f"unsafe stream name {name!r}")
         members.append((f"{key}.{name}.npy", npy_bytes(sample.streams[name])))
+    text = transcript_text(sample.meta)
+    if text is not None:
+        members.append((f"{key}.txt", text.encode("utf-8")))
     return members
+
+
+def transcript_text(meta: Mapping[str, Any]) -> str | None:
+    """The text of ``KEY.txt``: the segment's share of a timed transcript (its ``text``, which
+    segmentation cut along with the audio), or None when the source had no timed transcript.
+
+    A manifest's plain ``text`` describes the whole file, not one segment, so it stays in
+    ``KEY.json`` only.
+    """
+    if any(isinstance(meta.get(f), list) for f in TRANSCRIPT_FIELDS) and isinstance(meta.get("text"), str):
+        return meta["text"]
+    return None
 
 
 def member_tar_bytes(payload_len: int) -> int:

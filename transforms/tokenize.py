@@ -62,6 +62,8 @@ class TokenizeConfig:
             by its processes, round-robin over its GPUs.
         batch_buffer_s: seconds of audio one bundle's batcher holds to group similar lengths
             (memory: this x sample rate x 4 bytes per harness thread); None: 12 x batch_max_s.
+        torch_threads: torch intra-op threads per worker process for CPU inference; None: 1
+            (one SDK process per core already fills a CPU worker; see ``inference.cpu_threads``).
     """
 
     specs: str = "logmel"
@@ -71,6 +73,7 @@ class TokenizeConfig:
     autocast: str = "none"
     model_copies: int | None = None
     batch_buffer_s: float | None = None
+    torch_threads: int | None = None
 
     def __post_init__(self) -> None:
         registry.create_all(self.specs)  # names and options are checked when the job is built
@@ -83,6 +86,8 @@ class TokenizeConfig:
             raise ValueError(f"model_copies must be >= 0 (0: one per SDK process). Found: {self.model_copies}")
         if self.batch_buffer_s is not None and not self.batch_buffer_s > 0:
             raise ValueError(f"batch_buffer_s must be positive. Found: {self.batch_buffer_s}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1. Found: {self.torch_threads}")
 
     def tokenizers(self) -> list[Tokenizer]:
         return registry.create_all(self.specs)
@@ -448,7 +453,7 @@ class TokenizeSegments(beam.PTransform):
 
         c = self.config
         return TokenizerModelHandler(c.specs, c.device, tokenize_batch, autocast=c.autocast,
-                                     model_copies=c.model_copies, tag=self._tag)
+                                     model_copies=c.model_copies, tag=self._tag, torch_threads=c.torch_threads)
 
     def expand(self, segments):
         from apache_beam.ml.inference.base import RunInference  # imports torch: only when a job is built
