@@ -176,14 +176,19 @@ class FitKMeansOptions(InputOptions):
         g.add_argument("--profile", default="direct", help="runner profile (see tokenize)")
 
 
-def parse(options_class: type[PipelineOptions], argv: list[str], prog: str) -> tuple[argparse.Namespace, list[str]]:
-    """Parses our flags; returns (our values, the flags left for Beam)."""
-    parser = argparse.ArgumentParser(prog=prog, description=options_class.__doc__,
+def parser(options_class: type[PipelineOptions], prog: str) -> argparse.ArgumentParser:
+    """The parser of our flags for ``options_class`` (Beam's own flags are not in it)."""
+    result = argparse.ArgumentParser(prog=prog, description=options_class.__doc__,
                                      epilog="Other flags (--runner, --project, ...) are passed to Apache Beam.")
     for cls in reversed(options_class.__mro__):
         if "_add_argparse_args" in vars(cls) and cls is not PipelineOptions:
-            cls._add_argparse_args(parser)
-    return parser.parse_known_args(argv)
+            cls._add_argparse_args(result)
+    return result
+
+
+def parse(options_class: type[PipelineOptions], argv: list[str], prog: str) -> tuple[argparse.Namespace, list[str]]:
+    """Parses our flags; returns (our values, the flags left for Beam)."""
+    return parser(options_class, prog).parse_known_args(argv)
 
 
 def match_config(args: argparse.Namespace) -> MatchConfig:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import shutil
 import stat
@@ -229,10 +230,22 @@ def test_flex_template_metadata_names_real_flags():
 
     with open(os.path.join(REPO_ROOT, "runners", "dataflow", "metadata.json"), encoding="utf-8") as f:
         metadata = json.load(f)
+    from runners.dataflow import flex_main
+
     names = [p["name"] for p in metadata["parameters"]]
-    args, unknown = opts.parse(opts.TokenizeOptions, [f"--{n}=x" if n != "profile" else "--profile=dataflow-gpu"
-                                                      for n in names], prog="t")
-    assert unknown == [] and {"input", "output"} <= set(names)
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names), names
+    samples = {"input": "gs://b/corpus/**", "manifest": "gs://b/m.jsonl", "output": "gs://b/tokens",
+               "tokenizer": "logmel", "profile": "dataflow-gpu", "device": "cuda", "segmenter": "vad",
+               "segment_s": "20", "batch_max_s": "120.5", "autocast": "bf16", "model_copies": "2",
+               "torch_threads": "1", "max_failure_fraction": "0.25"}
+    assert set(names) == set(samples), "give the new parameter a sample value here"
+    for p in metadata["parameters"]:  # a value the template's regexes accept...
+        assert all(re.fullmatch(r, samples[p["name"]]) for r in p.get("regexes", [])), p["name"]
+    argv = flex_main.our_flags([f"--{n}={samples[n]}" for n in names] + ["--temp_location=gs://b/tmp"])
+    assert argv[-1] == "--temp_location=gs://b/tmp"  # Dataflow's own options keep their names
+    args, unknown = opts.parse(opts.TokenizeOptions, argv[:-1], prog="t")  # ...is one our parser takes
+    assert unknown == []
+    assert args.batch_max_s == 120.5 and args.torch_threads == 1 and args.segmenter == "vad"
 
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")

@@ -6,17 +6,34 @@ with the template's parameters and Dataflow's own options as flags (``--input=..
 the job and exits without waiting, as a launcher must. A refresh is incremental: files
 already tokenized with the same settings are skipped, and a missing dataset is created.
 The profile is ``dataflow`` unless the ``profile`` parameter says ``dataflow-gpu``.
+
+Template parameter names use underscores (``batch_max_s``); they are turned back into our
+flags (``--batch-max-s``). Dataflow's own options keep theirs (``--temp_location``).
 """
 
 import logging
 import sys
 
-from pipelines import tokenize
+from pipelines import options, tokenize
+
+
+def our_flags(argv: list[str]) -> list[str]:
+    """``--batch_max_s=30`` -> ``--batch-max-s=30`` for the flags of ``audiotok tokenize``;
+    every other argument unchanged."""
+    parser = options.parser(options.TokenizeOptions, prog="flex")
+    known = {s for action in parser._actions for s in action.option_strings}
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        hyphenated = name.replace("_", "-")
+        out.append(f"{hyphenated}{eq}{value}" if name.startswith("--") and name not in known
+                   and hyphenated in known else arg)
+    return out
 
 
 def main(argv: list[str]) -> int:
     # Later flags win: a --profile among the parameters replaces this default.
-    return tokenize.main(["--profile=dataflow", "--incremental", *argv], wait=False)
+    return tokenize.main(["--profile=dataflow", "--incremental", *our_flags(argv)], wait=False)
 
 
 if __name__ == "__main__":
