@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from typing import Any
 
 # Reason codes. Documented in transforms/FAILURES.md; keep the two in step.
@@ -45,56 +44,14 @@ REASONS: tuple[str, ...] = (
 )
 
 _MAX_MESSAGE_CHARS = 2000
-REDACTED = "***"
 
-# scheme://userinfo@host: the userinfo (user:password, or a bare token) goes. Secrets pasted
-# without percent-encoding may hold '/' (AWS secret keys do), so user:password may span slashes.
-_USERINFO = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s?#:]+:[^@\s]*|[^/@\s?#]+)@")
-# Query parameters that carry signatures or tokens (presigned S3/GCS URLs, Azure SAS, API keys).
-_SECRET_PARAM = re.compile(
-    r"(?P<name>[?&;][^=&;\s#]*(?:sig|signature|token|key|secret|password|passwd|pwd|credential|auth)"
-    r"[^=&;\s#]*=)(?P<value>[^&;\s#]+)",
-    re.IGNORECASE)
-# key=value / key: value in free text (exception messages echoing a configuration).
-_SECRET_ASSIGNMENT = re.compile(
-    r"(?P<name>\b[\w-]*(?:secret|password|passwd|token|api[_-]?key|access[_-]?key(?:[_-]?id)?)\b)(?P<sep>\s*[=:]\s*)"
-    r"(?P<value>(?!\*\*\*)[^\s&,;'\"]+)",
-    re.IGNORECASE)
 
 
 def redact(text: str, uri: str | None = None) -> str:
-    """``text`` with credentials in URLs and ``secret=...`` assignments replaced by ``***``
-    (then :func:`transforms.storage.redact`: secret environment values, private keys, tokens).
-
-    ``s3://KEY:SECRET@bucket/x`` -> ``s3://***@bucket/x``;
-    ``https://h/x?X-Amz-Signature=abc`` -> ``https://h/x?X-Amz-Signature=***``.
-    With ``uri``, the credentials of that URI are also scrubbed wherever they appear in
-    ``text`` (libraries echo them without the scheme: ``Invalid bucket name "KEY:SECRET@b"``).
-    Idempotent; paths and file names are left alone.
-    """
-    if not isinstance(text, str) or not text:
-        return text
+    """:func:`transforms.storage.redact`: ``text`` with credentials masked, those of ``uri`` too."""
     from transforms import storage  # here: storage is heavier, and failures must stay importable alone
 
-    for secret in _credentials(uri):
-        text = text.replace(secret, REDACTED)
-    text = _USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
-    text = _SECRET_PARAM.sub(lambda m: m.group("name") + REDACTED, text)
-    text = _SECRET_ASSIGNMENT.sub(lambda m: m.group("name") + m.group("sep") + REDACTED, text)
-    return storage.redact(text)  # and the storage layer's rules: secret env values, keys, bearer tokens
-
-
-def _credentials(uri: str | None) -> list[str]:
-    """The userinfo of ``uri`` and its parts (longest first), when it has any."""
-    if not isinstance(uri, str):
-        return []
-    found = []
-    for m in _USERINFO.finditer(uri):
-        userinfo = m.group("userinfo")
-        found.append(userinfo)
-        found.extend(part for part in userinfo.split(":", 1) if len(part) >= 4)
-    return sorted(set(found), key=len, reverse=True)
+    return storage.redact(text, uri=uri)
 
 
 def printable(text: str) -> str:

@@ -19,7 +19,6 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.transforms.window import GlobalWindows
 
 from transforms import incremental, metrics, storage
 from transforms.failures import Failure

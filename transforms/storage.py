@@ -60,16 +60,20 @@ _MASK = "***"
 # A secret shorter than this is not masked by value (it would mask ordinary words).
 _MIN_SECRET_CHARS = 8
 
+# scheme://userinfo@host: the userinfo (user:password, or a bare token) goes. Secrets pasted
+# without percent-encoding may hold '/' (AWS secret keys do), so user:password may span slashes;
+# host:port/ is no password.
+_USERINFO = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s?#:]+:(?!\d+/)[^@\s]*|[^/@\s?#:]+)@")
+
 _SECRET_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
     # PEM private keys (service-account JSON); first, before key=value cuts them
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
      "-----PRIVATE KEY " + _MASK + "-----"),
-    # scheme://user:password@host (pasted passwords may hold '/'; host:port/ is no password)
-    (re.compile(r"(?P<keep>\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?!\d+/)[^\s@?#]+(?=@)"), r"\g<keep>" + _MASK),
-    # signed-URL and token query parameters
-    (re.compile(r"(?i)(?P<keep>[?&;](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
-                r"x-goog-credential|signature|sig|access_token|token|api_key|apikey|key)=)[^&#\s'\"]+"),
-     r"\g<keep>" + _MASK),
+    (_USERINFO, r"\g<scheme>" + _MASK + "@"),
+    # query parameters that carry signatures or tokens (presigned S3/GCS URLs, SAS, API keys)
+    (re.compile(r"(?i)(?P<keep>[?&;][^=&;\s#]*(?:sig|signature|token|key|secret|password|passwd|pwd|credential|auth)"
+                r"[^=&;\s#]*=)[^&;#\s'\"]+"), r"\g<keep>" + _MASK),
     # Authorization headers and bearer tokens
     (re.compile(r"(?i)(?P<keep>\bbearer\s+)[A-Za-z0-9._~+/=-]+"), r"\g<keep>" + _MASK),
     (re.compile(r"(?i)(?P<keep>\bauthorization['\"]?\s*[:=]\s*['\"]?)[^'\"\n]+"), r"\g<keep>" + _MASK),
@@ -77,19 +81,42 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"(?i)(?P<keep>\b(?:aws_secret_access_key|aws_session_token|secret_access_key|secret_key|"
                 r"session_token|client_secret|refresh_token|access_token|private_key|password|passwd)"
                 r"['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\g<keep>" + _MASK),
+    # secret: value / api-key=value in free text (exception messages echoing a configuration)
+    (re.compile(r"(?i)(?P<keep>\b[\w-]*(?:secret|password|passwd|token|api[_-]?key|access[_-]?key(?:[_-]?id)?)\b"
+                r"\s*[=:]\s*)(?!\*\*\*)[^\s&,;'\"]+"), r"\g<keep>" + _MASK),
 )
 
 
-def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """``text`` with credentials masked: the values of :data:`SECRET_ENV_VARS`, passwords in
+def url_credentials(uri: str | None) -> list[str]:
+    """The userinfo of ``uri`` and its parts of 4+ characters, longest first (libraries echo
+    them without the scheme: ``Invalid bucket name "KEY:SECRET@b"``)."""
+    if not isinstance(uri, str):
+        return []
+    found = []
+    for m in _USERINFO.finditer(uri):
+        userinfo = m.group("userinfo")
+        found.append(userinfo)
+        found.extend(part for part in userinfo.split(":", 1) if len(part) >= 4)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def redact(text: str, environ: Mapping[str, str] | None = None, uri: str | None = None) -> str:
+    """``text`` with credentials masked: the values of :data:`SECRET_ENV_VARS`, user info in
     URLs, signed-URL signatures and tokens, bearer tokens, ``secret=...`` pairs, private keys.
+
+    ``s3://KEY:SECRET@bucket/x`` -> ``s3://***@bucket/x``;
+    ``https://h/x?X-Amz-Signature=abc`` -> ``https://h/x?X-Amz-Signature=***``. Idempotent;
+    paths and file names are left alone.
 
     Args:
         text: a message, log line, URL or record.
         environ: where the secret values are looked up (default ``os.environ``).
+        uri: a URL whose credentials are also masked wherever they appear in ``text``.
     """
-    if not text:
+    if not isinstance(text, str) or not text:
         return text
+    for secret in url_credentials(uri):
+        text = text.replace(secret, _MASK)
     env = os.environ if environ is None else environ
     for name in SECRET_ENV_VARS:
         value = env.get(name, "")
