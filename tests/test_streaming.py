@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import tracemalloc
 
 import numpy as np
@@ -124,6 +125,15 @@ def test_unreadable_inputs_give_reasons(tmp_path):
     with pytest.raises(AudiotokError) as e:
         streaming.probe(str(tmp_path / "missing.wav"))
     assert e.value.reason == failures.READ_ERROR
+    # A WAV whose format tag FFmpeg's demuxer accepts but has no decoder for (codec_context None).
+    pcm = b"\x00" * 1600
+    fmt = struct.pack("<HHIIHH", 0x1234, 1, 16000, 32000, 2, 16)
+    odd = tmp_path / "odd_codec.wav"
+    odd.write_bytes(b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVEfmt " + struct.pack("<I", 16) + fmt
+                    + b"data" + struct.pack("<I", len(pcm)) + pcm)
+    with pytest.raises(AudiotokError) as e:
+        streaming.probe(str(odd))
+    assert e.value.reason == failures.UNSUPPORTED_FORMAT and "no decoder" in str(e.value)
 
 
 def test_policy_applies_chunk_by_chunk(tmp_path):

@@ -137,6 +137,8 @@ def _probe_pyav(f: BinaryIO, fmt: str | None, size: int | None, uri: str) -> Pro
         if not container.streams.audio:
             raise AudiotokError(failures.UNSUPPORTED_FORMAT, "the container has no audio stream", uri)
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # FFmpeg knows the container but has no decoder for this codec id
+            raise AudiotokError(failures.UNSUPPORTED_FORMAT, "FFmpeg has no decoder for the stream's codec", uri)
         rate, channels = int(stream.codec_context.sample_rate or 0), int(stream.codec_context.channels or 0)
         if rate <= 0 or channels <= 0:
             raise AudiotokError(failures.UNSUPPORTED_FORMAT, "the stream declares no rate or channels", uri)
