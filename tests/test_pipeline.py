@@ -166,6 +166,22 @@ def test_timed_transcript_is_cut_into_key_txt(corpus, tmp_path):
     assert verify.verify_dataset(str(out)).problems == []
 
 
+def test_segment_shorter_than_a_frame_is_too_short_not_an_empty_sample():
+    from transforms import tokenize
+    from transforms.records import AudioRef, Segment
+    from transforms.tokenizers import registry
+
+    toks = registry.create_all("logmel")
+    ref = AudioRef("/data/a.wav")
+    rng = np.random.default_rng(1)
+    segs = [Segment(key=f"a-{n}", source=ref, start_s=0.0, end_s=n / 16000, sample_rate=16000,
+                    audio=rng.normal(scale=0.1, size=n).astype(np.float32)) for n in (100, 16000)]
+    out = tokenize.tokenize_batch(toks, segs)
+    assert isinstance(out[0], failures.Failure) and out[0].reason == failures.TOO_SHORT
+    assert "logmel" in out[0].message and out[0].uri == "/data/a.wav"
+    assert out[1].streams["logmel"].shape == (100, 80)
+
+
 def test_tokenizer_failure_isolated_to_its_segment(monkeypatch):
     from transforms import tokenize
     from transforms.records import AudioRef, Segment

@@ -26,7 +26,7 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import decode, failures, metrics
-from transforms.failures import Failure
+from transforms.failures import AudiotokError, Failure
 from transforms.inference import (AUTOCAST_CHOICES, AcceleratorError, EncodeFn, check_device, is_accelerator_error,
                                   is_out_of_memory, loaded_tokenizers, report_loads, resolve_device)
 from transforms.records import Sample, Segment
@@ -230,8 +230,18 @@ def _tokenize(tokenizers: Sequence[Tokenizer], segments: list[Segment], encode: 
                     + _tokenize(tokenizers, segments[half:], encode, descriptions))
         logger.warning("batch of %d failed (%s); retrying one by one", len(segments), error)
         return [out for seg in segments for out in _tokenize(tokenizers, [seg], encode, descriptions)]
-    return [Sample(key=seg.key, meta=sample_meta(seg, streams, descriptions), streams=streams)
-            for seg, streams in zip(segments, encoded)]
+    return [_sample_or_failure(seg, streams, descriptions) for seg, streams in zip(segments, encoded)]
+
+
+def _sample_or_failure(segment: Segment, streams: dict[str, np.ndarray], descriptions: dict[str, dict]) -> Sample | Failure:
+    """The sample of an encoded segment; a ``too_short`` Failure when a stream has no frame
+    (a segment shorter than a tokenizer's hop: a sample with nothing to train on)."""
+    empty = sorted(name for name, array in streams.items() if array.size == 0)
+    if empty:
+        error = AudiotokError(failures.TOO_SHORT, f"{segment.duration_s:.3f} s gives no frame of {', '.join(empty)}; "
+                                                  "raise --min-segment-s", segment.source.uri)
+        return Failure.from_error(segment.source.uri, error, "tokenize", start_s=segment.start_s, end_s=segment.end_s)
+    return Sample(key=segment.key, meta=sample_meta(segment, streams, descriptions), streams=streams)
 
 
 def _failure(segment: Segment, error: BaseException) -> Failure:
