@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from transforms.tokenizers import base, chunking, weights
-from transforms.tokenizers.base import StreamSpec, Tokenizer
+from transforms.tokenizers.base import StreamSpec, Tokenizer, to_device
 from transforms.tokenizers.registry import register
 from transforms.tokenizers.weights import ModelConfig
 
@@ -270,7 +270,7 @@ class CodecTokenizer(Tokenizer):
                 for row, i in enumerate(group):
                     x[row, :, :len(pieces[i])] = pieces[i]
                 lengths = [len(pieces[i]) for i in group]
-                streams = self._forward(torch.from_numpy(x).to(self._device), lengths)
+                streams = self._forward(to_device(x, self._device), lengths)
                 for name, tensor in streams.items():
                     array = tensor.cpu().numpy()
                     for row, i in enumerate(group):

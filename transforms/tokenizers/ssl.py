@@ -33,7 +33,7 @@ import numpy as np
 
 from transforms import storage
 from transforms.tokenizers import base, chunking, weights
-from transforms.tokenizers.base import StreamSpec, Tokenizer
+from transforms.tokenizers.base import StreamSpec, Tokenizer, to_device
 from transforms.tokenizers.registry import register
 from transforms.tokenizers.spectral import KMeansTokenizer
 from transforms.tokenizers.weights import ModelConfig
@@ -255,8 +255,8 @@ class SSLBackbone:
                     mask[row, :len(pieces[i])] = 1
                 kwargs = {}
                 if self.padding_invariant and not mask.all():
-                    kwargs["attention_mask"] = torch.from_numpy(mask).to(self._device)
-                hidden = self._model(torch.from_numpy(x).to(self._device), **kwargs).last_hidden_state
+                    kwargs["attention_mask"] = to_device(mask, self._device)
+                hidden = self._model(to_device(x, self._device), **kwargs).last_hidden_state
                 hidden = hidden.float().cpu().numpy()
                 for row, i in enumerate(group):
                     results[i] = hidden[row, :frames[i]]
