@@ -175,8 +175,9 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             _DATAFLOW + (
                 f"--machine_type={GPU_MACHINE_TYPE}",
                 f"--dataflow_service_options=worker_accelerator={GPU_ACCELERATOR}",
-                # One SDK process per VM: the model loads once per GPU, not once per vCPU.
-                "--experiments=no_use_multiple_sdk_containers",
+                # Dataflow's one SDK process per vCPU decode in parallel and share one model per
+                # GPU (TokenizerModelHandler); two harness threads each bound the batch buffers.
+                "--number_of_worker_harness_threads=2",
                 # The CUDA image is ~10 GB unpacked; Dataflow's default disk with Shuffle is 25 GB.
                 "--disk_size_gb=50"),
             required=("project", "region", "temp_location", "sdk_container_image")),

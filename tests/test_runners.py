@@ -79,13 +79,14 @@ def test_dataflow_gpu_flags_merge_with_the_users_list_entries():
     base = ["--project=p", "--region=r", "--temp_location=gs://b/t", "--sdk_container_image=img"]
     flags = _flags("dataflow-gpu", *base)
     assert flags["dataflow_service_options"] == [f"worker_accelerator={profiles.GPU_ACCELERATOR}"]
-    assert flags["experiments"] == ["no_use_multiple_sdk_containers"]
+    assert "experiments" not in flags  # several SDK processes share one model per GPU
+    assert flags["number_of_worker_harness_threads"] == ["2"]
     assert flags["machine_type"] == [profiles.GPU_MACHINE_TYPE]
     t4 = "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
     flags = _flags("dataflow-gpu", *base, f"--dataflow_service_options={t4}", "--experiments=use_runner_v2",
                    "--worker_machine_type=n1-standard-8")
     assert flags["dataflow_service_options"] == [t4]  # the user's accelerator replaces ours
-    assert flags["experiments"] == ["no_use_multiple_sdk_containers", "use_runner_v2"]  # other entries add up
+    assert flags["experiments"] == ["use_runner_v2"]
     assert flags["machine_type"] == ["n1-standard-8"]  # aliases count as the same flag
 
 
@@ -187,7 +188,7 @@ def test_dataflow_gpu_job_asks_for_the_gpu_and_our_container(gcs, monkeypatch):
         monkeypatch.setenv(k, v)
     environment, staged, image = _dry_run_job("dataflow-gpu", [f"--sdk_container_image={IMAGE}"])
     assert list(environment.service_options) == [f"worker_accelerator={profiles.GPU_ACCELERATOR}"]
-    assert "no_use_multiple_sdk_containers" in environment.experiments
+    assert "no_use_multiple_sdk_containers" not in environment.experiments
     (pool,) = environment.worker_pools
     assert pool.machine_type == profiles.GPU_MACHINE_TYPE and pool.disk_size_gb == 50
     assert [i.container_image for i in pool.sdk_harness_container_images] == [IMAGE]
