@@ -29,9 +29,12 @@ EXTRAS = {
     "vad": ["silero-vad>=6.0"],
     "lhotse": ["lhotse>=1.30"],
     "card": ["matplotlib>=3.8"],
+    # Loading shards with Hugging Face datasets (its webdataset builder).
+    "hf": ["datasets>=5.2"],
     "test": [
         "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "transformers>=5.0", "silero-vad>=6.0",
         "moto[server]>=5.1", "gcp-storage-emulator>=2024.8", "lhotse>=1.30", "matplotlib>=3.8",
+        "snac>=1.2", "datasets>=5.2",
     ],
 }
 
