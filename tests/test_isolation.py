@@ -137,3 +137,34 @@ def test_spawn_start_method_works_too(files):
     finally:
         d.close()
     assert d.pid is None
+
+
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_the_parents_main_script_is_not_run_again_in_the_decoder(files, tmp_path, how):
+    """A user's script without a __main__ guard, or one piped to python, decodes normally: the
+    decoder process does not re-import the parent's main (it once re-ran the whole job in the
+    forkserver, or failed every file when main was stdin)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "user_job.py"
+    script.write_text(
+        "print('MAIN RAN', flush=True)\n"
+        "from transforms import isolation\n"
+        "from transforms.decode import DecodeConfig\n"
+        "from transforms.records import AudioRef\n"
+        "d = isolation.ProcessDecoder(DecodeConfig(isolation='process'))\n"
+        f"decoded, _ = d.decode(AudioRef({files['good']!r}))\n"
+        "print('DECODED', decoded.audio.shape[-1], flush=True)\n"
+        "d.close()\n")
+    env = {**os.environ, "PYTHONPATH": repo}
+    if how == "script":
+        done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    else:
+        done = subprocess.run([sys.executable, "-"], input=script.read_text(), env=env, capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("MAIN RAN") == 1, done.stdout
+    assert "DECODED 22050" in done.stdout

@@ -20,6 +20,7 @@ modules once, so a restart costs milliseconds (``spawn`` works too, at ~3 s a st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -29,6 +30,7 @@ import signal
 import threading
 import time
 import traceback
+from multiprocessing import spawn as mp_spawn
 from typing import Any
 
 import numpy as np
@@ -46,8 +48,35 @@ GRACE_S = 2.0
 # A fresh child must say it is ready within this (imports included).
 STARTUP_TIMEOUT_S = 120.0
 _MAX_HEADER_BYTES = 1 << 16
-_PRELOAD = ["__main__", "transforms.isolation", "transforms.decode"]
+# Not "__main__": the forkserver would run the parent's main script again (a script without an
+# ``if __name__ == "__main__"`` guard would start the job inside it; one read from stdin cannot
+# be found). A custom ``DecodeConfig.decoder`` must live in an importable module.
+_PRELOAD = ["transforms.isolation", "transforms.decode"]
 _forkserver_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_parent_main():
+    """Children start without re-importing the parent's ``__main__``.
+
+    multiprocessing's forkserver and spawn children import the parent's main module (as
+    ``__mp_main__``) before they run their target, for targets defined there. The decoder's
+    target and arguments live in audiotok's modules, and the parent's main can be a script
+    with no guard, stdin or a notebook. Callers hold ``_forkserver_lock``.
+    """
+    original = mp_spawn.get_preparation_data
+
+    def preparation_data(name: str) -> dict[str, Any]:
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    mp_spawn.get_preparation_data = preparation_data
+    try:
+        yield
+    finally:
+        mp_spawn.get_preparation_data = original
 
 
 class InProcessDecoder:
@@ -95,15 +124,15 @@ class ProcessDecoder:
 
     def _start(self) -> None:
         ctx = multiprocessing.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            with _forkserver_lock:
-                ctx.set_forkserver_preload(_PRELOAD)
         parent, child = ctx.Pipe(duplex=True)
         # The forkserver's environment dates from its start; storage endpoints and credentials
         # come from the environment (transforms.storage), so the child gets this process's.
         process = ctx.Process(target=serve, args=(child, self.config, dict(os.environ)), name="audiotok-decoder",
                               daemon=True)
-        process.start()
+        with _forkserver_lock, _without_parent_main():
+            if self.start_method == "forkserver":
+                ctx.set_forkserver_preload(_PRELOAD)
+            process.start()
         child.close()
         self._process, self._conn = process, parent
         if not parent.poll(STARTUP_TIMEOUT_S):
