@@ -32,6 +32,24 @@ def test_sources_are_first_folders_below_the_input_root():
     assert card.source_of("/d/one.wav", card.common_root(["/d/one.wav"])) == card.ROOT_SOURCE
 
 
+def test_thousands_of_sources_plot_as_the_largest_and_one_remainder_bar():
+    pytest.importorskip("matplotlib")
+    import io
+
+    rows = {f"folder{i:04d}": {"samples": 1 + i % 3, "audio_s": 3000.0 - i, "hours": 0.0} for i in range(2000)}
+    top = card.top_rows(rows)
+    assert len(top) == card.MAX_PLOTTED_SOURCES and list(top)[:3] == ["folder0000", "folder0001", "folder0002"]
+    rest = top[f"{2000 - card.MAX_PLOTTED_SOURCES + 1} others (all in stats.json)"]
+    assert rest["samples"] + sum(r["samples"] for n, r in top.items() if n.startswith("folder")) == \
+        sum(r["samples"] for r in rows.values())
+    assert card.top_rows(dict(list(rows.items())[:5])) == {n: rows[n] for n in list(rows)[:5]}
+    png = card._plot_sources(card._pyplot(), {"sources": {"by_source": rows, "root": "/data"}})
+    import matplotlib.image
+
+    height = matplotlib.image.imread(io.BytesIO(png)).shape[0]
+    assert height < 1200  # 20 bars; all 2000 made a 70,000-pixel-tall figure
+
+
 def test_codebook_usage_entropy_and_dead_codes():
     uniform = card.codebook_usage(np.full(8, 5))
     assert uniform["entropy_bits"] == pytest.approx(3.0) and uniform["normalized_entropy"] == pytest.approx(1.0)

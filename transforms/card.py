@@ -272,8 +272,26 @@ def _bar_labels(ax, bars, labels: Sequence[str]) -> None:
                     textcoords="offset points", va="center", fontsize=8)
 
 
+# Bars a per-source plot shows at most; the rest are summed into one "N others" bar
+# (a corpus with thousands of folders would otherwise make a figure hundreds of inches tall).
+MAX_PLOTTED_SOURCES = 20
+
+
+def top_rows(rows: Mapping[str, Mapping[str, float]], limit: int = MAX_PLOTTED_SOURCES) -> dict[str, dict[str, float]]:
+    """The first ``limit - 1`` rows (they come largest first) and one row summing the others,
+    or ``rows`` as they are when there are at most ``limit``."""
+    names = list(rows)
+    if len(names) <= limit:
+        return {n: dict(rows[n]) for n in names}
+    kept = {n: dict(rows[n]) for n in names[:limit - 1]}
+    rest = names[limit - 1:]
+    kept[f"{len(rest)} others (all in stats.json)"] = {
+        "samples": sum(rows[n]["samples"] for n in rest), "audio_s": sum(rows[n]["audio_s"] for n in rest)}
+    return kept
+
+
 def _plot_sources(plt, stats: Mapping[str, Any]) -> bytes:
-    rows = stats["sources"]["by_source"]
+    rows = top_rows(stats["sources"]["by_source"])
     names = list(rows)[::-1]
     fig, (ax_h, ax_n) = plt.subplots(1, 2, figsize=(10, 1.6 + 0.35 * max(len(names), 1)), sharey=True,
                                      layout="constrained")
@@ -482,13 +500,13 @@ def render_readme(index: Mapping[str, Any], stats: Mapping[str, Any], vocab: lm.
     src = stats["sources"]
     lines += ["", "## Sources", "", f"Source = {src['definition']}. Root: `{src['root'] or '/'}`.", ""]
     lines += _table(["source", "samples", "audio"], [(f"`{n}`", r["samples"], _duration(r["audio_s"]))
-                                                     for n, r in src["by_source"].items()])
+                                                     for n, r in top_rows(src["by_source"], 50).items()])
     if "sources.png" in plot:
         lines += ["", plot["sources.png"]]
     if src["by_speaker"]:
         lines += ["", "By manifest speaker:", ""]
         lines += _table(["speaker", "samples", "audio"], [(f"`{n}`", r["samples"], _duration(r["audio_s"]))
-                                                          for n, r in src["by_speaker"].items()])
+                                                          for n, r in top_rows(src["by_speaker"], 50).items()])
     d = stats["durations"]
     lines += ["", "## Segment durations", "",
               f"{d['count']:,} segments: min {d['min_s']:.2f} s, median {d['median_s']:.2f} s, "
