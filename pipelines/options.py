@@ -73,7 +73,7 @@ class InputOptions(PipelineOptions):
         g.add_argument("--max-duration-s", dest="max_duration_s", type=float, default=4 * 3600.0,
                        help="longer inputs are dead-lettered as too_long, refused from the header where it "
                             "tells (default 14400; 0: no limit)")
-        # Hostile and broken input: limits, repairs and isolation (transforms/FAILURES.md).
+        # Hostile and broken input: limits, repairs and isolation (README.md, "Bad input").
         d = DecodeConfig()
         g.add_argument("--min-sample-rate", dest="min_sample_rate", type=int, default=d.min_sample_rate,
                        help=f"lowest accepted source rate, Hz; lower is bad_sample_rate (default {d.min_sample_rate})")

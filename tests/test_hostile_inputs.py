@@ -337,3 +337,23 @@ def test_cli_exits_non_zero_when_most_of_the_corpus_fails(tmp_path, capsys):
     index = json.loads((out / "index.json").read_text())  # written before the verdict
     assert index["totals"]["samples"] == 1 and index["totals"]["failures_by_reason"] == {
         "empty": 1, "unsupported_format": 1}
+
+
+def test_every_reason_code_and_policy_flag_is_documented_in_the_readme():
+    from pathlib import Path
+
+    from pipelines import options
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Bad input"):]
+    section = section[:section.index("\n## ", 1)]
+    missing = [r for r in failures.REASONS if f"| `{r}` |" not in section]
+    assert not missing, f"reason codes without a row in the README's table: {missing}"
+    # The decode policy flags are the ones decode_config reads, and the run's failure threshold.
+    source = Path(options.__file__).read_text(encoding="utf-8")
+    body = source[source.index("def decode_config("):]
+    body = body[:body.index("\ndef ")]
+    dests = set(re.findall(r"args\.(\w+)", body)) | {"max_failure_fraction"}
+    flags = [a.option_strings[0] for a in options.parser(options.TokenizeOptions, "t")._actions if a.dest in dests]
+    undocumented = [f for f in flags if f"`{f}" not in section]
+    assert len(flags) >= 14 and not undocumented, f"policy flags missing from the README: {undocumented}"

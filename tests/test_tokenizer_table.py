@@ -40,3 +40,8 @@ def test_help_and_table_need_no_model_library():
             "print(sorted(m for m in ('transformers', 'snac', 'huggingface_hub') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_readme_table_is_the_generated_one():
+    """The README's copy cannot drift from the registry: regenerate it with --write."""
+    assert tokenizer_table.main(["--check", str(ROOT / "README.md")]) == 0

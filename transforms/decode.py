@@ -5,7 +5,7 @@ first; FFmpeg (PyAV) is the fallback for what libsndfile cannot read (M4A/AAC, s
 MP3/Opus builds) and for anything the sniffer does not know.
 
 Hostile input: every way a file can be bad ends as an :class:`AudiotokError` with a reason
-code (``transforms/FAILURES.md``); any other exception escaping :func:`decode_audio` is a bug.
+code (README.md, "Bad input"); any other exception escaping :func:`decode_audio` is a bug.
 Nothing is allocated on a header's word: headers are checked against the bytes present,
 rate, channels and duration are refused before decoding where the header allows it, and
 decoding reads in bounded chunks, stopping at the duration limit and the memory guard.

@@ -6,7 +6,7 @@ code, the DoFn around it turns the error into a :class:`Failure`, which goes to 
 
 Every URI and message that reaches a failure record goes through :func:`redact` first, so
 credentials in URLs (``s3://KEY:SECRET@bucket/x``, signed query strings) never land in the
-dataset or in logs. The codes are documented in ``transforms/FAILURES.md``; keep the two in step.
+dataset or in logs. The codes are documented in the README ("Bad input"); keep the two in step.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import dataclasses
 import json
 from typing import Any
 
-# Reason codes. Documented in transforms/FAILURES.md; keep the two in step.
+# Reason codes. Documented in README.md ("Bad input"); tests/test_hostile_inputs.py checks.
 EMPTY = "empty"  # zero bytes, or a valid header with no samples
 TRUNCATED = "truncated"  # a known container whose data ends early
 UNSUPPORTED_FORMAT = "unsupported_format"  # no decoder recognises the bytes
