@@ -33,3 +33,14 @@ def speech_dir() -> Path:
 @pytest.fixture(scope="session")
 def example_corpus() -> Path:
     return ROOT / "examples" / "corpus"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: tiny models gain nothing from threads, and lose a
+    lot when the machine is busy. The setting is restored afterwards."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

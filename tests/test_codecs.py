@@ -19,12 +19,8 @@ SECONDS = (1.37, 0.61, 1.0)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and lose a lot when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

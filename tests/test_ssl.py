@@ -26,11 +26,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_paddi
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from transforms.inference import (AUTOCAST_CHOICES, AcceleratorError, EncodeFn, 
                                   is_out_of_memory, loaded_tokenizers, report_loads, resolve_device)
 from transforms.records import Sample, Segment
 from transforms.shards import count_tokens
-from transforms.tokenizers import registry
+from transforms.tokenizers import chunking, registry
 from transforms.tokenizers.base import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -259,22 +259,10 @@ def plan_batches(lengths: Sequence[int], rate: int, max_s: float, max_items: int
     """Groups segment indices into batches, longest first, bounded by padded seconds and count.
 
     Sorting by length keeps padding small: each batch's padded size is its first (longest)
-    member times its size. ``same_length_only`` groups only identical lengths.
+    member times its size. ``same_length_only`` groups only identical lengths. The grouping is
+    the one a model's forward passes use (``chunking.forward_groups``), in seconds.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        padded_s = longest * (len(current) + 1) / rate
-        if current and (len(current) >= max_items or padded_s > max_s
-                        or (same_length_only and lengths[i] != longest)):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
+    return chunking.forward_groups(lengths, same_length_only, max_s * rate, max_items)
 
 
 def padding_of(lengths: Sequence[int]) -> tuple[int, int]:

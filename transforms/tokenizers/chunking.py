@@ -130,7 +130,7 @@ def max_pieces_per_pass(device: str) -> int | None:
     return None if BATCH_ON_CPU or not str(device).startswith("cpu") else 1
 
 
-def forward_groups(widths: Sequence[int], same_width_only: bool, max_samples: int,
+def forward_groups(widths: Sequence[int], same_width_only: bool, max_samples: float,
                    max_items: int | None = None) -> list[list[int]]:
     """Which pieces share a forward pass.
 
