@@ -236,9 +236,10 @@ def test_segment_transcript_reaches_the_sample_json():
                                                       {"start": 5.0, "end": 5.5, "word": "later"}]})
     seg = segment.make_segment(ref, 16000, 48000, 16000, np.zeros(32000, np.float32), {"sample_rate": 16000})
     meta = tokenize.sample_meta(seg, {}, {})
-    (name, data), = shards.encode_sample(Sample(seg.key, meta, {}))
+    (name, data), (txt_name, txt) = shards.encode_sample(Sample(seg.key, meta, {}))
     written = json.loads(data)
     assert name == f"{seg.key}.json" and seg.key.startswith("talk-") and seg.key.endswith("-000001000")
+    assert (txt_name, txt) == (f"{seg.key}.txt", b"world")
     assert written["text"] == "world" and written["speaker"] == "s1"
     assert written["words"] == [{"start": 1.1, "end": 1.6, "word": "world"}]
     assert (written["start_s"], written["end_s"]) == (1.0, 3.0)
