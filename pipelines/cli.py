@@ -24,6 +24,17 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+# Warnings that say nothing to a user. Beam 2.77's RunInference logs the first on the root
+# logger at every model load: its optional ModelManager import fails, and takes the (present)
+# ``resource`` module down with it.
+KNOWN_NOISE = ("Resource module is not available for current platform",)
+
+
+def drop_known_noise(record: logging.LogRecord) -> bool:
+    """A logging filter: False for the records of :data:`KNOWN_NOISE`."""
+    return not str(record.msg).startswith(KNOWN_NOISE)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -39,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     install_log_redaction()  # no credential reaches the logs, whichever library logs it
     for noisy in ("apache_beam", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(drop_known_noise)
     module = importlib.import_module(SUBCOMMANDS[command][0])
     return module.main(rest)
 

@@ -225,3 +225,14 @@ def test_unknown_tokenizer_and_help(capsys):
 def test_pipe_urls_refused():
     with pytest.raises(SystemExit, match="refusing"):
         cli.main(["tokenize", "--input", "pipe:curl http://x", "--output", "/tmp/x"])
+
+
+def test_beams_resource_warning_is_filtered_and_others_are_not():
+    import logging
+
+    noise = logging.LogRecord("root", logging.WARNING, __file__, 1,
+                              "Resource module is not available for current platform, memory usage cannot be fetched.",
+                              None, None)
+    real = logging.LogRecord("root", logging.WARNING, __file__, 1, "decoder bug on %s", ("x.wav",), None)
+    assert cli.drop_known_noise(noise) is False
+    assert cli.drop_known_noise(real) is True
