@@ -1,5 +1,5 @@
-"""Job-server jars for Beam's portable Spark and Flink runners: where they live on Maven and
-in our cache, and fetching them with Maven.
+"""Job servers for Beam's portable runners: the Spark and Flink job-server jars (fetched with
+Maven) and the Prism runner's binary (built with ``go install``), and our cache of them.
 
 The Python ``SparkRunner``/``FlinkRunner`` start ``java -jar JOB_SERVER_JAR``; a job server
 must come from the same Beam release as the Python SDK. Beam downloads the jar itself from
@@ -9,6 +9,10 @@ that the ``spark`` and ``flink`` profiles, and the tests, find it there::
 
     python -m runners.jobservers fetch spark            # prints the jar's path
     python -m runners.jobservers fetch flink --flink-version 1.19
+    python -m runners.jobservers fetch prism            # go install of Beam's Go SDK prism command
+
+Beam's ``PrismRunner`` downloads a prism release from GitHub when given no
+``--prism_location``; ``go install`` goes through the Go module proxy (``GOPROXY``) instead.
 
 A failed fetch is remembered for a day (``*.missing`` beside the jars) so that set-ups that
 try it on every run do not pay Maven's start-up each time.
@@ -31,6 +35,7 @@ from apache_beam.options.pipeline_options import FlinkRunnerOptions
 
 GROUP = "org.apache.beam"
 RUNNERS = ("spark", "flink")
+PRISM_MODULE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
 # Beam's own default: the newest Flink it publishes a job server for.
 DEFAULT_FLINK_VERSION = FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS[-1]
 MISSING_TTL_S = 24 * 3600
@@ -38,7 +43,7 @@ FETCH_TIMEOUT_S = 600
 
 
 class JarUnavailable(RuntimeError):
-    """A job-server jar that Maven could not provide (message says what was tried)."""
+    """A job server (jar or prism binary) that could not be fetched (message says what was tried)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +90,6 @@ def cached_jar(coords: JarCoordinates) -> Path | None:
     return path if path.is_file() and path.stat().st_size > 0 else None
 
 
-def _missing_marker(coords: JarCoordinates) -> Path:
-    return cache_dir() / (coords.file_name + ".missing")
-
-
 def fetch_jar(coords: JarCoordinates, timeout_s: float = FETCH_TIMEOUT_S, retry_missing: bool = False) -> Path:
     """The jar in the cache, fetched with ``mvn dependency:copy`` when not there yet.
 
@@ -96,39 +97,79 @@ def fetch_jar(coords: JarCoordinates, timeout_s: float = FETCH_TIMEOUT_S, retry_
         JarUnavailable: Maven is not installed, did not serve the jar, or timed out; or it
             failed within the last day and ``retry_missing`` is false.
     """
-    found = cached_jar(coords)
-    if found:
-        return found
-    marker = _missing_marker(coords)
-    if not retry_missing and marker.is_file() and time.time() - marker.stat().st_mtime < MISSING_TTL_S:
-        raise JarUnavailable(f"{coords.gav}: not served the last time it was tried ({marker}): "
-                             + marker.read_text(encoding="utf-8", errors="replace")[:500])
     mvn = shutil.which("mvn")
-    if not mvn:
-        raise JarUnavailable(f"{coords.gav}: Maven (mvn) is not installed")
-    target = cache_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target) as tmp:
-        command = [mvn, "-q", "-B", "dependency:copy", f"-Dartifact={coords.gav}:jar",
-                   f"-DoutputDirectory={tmp}", "-Dmdep.overWriteReleases=true"]
-        # A short-lived JVM: skipping the optimising compiler halves Maven's CPU time.
-        env = {**os.environ, "MAVEN_OPTS": (os.environ.get("MAVEN_OPTS", "")
-                                            + " -XX:TieredStopAtLevel=1 -XX:+UseSerialGC").strip()}
+    # A short-lived JVM: skipping the optimising compiler halves Maven's CPU time.
+    env = {**os.environ, "MAVEN_OPTS": (os.environ.get("MAVEN_OPTS", "")
+                                        + " -XX:TieredStopAtLevel=1 -XX:+UseSerialGC").strip()}
+    return _fetch_into_cache(
+        coords.file_name, coords.gav, "Maven (mvn)" if not mvn else None,
+        lambda tmp: ([mvn, "-q", "-B", "dependency:copy", f"-Dartifact={coords.gav}:jar", f"-DoutputDirectory={tmp}",
+                      "-Dmdep.overWriteReleases=true"], env, Path(tmp) / coords.file_name),
+        _maven_error, timeout_s, retry_missing)
+
+
+def prism_file_name(beam_version: str | None = None) -> str:
+    return f"prism-{beam_version or apache_beam.__version__}"
+
+
+def cached_prism(beam_version: str | None = None) -> Path | None:
+    """The cached prism binary of a Beam release (default: the installed SDK's), when built."""
+    path = cache_dir() / prism_file_name(beam_version)
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def fetch_prism(beam_version: str | None = None, timeout_s: float = FETCH_TIMEOUT_S,
+                retry_missing: bool = False) -> Path:
+    """The prism binary in the cache, built with ``go install PRISM_MODULE@vVERSION`` when not
+    there yet (the Go module proxy serves Beam's Go SDK; a first build takes a few minutes).
+
+    Raises:
+        JarUnavailable: Go is not installed, the proxy did not serve the module, or the build
+            failed or timed out; or it failed within the last day and ``retry_missing`` is false.
+    """
+    version = beam_version or apache_beam.__version__
+    go = shutil.which("go")
+    module = f"{PRISM_MODULE}@v{version}"
+    return _fetch_into_cache(
+        prism_file_name(version), module, "Go (go)" if not go else None,
+        lambda tmp: ([go, "install", module], {**os.environ, "GOBIN": tmp}, Path(tmp) / "prism"),
+        _go_error, timeout_s, retry_missing)
+
+
+def _fetch_into_cache(file_name: str, what: str, missing_tool: str | None, plan, error_of, timeout_s: float,
+                      retry_missing: bool) -> Path:
+    """``cache_dir()/file_name``, made by running ``plan(tmp) -> (command, env, produced)`` in a
+    temporary folder of the cache when it is not there yet; failures are remembered a day."""
+    final = cache_dir() / file_name
+    if final.is_file() and final.stat().st_size > 0:
+        return final
+    marker = cache_dir() / (file_name + ".missing")
+    if not retry_missing and marker.is_file() and time.time() - marker.stat().st_mtime < MISSING_TTL_S:
+        raise JarUnavailable(f"{what}: not served the last time it was tried ({marker}): "
+                             + marker.read_text(encoding="utf-8", errors="replace")[:500])
+    if missing_tool:
+        raise JarUnavailable(f"{what}: {missing_tool} is not installed")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
+        command, env, produced = plan(tmp)
         try:
             done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   timeout=timeout_s, env=env)
-            failure = "" if done.returncode == 0 else _maven_error(done.stdout + done.stderr)
+            failure = "" if done.returncode == 0 else error_of(done.stdout + done.stderr)
         except subprocess.TimeoutExpired:
-            failure = f"mvn timed out after {timeout_s:.0f} s"
-        fetched = Path(tmp) / coords.file_name
-        if not failure and fetched.is_file():
-            final = target / coords.file_name
-            os.replace(fetched, final)  # whole or nothing: a killed fetch leaves no half jar
+            failure = f"{Path(command[0]).name} timed out after {timeout_s:.0f} s"
+        if not failure and produced.is_file():
+            os.replace(produced, final)  # whole or nothing: a killed fetch leaves no half file
             marker.unlink(missing_ok=True)
             return final
-    failure = failure or "mvn reported success but wrote no jar"
+    failure = failure or f"{Path(command[0]).name} reported success but wrote nothing"
     marker.write_text(failure + "\n", encoding="utf-8")
-    raise JarUnavailable(f"{coords.gav}: {failure}")
+    raise JarUnavailable(f"{what}: {failure}")
+
+
+def _go_error(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip() and not line.startswith("go: downloading")]
+    return (lines[-1] if lines else output.strip()[-500:])[:500]
 
 
 def _maven_error(output: str) -> str:
@@ -140,14 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runners.jobservers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="fetch a job-server jar into the cache; prints its path")
-    fetch.add_argument("runner", choices=RUNNERS)
+    fetch.add_argument("runner", choices=RUNNERS + ("prism",))
     fetch.add_argument("--beam-version", default=None, help=f"default: the installed SDK's ({apache_beam.__version__})")
     fetch.add_argument("--flink-version", default=DEFAULT_FLINK_VERSION)
     fetch.add_argument("--retry", action="store_true", help="try again even if it failed within the last day")
     args = parser.parse_args(argv)
-    coords = coordinates(args.runner, args.beam_version, args.flink_version)
     try:
-        print(fetch_jar(coords, retry_missing=args.retry))
+        if args.runner == "prism":
+            print(fetch_prism(args.beam_version, retry_missing=args.retry))
+        else:
+            print(fetch_jar(coordinates(args.runner, args.beam_version, args.flink_version), retry_missing=args.retry))
     except JarUnavailable as e:
         print(f"jobservers: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,8 @@ key, and the others stay).
 * ``spark``: Beam's Spark job server (its jar from ``runners.jobservers``' cache, or downloaded
   by Beam); ``local[2]`` unless ``--spark_master_url``.
 * ``flink``: Beam's Flink job server; ``[local]`` unless ``--flink_master``.
+* ``prism``: Beam's Prism runner, a portable runner in Go (its binary from
+  ``runners.jobservers``' cache, built with ``go install``, or downloaded by Beam).
 
 Credentials are never flags: Beam's ``--s3_secret_access_key`` and friends are refused
 (pipeline options are logged and shown in job UIs); the standard chains supply them.
@@ -145,6 +147,13 @@ def _spark_defaults(given: Flags) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _prism_defaults(given: Flags) -> tuple[str, ...]:
+    if "prism_location" in given:
+        return ()
+    binary = jobservers.cached_prism()
+    return (f"--prism_location={binary}",) if binary else ()
+
+
 def _flink_defaults(given: Flags) -> tuple[str, ...]:
     master = (given.get("flink_master") or ["[local]"])[-1]
     out = []
@@ -185,6 +194,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             ("--runner=SparkRunner", "--spark_master_url=local[2]"), derive=_spark_defaults),
     Profile("flink", "Beam's Flink job server, [local] unless --flink_master",
             ("--runner=FlinkRunner", "--flink_master=[local]"), derive=_flink_defaults),
+    Profile("prism", "Beam's Prism runner (Go, portable), workers in this process",
+            ("--runner=PrismRunner",), derive=_prism_defaults),
 )}
 
 

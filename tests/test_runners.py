@@ -320,3 +320,38 @@ def test_job_server_runners_write_what_the_in_process_run_writes(runner, job_ser
     flag = {"spark": "--spark_job_server_jar", "flink": "--flink_job_server_jar"}[runner]
     _run(os.path.join(EXAMPLE_CORPUS, "**"), str(tmp_path / "out"), runner, [f"{flag}={jar}"])
     assert dataset_digest(str(tmp_path / "out")) == local_reference()
+
+
+# ------------------------------------------------------------------ Prism
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_prism_runner_writes_what_the_in_process_run_writes(tmp_path):
+    """Beam's Prism runner (Go), built with `go install` through the Go module proxy into
+    ~/.cache/audiotok/jars. Skipped, with the reason, where Go or the module is unavailable."""
+    try:
+        binary = jobservers.fetch_prism(timeout_s=600)
+    except jobservers.JarUnavailable as e:
+        pytest.skip(str(e))
+    assert profiles.pipeline_options("prism", []).get_all_options()["prism_location"] == str(binary)
+    _run(os.path.join(EXAMPLE_CORPUS, "**"), str(tmp_path / "out"), "prism", [])
+    assert dataset_digest(str(tmp_path / "out")) == local_reference()
+
+
+def test_a_failed_prism_build_is_reported_and_remembered(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_go = bin_dir / "go"
+    fake_go.write_text("#!/bin/sh\necho 'go: downloading x'\necho 'module lookup disabled by GOPROXY=off' >&2\n"
+                       "echo called >> \"$(dirname \"$0\")/calls\"\nexit 1\n")
+    fake_go.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("AUDIOTOK_JAR_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(jobservers.JarUnavailable, match="GOPROXY=off"):
+        jobservers.fetch_prism("2.77.0")
+    with pytest.raises(jobservers.JarUnavailable, match="not served the last time"):
+        jobservers.fetch_prism("2.77.0")  # remembered: go is not run again
+    assert (bin_dir / "calls").read_text().count("called") == 1
+    assert jobservers.cached_prism("2.77.0") is None
+    assert "prism_location" not in profiles.pipeline_options("prism", []).get_all_options(drop_default=True)
