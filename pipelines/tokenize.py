@@ -287,6 +287,12 @@ def summary(index: dict, counters: dict[str, int], wall_s: float, output: str) -
         f"  files: {counters.get('files_ok', 0)} decoded, {t['failures']} failed"
         + (" (" + ", ".join(f"{r}: {n}" for r, n in t["failures_by_reason"].items()) + ")" if t["failures"] else ""),
     ]
+    nonspeech_s, dropped_s = counters.get("nonspeech_ms", 0) / 1000, counters.get("dropped_speech_ms", 0) / 1000
+    if nonspeech_s or dropped_s:
+        decoded_s = counters.get("audio_ms", 0) / 1000
+        share = f" ({nonspeech_s / decoded_s:.0%} of the {decoded_s / 60:.1f} min decoded)" if decoded_s else ""
+        lines.append(f"  left out: {nonspeech_s / 60:.1f} min of non-speech{share}, {dropped_s:.1f} s of speech in "
+                     "stretches shorter than --min-segment-s")
     for name, n in t["tokens"].items():
         per_h = n / audio_h if audio_h else 0
         lines.append(f"  {name}: {n} tokens ({per_h:,.0f} per hour of audio)")

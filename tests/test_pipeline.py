@@ -236,3 +236,12 @@ def test_beams_resource_warning_is_filtered_and_others_are_not():
     real = logging.LogRecord("root", logging.WARNING, __file__, 1, "decoder bug on %s", ("x.wav",), None)
     assert cli.drop_known_noise(noise) is False
     assert cli.drop_known_noise(real) is True
+
+
+def test_summary_says_how_much_a_speech_segmenter_left_out():
+    index = {"totals": {"samples": 3, "audio_s": 90.0, "shards": 1, "failures": 0, "failures_by_reason": {},
+                        "tokens": {"logmel": 9000}}}
+    counters = {"files_ok": 2, "audio_ms": 120_000, "nonspeech_ms": 30_000, "dropped_speech_ms": 1_500}
+    text = job.summary(index, counters, 10.0, "out")
+    assert "left out: 0.5 min of non-speech (25% of the 2.0 min decoded), 1.5 s of speech" in text
+    assert "left out" not in job.summary(index, {"files_ok": 2, "audio_ms": 90_000}, 10.0, "out")
