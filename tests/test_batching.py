@@ -99,15 +99,12 @@ class RecordingConfig(TokenizerConfig):
     pass
 
 
-@registry.register("test-batching-recorder")
-class RecordingTokenizer(Tokenizer):
-    """Units int16 [T] at 100 Hz (sign of each 10 ms mean); remembers every batch's lengths."""
+class SignUnitsTokenizer(Tokenizer):
+    """Units int16 [T] at 100 Hz from the audio alone, no model: the sign of each 10 ms mean
+    (padding-invariant). Test tokenizers add what they record or inject."""
 
-    name = "test-batching-recorder"
     version = "1"
     family = base.SSL_KMEANS
-    config_class = RecordingConfig
-    batches: ClassVar[list[list[int]]] = []
 
     @property
     def sample_rate(self) -> int:
@@ -120,13 +117,22 @@ class RecordingTokenizer(Tokenizer):
     def num_frames(self, num_samples: int) -> int:
         return num_samples // 160
 
+    def units(self, audio: np.ndarray) -> np.ndarray:
+        t = self.num_frames(len(audio))
+        return (audio[:t * 160].reshape(t, 160).mean(1) > 0).astype(np.int16)
+
+
+@registry.register("test-batching-recorder")
+class RecordingTokenizer(SignUnitsTokenizer):
+    """Remembers every batch's lengths."""
+
+    name = "test-batching-recorder"
+    config_class = RecordingConfig
+    batches: ClassVar[list[list[int]]] = []
+
     def _encode_batch(self, audios):
         RecordingTokenizer.batches.append([len(a) for a in audios])
-        out = []
-        for audio in audios:
-            t = self.num_frames(len(audio))
-            out.append({self.name: (audio[:t * 160].reshape(t, 160).mean(1) > 0).astype(np.int16)})
-        return out
+        return [{self.name: self.units(a)} for a in audios]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from test_batching import RATE, SegmentRecipe, recipes, run_tokenize
+from test_batching import RATE, SegmentRecipe, SignUnitsTokenizer, recipes, run_tokenize
 from transforms import failures, inference
 from transforms.failures import Failure
 from transforms.inference import AcceleratorError, LoadedTokenizers, TokenizerModelHandler
 from transforms.records import Sample
 from transforms.tokenize import TokenizeConfig, tokenize_batch
 from transforms.tokenizers import base, registry
-from transforms.tokenizers.base import StreamSpec, Tokenizer, TokenizerConfig
+from transforms.tokenizers.base import TokenizerConfig
 
 BAD = 12345  # samples of the segment that runs out of memory even alone
 
@@ -43,26 +43,13 @@ class FaultyConfig(TokenizerConfig):
     fault_samples: int = 0
 
 
-class FaultyTokenizer(Tokenizer):
-    """Units int16 [T] at 100 Hz from the audio alone (padding-invariant), with injected faults.
-    Records every call: batch lengths, inference mode, autocast dtype."""
+class FaultyTokenizer(SignUnitsTokenizer):
+    """Sign units with injected faults. Records every call: batch lengths, inference mode,
+    autocast dtype."""
 
-    version = "1"
-    family = base.SSL_KMEANS
     config_class = FaultyConfig
     calls: ClassVar[list[dict]] = []
     loads: ClassVar[int] = 0
-
-    @property
-    def sample_rate(self) -> int:
-        return RATE
-
-    @property
-    def streams(self) -> tuple[StreamSpec, ...]:
-        return (StreamSpec(self.name, base.UNITS, 100.0, "int16", codebook_size=2),)
-
-    def num_frames(self, num_samples: int) -> int:
-        return num_samples // 160
 
     def load(self, device: str = "cpu"):
         if not self._loaded:
@@ -81,8 +68,7 @@ class FaultyTokenizer(Tokenizer):
             raise {"cuda": RuntimeError("CUDA error: an illegal memory access was encountered"),
                    "accelerator": torch.AcceleratorError("CUDA error: unspecified launch failure"),
                    "value": ValueError("bad input")}[c.fault]
-        return [{self.name: (a[:self.num_frames(len(a)) * 160].reshape(-1, 160).mean(1) > 0).astype(np.int16)}
-                for a in audios]
+        return [{self.name: self.units(a)} for a in audios]
 
 
 @registry.register("test-faulty")
