@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import os
 import struct
 import sys
@@ -34,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: the repo and tests/ on the pat
     sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import hostile_corpus as hc  # noqa: E402
-from transforms import decode, failures, tokenize  # noqa: E402
+from transforms import decode, failures, streaming, tokenize  # noqa: E402
 from transforms.decode import DecodeConfig  # noqa: E402
 from transforms.failures import AudiotokError  # noqa: E402
 from transforms.records import AudioRef, Decoded, Sample  # noqa: E402
@@ -126,8 +127,29 @@ def logmel():
     return tok
 
 
+def check_stream(data: bytes, config: DecodeConfig) -> str:
+    """The long-file path on the same bytes: probe the header, then stream the file in chunks and
+    a stretch from its middle. Only AudiotokErrors with known reasons may come out."""
+    try:
+        info = streaming.probe_stream(io.BytesIO(data), "fuzz://input")
+        assert info.sample_rate > 0 and info.channels > 0, info
+        total = 0
+        for chunk in streaming._iter_open(io.BytesIO(data), "fuzz://input", 0.25, TARGET_RATE, 0, None, config, info):
+            assert chunk.dtype == np.float32 and chunk.ndim == 1 and np.isfinite(chunk).all()
+            total += chunk.shape[0]
+        middle = total // 2
+        for chunk in streaming._iter_open(io.BytesIO(data), "fuzz://input", 0.25, TARGET_RATE, middle, total, config,
+                                          info):
+            assert chunk.dtype == np.float32 and np.isfinite(chunk).all()
+    except AudiotokError as e:
+        assert e.reason in failures.REASONS, e.reason
+        return e.reason
+    return "ok"
+
+
 def check_chain(data: bytes, config: DecodeConfig = BASE_CONFIG) -> str:
     """The property; returns what happened (a reason code or ``ok``), raises AssertionError on a bug."""
+    check_stream(data, config)
     try:
         audio = decode.decode_audio(data, "fuzz://input", config)
     except AudiotokError as e:
