@@ -12,7 +12,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from audio_fixtures import encode_audio, synth_speechlike
 from transforms import failures, isolation
-from transforms.decode import DecodeAudio, DecodeConfig
+from transforms.decode import DecodeConfig
+from transforms.read import DecodeAudio
 from transforms.failures import AudiotokError
 from transforms.records import AudioRef
 
@@ -168,3 +169,18 @@ def test_the_parents_main_script_is_not_run_again_in_the_decoder(files, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("MAIN RAN") == 1, done.stdout
     assert "DECODED 22050" in done.stdout
+
+
+def test_the_decoder_process_imports_no_beam():
+    """The forkserver preloads the decoding modules; Beam among them cost every worker process
+    2.5 s of start-up for a child that never uses it."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; import transforms.isolation, transforms.decode; "
+            "print(sorted(m for m in ('apache_beam', 'torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

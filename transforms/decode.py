@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import io
-import logging
 import re
 import struct
 import time
@@ -24,14 +23,10 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-import apache_beam as beam
-
-from transforms import failures, metrics
-from transforms.failures import AudiotokError, Failure
-from transforms.progress import Progress
+from transforms import failures
+from transforms.failures import AudiotokError
 from transforms.records import AudioRef, Decoded
 
-logger = logging.getLogger(__name__)
 
 SNIFF_BYTES = 64
 
@@ -914,64 +909,3 @@ def resample_decoded(decoded: Decoded, target_rate: int | None) -> Decoded:
         return decoded
     return dataclasses.replace(decoded, audio=resample(decoded.audio, decoded.sample_rate, target_rate),
                                sample_rate=target_rate)
-
-
-# ------------------------------------------------------------------ Beam
-
-
-class _DecodeFn(beam.DoFn):
-    def __init__(self, config: DecodeConfig):
-        self._config = config
-
-    def setup(self) -> None:
-        from transforms import isolation
-
-        self._progress = Progress("decoded")
-        self._decoder = isolation.make_decoder(self._config)
-
-    def process(self, ref: AudioRef):
-        try:
-            decoded, notes = self._decoder.decode(ref)
-        except Exception as e:  # every failure is a record, never a failed bundle
-            if not isinstance(e, AudiotokError):
-                logger.warning("unexpected %s decoding %s (a bug: please report it): %s", type(e).__name__,
-                               failures.redact(failures.printable(ref.uri)), failures.redact(str(e)))
-            failure = Failure.from_error(ref.uri, e, "decode")
-            metrics.failure(failure.reason, "decode")
-            yield beam.pvalue.TaggedOutput("failures", failure)
-            return
-        for note in notes:
-            metrics.counter(f"decode_{note}").inc()
-        if getattr(self._decoder, "max_rss_mb", 0):
-            metrics.distribution("decoder_max_rss_mb").update(int(self._decoder.max_rss_mb))
-        metrics.counter("files_ok").inc()
-        metrics.counter("audio_ms").inc(int(round(decoded.duration_s * 1000)))
-        self._progress.add(decoded.duration_s)
-        yield decoded
-
-    def teardown(self) -> None:
-        decoder = getattr(self, "_decoder", None)
-        if decoder is not None:
-            decoder.close()
-
-
-class DecodeAudio(beam.PTransform):
-    """PCollection[AudioRef] -> Decoded (main, mono at the source rate) and Failure (``failures``)."""
-
-    def __init__(self, config: DecodeConfig):
-        super().__init__()
-        self.config = config
-
-    def expand(self, refs):
-        return refs | "Decode" >> beam.ParDo(_DecodeFn(self.config)).with_outputs("failures", main="decoded")
-
-
-class Resample(beam.PTransform):
-    """PCollection[Decoded] -> Decoded at ``target_rate``."""
-
-    def __init__(self, target_rate: int | None):
-        super().__init__()
-        self.target_rate = target_rate
-
-    def expand(self, decoded):
-        return decoded | "ResampleAudio" >> beam.Map(resample_decoded, self.target_rate)

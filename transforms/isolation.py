@@ -15,7 +15,7 @@
 Nothing the child sends is unpickled: it is JSON plus raw float32 bytes of a size checked
 against the limits, so even a decoder compromised by a hostile file cannot make the
 parent run code. Children start from a ``forkserver`` that has imported the decoding
-modules once, so a restart costs milliseconds (``spawn`` works too, at ~3 s a start).
+modules once (not Beam: ~0.3 s), so a restart costs milliseconds (``spawn`` works too, at ~0.5 s a start).
 """
 
 from __future__ import annotations

@@ -2,13 +2,25 @@
 
 Files up to ``SegmentConfig.split_s`` seconds are decoded whole; longer ones are probed,
 cut into work items spread over the workers, and decoded in chunks (``transforms/segment.py``).
+
+The decode stage's Beam steps live here, not in ``transforms/decode.py``: the decoder
+processes import that module, and keeping Beam out of it saves each worker process's
+decoder start-up the 2.5 s of importing Beam.
 """
 
 from __future__ import annotations
 
+import logging
+
 import apache_beam as beam
 
-from transforms.decode import DecodeAudio, DecodeConfig, Resample
+from transforms import failures, metrics
+from transforms.decode import DecodeConfig, resample_decoded
+from transforms.failures import AudiotokError, Failure
+from transforms.progress import Progress
+from transforms.records import AudioRef
+
+logger = logging.getLogger(__name__)
 from transforms.match import MatchAudio, MatchConfig
 from transforms.segment import PlanLongFiles, SegmentAudio, SegmentConfig, SegmentWorkItems
 
@@ -47,3 +59,64 @@ class ReadSegments(beam.PTransform):
         fails = ((matched["failures"], decoded.failures, segmented.failures, *long_fails)
                  | "ReadFailures" >> beam.Flatten())
         return {"segments": segments, "failures": fails, "listed": matched["refs"], "selected": refs}
+
+
+# ------------------------------------------------------------------ decode
+
+
+class _DecodeFn(beam.DoFn):
+    def __init__(self, config: DecodeConfig):
+        self._config = config
+
+    def setup(self) -> None:
+        from transforms import isolation
+
+        self._progress = Progress("decoded")
+        self._decoder = isolation.make_decoder(self._config)
+
+    def process(self, ref: AudioRef):
+        try:
+            decoded, notes = self._decoder.decode(ref)
+        except Exception as e:  # every failure is a record, never a failed bundle
+            if not isinstance(e, AudiotokError):
+                logger.warning("unexpected %s decoding %s (a bug: please report it): %s", type(e).__name__,
+                               failures.redact(failures.printable(ref.uri)), failures.redact(str(e)))
+            failure = Failure.from_error(ref.uri, e, "decode")
+            metrics.failure(failure.reason, "decode")
+            yield beam.pvalue.TaggedOutput("failures", failure)
+            return
+        for note in notes:
+            metrics.counter(f"decode_{note}").inc()
+        if getattr(self._decoder, "max_rss_mb", 0):
+            metrics.distribution("decoder_max_rss_mb").update(int(self._decoder.max_rss_mb))
+        metrics.counter("files_ok").inc()
+        metrics.counter("audio_ms").inc(int(round(decoded.duration_s * 1000)))
+        self._progress.add(decoded.duration_s)
+        yield decoded
+
+    def teardown(self) -> None:
+        decoder = getattr(self, "_decoder", None)
+        if decoder is not None:
+            decoder.close()
+
+
+class DecodeAudio(beam.PTransform):
+    """PCollection[AudioRef] -> Decoded (main, mono at the source rate) and Failure (``failures``)."""
+
+    def __init__(self, config: DecodeConfig):
+        super().__init__()
+        self.config = config
+
+    def expand(self, refs):
+        return refs | "Decode" >> beam.ParDo(_DecodeFn(self.config)).with_outputs("failures", main="decoded")
+
+
+class Resample(beam.PTransform):
+    """PCollection[Decoded] -> Decoded at ``target_rate``."""
+
+    def __init__(self, target_rate: int | None):
+        super().__init__()
+        self.target_rate = target_rate
+
+    def expand(self, decoded):
+        return decoded | "ResampleAudio" >> beam.Map(resample_decoded, self.target_rate)
