@@ -198,11 +198,24 @@ def launch(config: JobConfig, beam_options: PipelineOptions) -> beam.runners.run
     if storage.exists(shards.join_index(config.output)) and not (config.incremental or config.overwrite):
         raise SystemExit(f"{config.output} already holds a dataset ({shards.INDEX_NAME}); pass --incremental "
                          "to refresh it or --overwrite to replace it")
+    check_local_device(config.tokenize.device, beam_options)
     config = with_fitted_codebooks(config, beam_options)
     plan = plan_run(config)
     p = beam.Pipeline(options=beam_options)
     build(p, config, plan=plan, run_id=uuid.uuid4().hex)
     return p.run()
+
+
+def check_local_device(device: str, beam_options: PipelineOptions) -> None:
+    """Refuses ``--device cuda`` up front when the workers run here and torch sees no GPU
+    (otherwise the job starts, decodes, and fails at the first batch)."""
+    if not device.startswith("cuda") or not profiles.workers_are_local(beam_options):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: this runner's workers run on this machine, and torch sees no CUDA "
+                         f"device here (torch {torch.__version__}); use --device auto or cpu")
 
 
 def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[str, int], float]:

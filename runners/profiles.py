@@ -224,3 +224,16 @@ def pipeline_options(profile: str, user_flags: list[str]) -> PipelineOptions:
     """
     return PipelineOptions(beam_flags(profile, user_flags))
 
+
+
+# Runners whose SDK workers run in the launching machine's processes.
+_LOCAL_RUNNERS = frozenset({"DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
+                            "PrismRunner"})
+
+
+def workers_are_local(options: PipelineOptions) -> bool:
+    """Whether the job's SDK workers run on this machine (in-process and LOOPBACK runners)."""
+    flags = options.get_all_options(drop_default=False)
+    runner = flags.get("runner") or "DirectRunner"
+    runner = runner if isinstance(runner, str) else type(runner).__name__
+    return runner.rsplit(".", 1)[-1] in _LOCAL_RUNNERS or flags.get("environment_type") == "LOOPBACK"

@@ -355,3 +355,22 @@ def test_a_failed_prism_build_is_reported_and_remembered(tmp_path, monkeypatch):
     assert (bin_dir / "calls").read_text().count("called") == 1
     assert jobservers.cached_prism("2.77.0") is None
     assert "prism_location" not in profiles.pipeline_options("prism", []).get_all_options(drop_default=True)
+
+
+def test_local_runs_refuse_cuda_up_front_when_there_is_none(tmp_path, monkeypatch):
+    import torch
+
+    from pipelines import tokenize
+    from transforms.match import MatchConfig
+    from transforms.tokenize import TokenizeConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = tokenize.JobConfig(output=str(tmp_path / "out"), match=MatchConfig(patterns=(EXAMPLE_CORPUS,)),
+                                tokenize=TokenizeConfig(device="cuda"))
+    for profile in ("direct", "direct-multiprocess", "prism"):
+        with pytest.raises(SystemExit, match="torch sees no CUDA device"):
+            tokenize.launch(config, profiles.pipeline_options(profile, []))
+    assert not (tmp_path / "out").exists()
+    remote = profiles.pipeline_options("dataflow", ["--project=p", "--region=r", "--temp_location=gs://b/t"])
+    assert not profiles.workers_are_local(remote)  # the workers there may well have a GPU
+    assert profiles.workers_are_local(profiles.pipeline_options("portable", ["--job_endpoint=localhost:1"]))
