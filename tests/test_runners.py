@@ -374,3 +374,16 @@ def test_local_runs_refuse_cuda_up_front_when_there_is_none(tmp_path, monkeypatc
     remote = profiles.pipeline_options("dataflow", ["--project=p", "--region=r", "--temp_location=gs://b/t"])
     assert not profiles.workers_are_local(remote)  # the workers there may well have a GPU
     assert profiles.workers_are_local(profiles.pipeline_options("portable", ["--job_endpoint=localhost:1"]))
+
+
+def test_the_dataflow_image_copies_what_exists_and_installs_the_model_libraries():
+    """The image cannot be built here (no Docker daemon): check what it copies and installs."""
+    dockerfile = os.path.join(REPO_ROOT, "runners", "dataflow", "Dockerfile")
+    lines = [line.split() for line in open(dockerfile, encoding="utf-8") if line.startswith("COPY ")]
+    sources = [src for words in lines if not words[1].startswith("--from") for src in words[1:-1]]
+    assert sources and all(os.path.exists(os.path.join(REPO_ROOT, src)) for src in sources), sources
+    text = open(dockerfile, encoding="utf-8").read()
+    assert "-r requirements-models.txt" in text
+    pins = open(os.path.join(REPO_ROOT, "requirements-models.txt"), encoding="utf-8").read()
+    for package in ("transformers==", "snac==", "silero-vad==", "matplotlib=="):
+        assert package in pins, package
