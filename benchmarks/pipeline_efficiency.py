@@ -278,6 +278,8 @@ def run_pipeline(spec: str, corpus: Path, output: Path, device: str, batch_max_s
     """The tokenize job end to end; tokens from the index it publishes."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    import torch
+
     from pipelines import tokenize as job
     from transforms import inference, shards
     from transforms.match import MatchConfig
@@ -287,7 +289,10 @@ def run_pipeline(spec: str, corpus: Path, output: Path, device: str, batch_max_s
     config = job.JobConfig(
         output=str(output), match=MatchConfig(patterns=(f"{corpus}/*.wav",)),
         segment=SegmentConfig(segment_s=SEGMENT_S, min_segment_s=MIN_SEGMENT_S),
-        tokenize=TokenizeConfig(specs=spec, batch_max_s=batch_max_s, batch_max_items=batch_max_items, device=device),
+        # The bare loop's thread count: the job would otherwise set CPU inference to one thread,
+        # for this whole process (torch's setting is global), mid-benchmark.
+        tokenize=TokenizeConfig(specs=spec, batch_max_s=batch_max_s, batch_max_items=batch_max_items, device=device,
+                                torch_threads=torch.get_num_threads()),
         overwrite=True)
     flags = ["--runner=FnApiRunner"]
     if workers > 1:

@@ -141,6 +141,8 @@ def dir_bytes(root: Path) -> int:
 
 def run_audiotok(input_dir: Path, output_dir: Path, profile: str = "direct") -> Outcome:
     """The tokenize job (``logmel``, 30 s windows) over every file under ``input_dir``."""
+    import torch
+
     from pipelines import tokenize as job
     from runners import profiles
     from transforms.match import MatchConfig
@@ -150,7 +152,9 @@ def run_audiotok(input_dir: Path, output_dir: Path, profile: str = "direct") -> 
     config = job.JobConfig(
         output=str(output_dir), match=MatchConfig(patterns=(f"{input_dir}/**/*",)),
         segment=SegmentConfig(segment_s=SEGMENT_S, min_segment_s=MIN_SEGMENT_S),
-        tokenize=TokenizeConfig(specs="logmel", device="cpu"),  # 80 bands at 16 kHz by default
+        # 80 bands at 16 kHz by default; the Lhotse side's thread count (torch's setting is global
+        # to the process: the job would otherwise set it to one, for both sides, mid-benchmark).
+        tokenize=TokenizeConfig(specs="logmel", device="cpu", torch_threads=torch.get_num_threads()),
         overwrite=True)
     options = profiles.pipeline_options(profile, [])
     clock = Clock()
