@@ -18,9 +18,7 @@ from transforms.tokenizers import chunking, codecs, registry  # noqa: E402
 SECONDS = (1.37, 0.61, 1.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

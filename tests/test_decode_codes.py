@@ -23,9 +23,7 @@ from transforms.tokenize import tokenize_batch  # noqa: E402
 from transforms.tokenizers import registry  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,8 @@ from transforms.tokenizers import chunking, registry, ssl, weights  # noqa: E402
 SECONDS = (1.37, 0.61, 1.0)
 
 # WavLM's attention hands torch a float mask with a bool padding mask (transformers' business).
-pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    yield
+pytestmark = [pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
