@@ -6,6 +6,8 @@ This file is also what Dataflow's ``--setup_file`` installs on workers, so
 
 from setuptools import find_packages, setup
 
+SUBPACKAGES = ("pipelines", "transforms", "runners")
+
 INSTALL_REQUIRES = [
     "torch==2.11.0",
     "torchaudio==2.11.0",
@@ -40,15 +42,18 @@ EXTRAS = {
 
 setup(
     name="audiotok",
-    version="0.1.0",
+    version="0.2.0",
     description="Apache Beam pipelines that turn audio corpora into WebDataset token shards for speech LMs",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "runners", "runners.*"]),
-    package_data={"runners": ["dataflow/*", "*.json"]},
+    # One import root: the repository's folders are installed as audiotok.pipelines, ... .
+    package_dir={"audiotok": "audiotok", **{f"audiotok.{name}": name for name in SUBPACKAGES}},
+    packages=["audiotok", *(f"audiotok.{name}" for name in SUBPACKAGES),
+              *(f"audiotok.{name}.{sub}" for name in SUBPACKAGES for sub in find_packages(name))],
+    package_data={"audiotok.runners": ["dataflow/*", "*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["audiotok=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["audiotok=audiotok.pipelines.cli:main"]},
 )

@@ -79,7 +79,7 @@ def _imports() -> None:
     import numpy  # noqa: F401
     import torch  # noqa: F401
 
-    from transforms import segment, streaming, vad  # noqa: F401
+    from audiotok.transforms import segment, streaming, vad  # noqa: F401
 
 
 def row_imports(_args) -> dict:
@@ -91,9 +91,9 @@ def row_stream(args) -> dict:
     import tracemalloc
 
     _imports()
-    from transforms import segment, streaming, vad
-    from transforms.decode import DecodeConfig
-    from transforms.records import AudioRef
+    from audiotok.transforms import segment, streaming, vad
+    from audiotok.transforms.decode import DecodeConfig
+    from audiotok.transforms.records import AudioRef
 
     config = segment.SegmentConfig(segment_s=30.0, min_segment_s=1.0, segmenter=args.segmenter,
                                    split_s=args.split_s, chunk_s=args.chunk_s)
@@ -125,9 +125,9 @@ def row_stream(args) -> dict:
 
 def row_whole(args) -> dict:
     _imports()
-    from transforms import segment, streaming
-    from transforms.decode import DecodeConfig, decode_ref, resample
-    from transforms.records import AudioRef, Decoded
+    from audiotok.transforms import segment, streaming
+    from audiotok.transforms.decode import DecodeConfig, decode_ref, resample
+    from audiotok.transforms.records import AudioRef, Decoded
 
     # The first N minutes as a file of their own (written in blocks, before timing).
     import soundfile

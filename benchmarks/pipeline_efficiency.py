@@ -8,7 +8,7 @@ segment per file), in one process and one after the other:
 * ``bare``: the decoded segments already in memory; load the tokenizer, then encode them in
   batches planned over the whole corpus (``plan_batches``: longest first, the same seconds
   and count limits as the job) -- the best a hand-written batched loop can do.
-* ``pipeline``: the tokenize job end to end (``pipelines.tokenize.launch`` until the job
+* ``pipeline``: the tokenize job end to end (``audiotok.pipelines.tokenize.launch`` until the job
   finishes: plan the output, build the job, match -> decode in an isolated child process ->
   segment -> batch by length -> RunInference -> WebDataset shards -> published index), on
   FnApiRunner in this process (``--workers N``: N worker processes, which share the model
@@ -140,9 +140,9 @@ def write_corpus(folder: Path, durations: Sequence[float], rate: int) -> list[Pa
 
 def decode_segments(paths: Sequence[Path]) -> list[np.ndarray]:
     """The job's segments of each file (the job's own decoder and windows), in order."""
-    from transforms.decode import DecodeConfig, decode_checked
-    from transforms.records import AudioRef
-    from transforms.segment import SegmentConfig, fixed_windows
+    from audiotok.transforms.decode import DecodeConfig, decode_checked
+    from audiotok.transforms.records import AudioRef
+    from audiotok.transforms.segment import SegmentConfig, fixed_windows
 
     config = SegmentConfig(SEGMENT_S, MIN_SEGMENT_S)
     out = []
@@ -225,8 +225,8 @@ class Pass:
 
 
 def _token_count(tok, streams: dict[str, np.ndarray]) -> int:
-    from transforms.shards import count_tokens
-    from transforms.tokenize import stream_descriptions
+    from audiotok.transforms.shards import count_tokens
+    from audiotok.transforms.tokenize import stream_descriptions
 
     return sum(count_tokens(streams, stream_descriptions([tok])).values())
 
@@ -236,8 +236,8 @@ def run_bare(spec: str, segments: Sequence[np.ndarray], device: str, batch_max_s
     """Load, then encode batches planned over every segment at once."""
     import torch
 
-    from transforms.tokenize import plan_batches
-    from transforms.tokenizers import registry
+    from audiotok.transforms.tokenize import plan_batches
+    from audiotok.transforms.tokenizers import registry
 
     with GpuSampler(device) as gpu:
         start, cpu = time.perf_counter(), time.process_time()
@@ -258,7 +258,7 @@ def run_naive(spec: str, paths: Sequence[Path], device: str) -> Pass:
     """File by file: decode, then encode each segment alone."""
     import torch
 
-    from transforms.tokenizers import registry
+    from audiotok.transforms.tokenizers import registry
 
     with GpuSampler(device) as gpu:
         start, cpu = time.perf_counter(), time.process_time()
@@ -280,11 +280,11 @@ def run_pipeline(spec: str, corpus: Path, output: Path, device: str, batch_max_s
 
     import torch
 
-    from pipelines import tokenize as job
-    from transforms import inference, shards
-    from transforms.match import MatchConfig
-    from transforms.segment import SegmentConfig
-    from transforms.tokenize import TokenizeConfig
+    from audiotok.pipelines import tokenize as job
+    from audiotok.transforms import inference, shards
+    from audiotok.transforms.match import MatchConfig
+    from audiotok.transforms.segment import SegmentConfig
+    from audiotok.transforms.tokenize import TokenizeConfig
 
     config = job.JobConfig(
         output=str(output), match=MatchConfig(patterns=(f"{corpus}/*.wav",)),
@@ -325,7 +325,7 @@ def _synchronize(device: str) -> None:
 def simulate_padding(batch_max_s: float, batch_max_items: int, buffer_s: float, n: int = 10_000,
                      rate: int = 100) -> dict[str, float]:
     """Padding fraction of three ways to batch ``n`` lengths spread evenly over 1-30 s."""
-    from transforms.tokenize import LengthBatcher, padding_of, plan_batches
+    from audiotok.transforms.tokenize import LengthBatcher, padding_of, plan_batches
 
     lengths = [int(d * rate) for d in np.random.default_rng(1).uniform(1, 30, n)]
     max_samples = int(batch_max_s * rate)
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
 
-    from transforms.tokenize import TokenizeConfig
+    from audiotok.transforms.tokenize import TokenizeConfig
 
     report: dict[str, Any] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": device_name(args.device),

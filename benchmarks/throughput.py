@@ -3,7 +3,7 @@
 The example corpus (9 files, 78 s, WAV/FLAC/MP3/Ogg-Vorbis/Opus/M4A) is copied ``--copies``
 times into a temporary folder; then, in one process, one after the other:
 
-* ``audiotok e2e``: the Beam job (``pipelines.tokenize.run``: match -> decode -> downmix ->
+* ``audiotok e2e``: the Beam job (``audiotok.pipelines.tokenize.run``: match -> decode -> downmix ->
   resample to 16 kHz -> 30 s windows -> ``logmel`` (80-dim log-mel, float16) -> WebDataset
   shards, index, dataset card), DirectRunner profile ``direct`` (``--multiprocess`` adds
   ``direct-multiprocess``, 2 worker processes). The ``one`` row runs it on one short file:
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the repo's packages importable
     sys.path.insert(0, str(ROOT))
 
-from transforms.match import DEFAULT_EXCLUDE, is_excluded  # noqa: E402
+from audiotok.transforms.match import DEFAULT_EXCLUDE, is_excluded  # noqa: E402
 
 logger = logging.getLogger("audiotok.benchmarks.throughput")
 
@@ -143,11 +143,11 @@ def run_audiotok(input_dir: Path, output_dir: Path, profile: str = "direct") -> 
     """The tokenize job (``logmel``, 30 s windows) over every file under ``input_dir``."""
     import torch
 
-    from pipelines import tokenize as job
-    from runners import profiles
-    from transforms.match import MatchConfig
-    from transforms.segment import SegmentConfig
-    from transforms.tokenize import TokenizeConfig
+    from audiotok.pipelines import tokenize as job
+    from audiotok.runners import profiles
+    from audiotok.transforms.match import MatchConfig
+    from audiotok.transforms.segment import SegmentConfig
+    from audiotok.transforms.tokenize import TokenizeConfig
 
     config = job.JobConfig(
         output=str(output_dir), match=MatchConfig(patterns=(f"{input_dir}/**/*",)),
@@ -203,9 +203,9 @@ def check_audiotok_output(output_dir: Path) -> dict[str, Any]:
 
 def run_decode_only(paths: Sequence[Path]) -> Outcome:
     """``decode_ref`` + downmix + ``resample`` to 16 kHz for each file, one process."""
-    from transforms.decode import DecodeConfig, decode_ref, resample
-    from transforms.failures import AudiotokError
-    from transforms.records import AudioRef
+    from audiotok.transforms.decode import DecodeConfig, decode_ref, resample
+    from audiotok.transforms.failures import AudiotokError
+    from audiotok.transforms.records import AudioRef
 
     config = DecodeConfig()
     files = failed = 0

@@ -97,7 +97,7 @@ def model_folder(root: Path, model: str) -> Path:
 
 def random_codebook(tok, root: Path) -> str:
     """A k-means codebook of random centroids bound to the tokenizer's features (speed only)."""
-    from transforms.tokenizers import kmeans
+    from audiotok.transforms.tokenizers import kmeans
 
     path = root / f"{tok.name}-k{tok.config.k}.safetensors"
     rng = np.random.default_rng(0)
@@ -108,8 +108,8 @@ def random_codebook(tok, root: Path) -> str:
 
 
 def build(name: str, root: Path):
-    from transforms.tokenizers import registry
-    from transforms.tokenizers.spectral import KMeansTokenizer
+    from audiotok.transforms.tokenizers import registry
+    from audiotok.transforms.tokenizers.spectral import KMeansTokenizer
 
     spec = f"{name}[model={model_folder(root, TOKENIZERS[name])}]"
     tok = registry.create(spec)
@@ -121,7 +121,7 @@ def build(name: str, root: Path):
 def measure(tok, seconds: list[float], repeats: int) -> dict[str, float]:
     from audio_fixtures import synth_speechlike
 
-    from transforms.tokenizers import chunking
+    from audiotok.transforms.tokenizers import chunking
 
     audios = [synth_speechlike(s, tok.sample_rate, seed=i)[0] for i, s in enumerate(seconds)]
     total_s = sum(seconds)

@@ -1,10 +1,10 @@
 """Train a tiny GPT-style language model on an audiotok dataset, on CPU, for a few steps.
 
-The point is the plumbing, not the model: packed rows from ``transforms.reader.lm_dataset``
+The point is the plumbing, not the model: packed rows from ``audiotok.transforms.reader.lm_dataset``
 (tokens, document ids, positions, next-token targets) go through a 2-layer, 32-wide causal
 transformer whose attention stays inside each document.
 
-    python -m pipelines.cli tokenize --input 'examples/corpus/**/*' --output /tmp/o8 --tokenizer logmel,mfcc-kmeans
+    python -m audiotok.pipelines.cli tokenize --input 'examples/corpus/**/*' --output /tmp/o8 --tokenizer logmel,mfcc-kmeans
     python examples/train_tiny_lm.py /tmp/o8 --streams mfcc-kmeans --steps 20
     python examples/train_tiny_lm.py /tmp/o8 --streams mfcc-kmeans --steps 50 --stream-batches --workers 2
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transforms import lm, reader, shards, storage
+from audiotok.transforms import lm, reader, shards, storage
 
 logger = logging.getLogger("train_tiny_lm")
 

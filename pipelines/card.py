@@ -1,7 +1,7 @@
 """``audiotok card OUT``: (re)writes a dataset's card (``README.md``, ``stats.json``, ``card/*.png``)
 and its ``vocab.json``.
 
-Every tokenize run writes the card too (from at most ``transforms.card.RUN_MAX_SHARDS``
+Every tokenize run writes the card too (from at most ``audiotok.transforms.card.RUN_MAX_SHARDS``
 shards); this command reads every shard unless ``--max-shards`` says otherwise.
 """
 
@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from transforms import card, lm, shards, storage
+from audiotok.transforms import card, lm, shards, storage
 
 logger = logging.getLogger(__name__)
 

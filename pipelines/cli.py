@@ -7,14 +7,14 @@ import logging
 import sys
 
 SUBCOMMANDS = {
-    "tokenize": ("pipelines.tokenize", "audio files -> WebDataset token shards"),
-    "fit-kmeans": ("pipelines.fit_kmeans", "fit a k-means codebook for a units tokenizer"),
-    "decode": ("pipelines.decode_codes", "codec codes of one sample -> a WAV file"),
-    "inspect": ("pipelines.inspect", "print a dataset's summary and one decoded sample"),
-    "verify": ("pipelines.verify", "check every shard of a dataset; exit 1 listing the problems"),
-    "card": ("pipelines.card", "(re)write a dataset's card: README.md, stats.json, plots"),
-    "export": ("pipelines.export", "copy a dataset to another format (lhotse-shar)"),
-    "compact": ("pipelines.compact", "rewrite a dataset's live samples into fresh full shards"),
+    "tokenize": ("audiotok.pipelines.tokenize", "audio files -> WebDataset token shards"),
+    "fit-kmeans": ("audiotok.pipelines.fit_kmeans", "fit a k-means codebook for a units tokenizer"),
+    "decode": ("audiotok.pipelines.decode_codes", "codec codes of one sample -> a WAV file"),
+    "inspect": ("audiotok.pipelines.inspect", "print a dataset's summary and one decoded sample"),
+    "verify": ("audiotok.pipelines.verify", "check every shard of a dataset; exit 1 listing the problems"),
+    "card": ("audiotok.pipelines.card", "(re)write a dataset's card: README.md, stats.json, plots"),
+    "export": ("audiotok.pipelines.export", "copy a dataset to another format (lhotse-shar)"),
+    "compact": ("audiotok.pipelines.compact", "rewrite a dataset's live samples into fresh full shards"),
 }
 
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audiotok: unknown subcommand {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from transforms.storage import install_log_redaction
+    from audiotok.transforms.storage import install_log_redaction
 
     install_log_redaction()  # no credential reaches the logs, whichever library logs it
     for noisy in ("apache_beam", "absl"):

@@ -20,8 +20,8 @@ from typing import Iterator
 
 import numpy as np
 
-from transforms import incremental, shards, storage
-from transforms.records import Sample
+from audiotok.transforms import incremental, shards, storage
+from audiotok.transforms.records import Sample
 
 
 def live_samples(output: str, index: dict) -> Iterator[Sample]:

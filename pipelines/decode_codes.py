@@ -22,9 +22,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from transforms import shards, storage
-from transforms.tokenizers import base, registry
-from transforms.tokenizers.codecs import CodecTokenizer
+from audiotok.transforms import shards, storage
+from audiotok.transforms.tokenizers import base, registry
+from audiotok.transforms.tokenizers.codecs import CodecTokenizer
 
 logger = logging.getLogger(__name__)
 

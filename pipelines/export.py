@@ -27,7 +27,7 @@ import re
 import sys
 from typing import Any, Mapping, Sequence
 
-from transforms import reader, shards, storage
+from audiotok.transforms import reader, shards, storage
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ match -> decode -> resample -> segment -> features -> deterministic frame sample
 -> one codebook file (safetensors). Works for any k-means tokenizer: the features are the
 tokenizer's own (MFCC for ``mfcc-kmeans``, SSL layers for the others).
 
-    python -m pipelines.fit_kmeans --input 'corpus/**/*' --tokenizer 'mfcc-kmeans[k=100]' \
+    python -m audiotok.pipelines.fit_kmeans --input 'corpus/**/*' --tokenizer 'mfcc-kmeans[k=100]' \
         --output km100.safetensors
 """
 
@@ -20,17 +20,17 @@ from typing import Iterator, Sequence
 import apache_beam as beam
 import numpy as np
 
-from pipelines import options as opts
-from runners import profiles
-from transforms import metrics, storage
-from transforms.decode import DecodeConfig
-from transforms.match import MatchConfig
-from transforms.read import ReadSegments
-from transforms.records import Segment
-from transforms.segment import SegmentConfig
-from transforms.tokenize import loaded_tokenizers
-from transforms.tokenizers import kmeans, registry
-from transforms.tokenizers.spectral import KMeansTokenizer
+from audiotok.pipelines import options as opts
+from audiotok.runners import profiles
+from audiotok.transforms import metrics, storage
+from audiotok.transforms.decode import DecodeConfig
+from audiotok.transforms.match import MatchConfig
+from audiotok.transforms.read import ReadSegments
+from audiotok.transforms.records import Segment
+from audiotok.transforms.segment import SegmentConfig
+from audiotok.transforms.tokenize import loaded_tokenizers
+from audiotok.transforms.tokenizers import kmeans, registry
+from audiotok.transforms.tokenizers.spectral import KMeansTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any, Mapping, TextIO
 
 import numpy as np
 
-from transforms import lm, reader, shards, storage
+from audiotok.transforms import lm, reader, shards, storage
 
 
 def summary_lines(output: str, index: Mapping[str, Any], vocab: lm.VocabSpec) -> list[str]:

@@ -10,14 +10,14 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from runners import profiles
-from transforms.decode import DecodeConfig
-from transforms.match import DEFAULT_EXCLUDE, MatchConfig
-from transforms.segment import SEGMENTERS, SegmentConfig
-from transforms.streaming import DEFAULT_CHUNK_S
-from transforms.vad import VadConfig
-from transforms.shards import ShardConfig
-from transforms.tokenize import TokenizeConfig
+from audiotok.runners import profiles
+from audiotok.transforms.decode import DecodeConfig
+from audiotok.transforms.match import DEFAULT_EXCLUDE, MatchConfig
+from audiotok.transforms.segment import SEGMENTERS, SegmentConfig
+from audiotok.transforms.streaming import DEFAULT_CHUNK_S
+from audiotok.transforms.vad import VadConfig
+from audiotok.transforms.shards import ShardConfig
+from audiotok.transforms.tokenize import TokenizeConfig
 
 
 def _csv(value: str) -> list[str]:

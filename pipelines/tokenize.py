@@ -1,7 +1,7 @@
 """The main job: audio files in, WebDataset token shards out.
 
 match -> decode -> resample -> segment -> tokenize -> write shards (temp, then finalize)
--> index. ``python -m pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
+-> index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
 ``audiotok tokenize ...``.
 """
 
@@ -18,18 +18,18 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import fit_kmeans
-from pipelines import options as opts
-from runners import profiles
-from transforms import card, failures, incremental, lm, metrics, shards, storage
-from transforms.decode import DecodeConfig
-from transforms.match import MatchConfig
-from transforms.read import ReadSegments
-from transforms.segment import SegmentConfig
-from transforms.shards import ShardConfig, WriteDataset
-from transforms.tokenize import TokenizeConfig, TokenizeSegments, stream_descriptions
-from transforms.tokenizers import registry
-from transforms.tokenizers.spectral import KMeansTokenizer
+from audiotok.pipelines import fit_kmeans
+from audiotok.pipelines import options as opts
+from audiotok.runners import profiles
+from audiotok.transforms import card, failures, incremental, lm, metrics, shards, storage
+from audiotok.transforms.decode import DecodeConfig
+from audiotok.transforms.match import MatchConfig
+from audiotok.transforms.read import ReadSegments
+from audiotok.transforms.segment import SegmentConfig
+from audiotok.transforms.shards import ShardConfig, WriteDataset
+from audiotok.transforms.tokenize import TokenizeConfig, TokenizeSegments, stream_descriptions
+from audiotok.transforms.tokenizers import registry
+from audiotok.transforms.tokenizers.spectral import KMeansTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from transforms import incremental, lm, shards, storage
+from audiotok.transforms import incremental, lm, shards, storage
 
 # Problem codes.
 INDEX_UNREADABLE = "index_unreadable"
@@ -454,7 +454,7 @@ def check_failures(output: str, index: Mapping[str, Any]) -> list[Problem]:
 
     A record is live when the state's entry for its input was written by the run of the
     record's file, or when its input is not in the state and the file is this version's
-    (the rule ``transforms.shards`` publishes totals by).
+    (the rule ``audiotok.transforms.shards`` publishes totals by).
     """
     problems: list[Problem] = []
     state_inputs: dict[str, Any] | None = None

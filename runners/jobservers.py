@@ -7,9 +7,9 @@ Maven Central when it can; this module fetches it with ``mvn`` instead (which ho
 Maven mirrors and proxies of ``~/.m2/settings.xml``) into ``~/.cache/audiotok/jars``, so
 that the ``spark`` and ``flink`` profiles, and the tests, find it there::
 
-    python -m runners.jobservers fetch spark            # prints the jar's path
-    python -m runners.jobservers fetch flink --flink-version 1.19
-    python -m runners.jobservers fetch prism            # go install of Beam's Go SDK prism command
+    python -m audiotok.runners.jobservers fetch spark            # prints the jar's path
+    python -m audiotok.runners.jobservers fetch flink --flink-version 1.19
+    python -m audiotok.runners.jobservers fetch prism            # go install of Beam's Go SDK prism command
 
 Beam's ``PrismRunner`` downloads a prism release from GitHub when given no
 ``--prism_location``; ``go install`` goes through the Go module proxy (``GOPROXY``) instead.
@@ -178,7 +178,7 @@ def _maven_error(output: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runners.jobservers", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m audiotok.runners.jobservers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="fetch a job-server jar into the cache; prints its path")
     fetch.add_argument("runner", choices=RUNNERS + ("prism",))

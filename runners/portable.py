@@ -1,7 +1,7 @@
 """Beam's portable runner on one machine: the Python local job service plus an external
 worker pool, started and stopped together.
 
-    python -m runners.portable                    # serves until Ctrl-C; prints the flags to use
+    python -m audiotok.runners.portable                    # serves until Ctrl-C; prints the flags to use
     audiotok tokenize --profile portable --job_endpoint=localhost:8099 \\
         --environment_type=EXTERNAL --environment_config=localhost:50000 ...
 
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from runners.services import Service, free_port, tcp_ready
+from audiotok.runners.services import Service, free_port, tcp_ready
 
 # The folder holding the pipelines/, transforms/ and runners/ packages (a source checkout,
 # or site-packages when installed).
@@ -79,7 +79,7 @@ def local_portable(job_port: int | None = None, worker_port: int | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runners.portable", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m audiotok.runners.portable", description=__doc__.split("\n\n")[0])
     parser.add_argument("--job-port", type=int, default=8099)
     parser.add_argument("--worker-port", type=int, default=50000)
     args = parser.parse_args(argv)

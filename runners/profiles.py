@@ -8,17 +8,17 @@ key, and the others stay).
 
 * ``direct`` (default): in this process (FnApiRunner; skips the DirectRunner's Prism download).
 * ``direct-multiprocess``: two local worker processes.
-* ``portable``: a Beam job service at ``--job_endpoint`` (``python -m runners.portable``
+* ``portable``: a Beam job service at ``--job_endpoint`` (``python -m audiotok.runners.portable``
   starts one); LOOPBACK workers unless ``--environment_type`` says otherwise.
 * ``dataflow``: Google Cloud Dataflow; needs ``--project``, ``--region``, ``--temp_location``;
   ships our package with ``--setup_file`` (source checkout) or runs in ``--sdk_container_image``.
 * ``dataflow-gpu``: ``dataflow`` with one NVIDIA L4 per worker; needs the CUDA container of
   ``runners/dataflow/Dockerfile``.
-* ``spark``: Beam's Spark job server (its jar from ``runners.jobservers``' cache, or downloaded
+* ``spark``: Beam's Spark job server (its jar from ``audiotok.runners.jobservers``' cache, or downloaded
   by Beam); ``local[2]`` unless ``--spark_master_url``.
 * ``flink``: Beam's Flink job server; ``[local]`` unless ``--flink_master``.
 * ``prism``: Beam's Prism runner, a portable runner in Go (its binary from
-  ``runners.jobservers``' cache, built with ``go install``, or downloaded by Beam).
+  ``audiotok.runners.jobservers``' cache, built with ``go install``, or downloaded by Beam).
 
 Credentials are never flags: Beam's ``--s3_secret_access_key`` and friends are refused
 (pipeline options are logged and shown in job UIs); the standard chains supply them.
@@ -32,7 +32,7 @@ from typing import Callable
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from runners import jobservers
+from audiotok.runners import jobservers
 
 # Beam flags whose values are lists; our defaults merge with the user's entry by entry.
 LIST_FLAGS = frozenset({"experiments", "dataflow_service_options"})
@@ -176,7 +176,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile("direct", "in this process (default)", ("--runner=FnApiRunner",)),
     Profile("direct-multiprocess", "two local worker processes",
             ("--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2")),
-    Profile("portable", "a Beam job service at --job_endpoint (python -m runners.portable starts one)",
+    Profile("portable", "a Beam job service at --job_endpoint (python -m audiotok.runners.portable starts one)",
             ("--runner=PortableRunner", "--environment_type=LOOPBACK"), required=("job_endpoint",)),
     Profile("dataflow", "Google Cloud Dataflow (--project, --region, --temp_location)",
             _DATAFLOW, required=("project", "region", "temp_location"), derive=_dataflow_packaging),

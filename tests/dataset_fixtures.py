@@ -7,7 +7,7 @@ Plain functions, no pytest fixtures::
     members = read_members(shard); write_members(shard, members)   # to damage shards on purpose
     index = exclude_source(out, index, key)                          # as an incremental refresh would
 
-Synthetic samples carry the metadata the pipeline writes (``transforms.tokenize.sample_meta``)
+Synthetic samples carry the metadata the pipeline writes (``audiotok.transforms.tokenize.sample_meta``)
 and three streams by default: ``codec`` (int16 [4, T] codes, 1024 per codebook, 75 Hz),
 ``units`` (int16 [T], 100 units, 50 Hz) and ``fbank`` (float16 [T, 8] vectors, 100 Hz).
 Random values come from a generator seeded per call; global RNG state is untouched.
@@ -29,13 +29,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from transforms import shards
-from transforms.failures import Failure
-from transforms.records import AudioRef, Sample, Segment
-from transforms.shards import ShardConfig, ShardWriter
-from transforms.segment import segment_key
-from transforms.tokenize import sample_meta
-from transforms.tokenizers.base import StreamSpec
+from audiotok.transforms import shards
+from audiotok.transforms.failures import Failure
+from audiotok.transforms.records import AudioRef, Sample, Segment
+from audiotok.transforms.shards import ShardConfig, ShardWriter
+from audiotok.transforms.segment import segment_key
+from audiotok.transforms.tokenize import sample_meta
+from audiotok.transforms.tokenizers.base import StreamSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
@@ -47,7 +47,7 @@ DEFAULT_SPECS: tuple[StreamSpec, ...] = (CODEC, UNITS, FBANK)
 
 
 def describe(specs: Sequence[StreamSpec]) -> dict[str, dict[str, Any]]:
-    """Stream descriptions as ``transforms.tokenize.stream_descriptions`` writes them."""
+    """Stream descriptions as ``audiotok.transforms.tokenize.stream_descriptions`` writes them."""
     return {s.name: {**s.to_dict(), "family": "test", "tokenizer": f"synthetic-{s.name}", "tokenizer_version": "1",
                      "fingerprint": hashlib.sha256(s.name.encode()).hexdigest()[:16], "weights": None}
             for s in specs}
@@ -124,13 +124,13 @@ def example_run() -> str:
     To keep it quick, the codebook is fitted here on synthetic speech-like audio (with
     ``fit_kmeans``'s own frame sampling and fit) instead of by a second Beam job.
     """
-    from pipelines import fit_kmeans, tokenize
-    from runners import profiles
+    from audiotok.pipelines import fit_kmeans, tokenize
+    from audiotok.runners import profiles
     from audio_fixtures import synth_speechlike
-    from transforms.match import MatchConfig
-    from transforms.shards import ShardConfig as Shards
-    from transforms.tokenize import TokenizeConfig
-    from transforms.tokenizers import registry
+    from audiotok.transforms.match import MatchConfig
+    from audiotok.transforms.shards import ShardConfig as Shards
+    from audiotok.transforms.tokenize import TokenizeConfig
+    from audiotok.transforms.tokenizers import registry
 
     output = tempfile.mkdtemp(prefix="audiotok-example-run-")
     atexit.register(shutil.rmtree, output, ignore_errors=True)
@@ -171,7 +171,7 @@ def exclude_source(output: str | os.PathLike, index: dict, key: str) -> dict:
     """Marks the source of sample ``key`` superseded, as an incremental refresh would: its shard
     row gets ``excluded_sources`` and fewer ``live_samples``, the totals lose its samples.
     Rewrites and returns the index."""
-    from transforms import incremental
+    from audiotok.transforms import incremental
 
     source = incremental.source_of_key(key)
     for row in index["shards"]:

@@ -24,7 +24,7 @@ import tempfile
 import urllib.request
 from typing import Iterator, Mapping, Sequence
 
-from runners.services import Service, free_port, http_ready
+from audiotok.runners.services import Service, free_port, http_ready
 
 # Keys that no real store ever issued; tests grep outputs and logs for the secret.
 DUMMY_ACCESS_KEY = "AKIAAUDIOTOKTESTKEY00"
@@ -151,7 +151,7 @@ class GcsEmulator(_StorageServer):
         return {
             **no_cloud_probes_env(),
             "STORAGE_EMULATOR_HOST": self.url,
-            # Read when gcsfs is imported (transforms.storage copes with either import order).
+            # Read when gcsfs is imported (audiotok.transforms.storage copes with either import order).
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         }
 
@@ -182,7 +182,7 @@ def apply_env(values: Mapping[str, str]) -> Iterator[None]:
 
 def upload_tree(local_dir: str, url: str) -> list[str]:
     """Copies every file under ``local_dir`` to ``url`` (same relative paths); returns the URLs."""
-    from transforms import storage
+    from audiotok.transforms import storage
 
     urls = []
     for root, _, files in sorted(os.walk(local_dir)):
@@ -197,7 +197,7 @@ def upload_tree(local_dir: str, url: str) -> list[str]:
 
 def download_tree(url: str) -> dict[str, bytes]:
     """Every object under ``url`` -> its bytes, keyed by the path relative to ``url``."""
-    from transforms import storage
+    from audiotok.transforms import storage
 
     base = url.rstrip("/")
     return {found[len(base) + 1:]: storage.read_bytes(found) for found, _ in storage.list_files(base + "/**")}
@@ -221,7 +221,7 @@ def dataset_digest(output: str) -> dict:
     import io
     import tarfile
 
-    from transforms import shards, storage
+    from audiotok.transforms import shards, storage
 
     index = shards.read_index(output)
     samples: dict = {}
@@ -242,10 +242,10 @@ def dataset_digest(output: str) -> dict:
 def local_reference(tokenizer: str = "logmel") -> dict:
     """``dataset_digest`` of the example corpus tokenized in this process, local folder to local
     folder (computed once per test session)."""
-    from pipelines import tokenize
-    from runners import profiles
-    from transforms.match import MatchConfig
-    from transforms.tokenize import TokenizeConfig
+    from audiotok.pipelines import tokenize
+    from audiotok.runners import profiles
+    from audiotok.transforms.match import MatchConfig
+    from audiotok.transforms.tokenize import TokenizeConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         config = tokenize.JobConfig(output=os.path.join(tmp, "out"),

@@ -264,7 +264,7 @@ def write_corpus(root: Path, faults: bool = True, long_files: bool = True) -> li
 
 def faulty_decoder(ref, config):
     """``DecodeConfig.decoder`` that crashes or hangs on the magic files, else decodes for real."""
-    from transforms import decode, storage
+    from audiotok.transforms import decode, storage
 
     with storage.open_input(ref.uri) as f:
         head = f.read(len(CRASH_MAGIC))
@@ -280,8 +280,8 @@ def faulty_decoder(ref, config):
 
 def fault_kinds(ref, config):
     """``DecodeConfig.decoder`` for the isolation tests: the file's first line says what to do."""
-    from transforms import decode, storage
-    from transforms.failures import AudiotokError
+    from audiotok.transforms import decode, storage
+    from audiotok.transforms.failures import AudiotokError
 
     with storage.open_input(ref.uri) as f:
         first = f.read(64).split(b"\n", 1)[0]
@@ -308,20 +308,20 @@ def fault_kinds(ref, config):
 
 
 def run_pipeline(root: Path, output: Path, timeout_s: float = 4.0) -> dict:
-    """The corpus through ``pipelines.tokenize`` (build + run on FnApiRunner, process isolation,
+    """The corpus through ``audiotok.pipelines.tokenize`` (build + run on FnApiRunner, process isolation,
     faulty decoder). Returns a JSON-able report: failures, samples per source, peak memory."""
     import resource
 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines import tokenize as job
-    from transforms import metrics, shards
-    from transforms.decode import DecodeConfig
-    from transforms.match import MatchConfig
-    from transforms.segment import SegmentConfig
-    from transforms.shards import ShardConfig
-    from transforms.tokenize import TokenizeConfig
+    from audiotok.pipelines import tokenize as job
+    from audiotok.transforms import metrics, shards
+    from audiotok.transforms.decode import DecodeConfig
+    from audiotok.transforms.match import MatchConfig
+    from audiotok.transforms.segment import SegmentConfig
+    from audiotok.transforms.shards import ShardConfig
+    from audiotok.transforms.tokenize import TokenizeConfig
 
     config = job.JobConfig(
         output=str(output),

@@ -12,12 +12,12 @@ import pytest
 
 import tiny_models
 from audio_fixtures import synth_speechlike
-from transforms import metrics
-from transforms.records import AudioRef, Segment
-from transforms.tokenize import (DEFAULT_BUFFER_BATCHES, LengthBatcher, TokenizeConfig, TokenizeSegments, padding_of,
+from audiotok.transforms import metrics
+from audiotok.transforms.records import AudioRef, Segment
+from audiotok.transforms.tokenize import (DEFAULT_BUFFER_BATCHES, LengthBatcher, TokenizeConfig, TokenizeSegments, padding_of,
                                  plan_batches)
-from transforms.tokenizers import base, registry
-from transforms.tokenizers.base import StreamSpec, Tokenizer, TokenizerConfig
+from audiotok.transforms.tokenizers import base, registry
+from audiotok.transforms.tokenizers.base import StreamSpec, Tokenizer, TokenizerConfig
 
 RUNNER = "FnApiRunner"
 RATE = 16000

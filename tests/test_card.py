@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from pipelines import card as card_cli
+from audiotok.pipelines import card as card_cli
 import dataset_fixtures as fx
-from transforms import card, lm, reader, shards
-from transforms.failures import Failure
+from audiotok.transforms import card, lm, reader, shards
+from audiotok.transforms.failures import Failure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

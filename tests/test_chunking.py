@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transforms.tokenizers import chunking
+from audiotok.transforms.tokenizers import chunking
 
 
 @pytest.mark.parametrize("n", [0, 1, 999, 1000, 1001, 4321, 10_000])

@@ -47,7 +47,7 @@ def store(request, monkeypatch):
 
 
 def test_storage_primitives_round_trip(store):
-    from transforms import storage
+    from audiotok.transforms import storage
 
     _, bucket = store
     base = f"{bucket}/primitives"
@@ -64,7 +64,7 @@ def test_storage_primitives_round_trip(store):
 def test_memory_per_open_object_is_bounded(store):
     """Reads hold what was asked plus one read-ahead block, writes one part, whatever the
     store's default (s3fs: 50 MiB each); a 20 MiB object streams through in parts both ways."""
-    from transforms import storage
+    from audiotok.transforms import storage
 
     _, bucket = store
     url = f"{bucket}/bounded/big.bin"
@@ -85,9 +85,9 @@ def test_memory_per_open_object_is_bounded(store):
 def test_tokenize_bucket_to_bucket(store):
     """The whole job reads from the bucket and writes shards, failures and the index to the
     bucket, and writes the same tokens as a local run of the same corpus."""
-    from pipelines import tokenize
-    from runners import profiles
-    from transforms.match import MatchConfig
+    from audiotok.pipelines import tokenize
+    from audiotok.runners import profiles
+    from audiotok.transforms.match import MatchConfig
 
     _, bucket = store
     output = f"{bucket}/tokens/run"
@@ -104,7 +104,7 @@ def test_tokenize_bucket_to_bucket(store):
 
 def _write_bad_inputs(bucket: str) -> str:
     """A broken file and a manifest with a missing object and a URL holding the secret."""
-    from transforms import storage
+    from audiotok.transforms import storage
 
     storage.write_bytes(f"{bucket}/bad/broken.wav", b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 20)
     manifest = f"{bucket}/bad/manifest.jsonl"
@@ -130,7 +130,7 @@ def test_credentials_never_reach_outputs_or_logs(s3, tmp_path):
         "import logging, sys\n"
         "for name in ('botocore', 's3fs', 'fsspec', 'aiobotocore', 'urllib3'):\n"
         "    logging.getLogger(name).setLevel(logging.DEBUG)\n"
-        "from pipelines.cli import main\n"
+        "from audiotok.pipelines.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
     env = {**os.environ, **s3.env, "PYTHONPATH": REPO_ROOT}
     done = subprocess.run(

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 import tiny_models  # noqa: E402
 from audio_fixtures import synth_speechlike  # noqa: E402
 
-from transforms.tokenizers import chunking, codecs, registry  # noqa: E402
+from audiotok.transforms.tokenizers import chunking, codecs, registry  # noqa: E402
 
 # Lengths that are not multiples of any hop: every batch below is padded.
 SECONDS = (1.37, 0.61, 1.0)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from audio_fixtures import FORMATS, encode_audio, synth_speechlike
-from transforms import decode, failures
-from transforms.decode import AudiotokError, DecodeConfig
-from transforms.records import AudioRef
+from audiotok.transforms import decode, failures
+from audiotok.transforms.decode import AudiotokError, DecodeConfig
+from audiotok.transforms.records import AudioRef
 
 EXPECTED_SNIFF = {"wav": "wav", "wav-float": "wav", "flac": "flac", "mp3": "mp3", "ogg": "ogg-vorbis",
                   "opus": "ogg-opus", "m4a": "mp4"}

@@ -16,11 +16,11 @@ soundfile = pytest.importorskip("soundfile")
 import tiny_models  # noqa: E402
 from audio_fixtures import synth_speechlike  # noqa: E402
 
-from pipelines import decode_codes  # noqa: E402
-from transforms import shards  # noqa: E402
-from transforms.records import AudioRef, Segment  # noqa: E402
-from transforms.tokenize import tokenize_batch  # noqa: E402
-from transforms.tokenizers import registry  # noqa: E402
+from audiotok.pipelines import decode_codes  # noqa: E402
+from audiotok.transforms import shards  # noqa: E402
+from audiotok.transforms.records import AudioRef, Segment  # noqa: E402
+from audiotok.transforms.tokenize import tokenize_batch  # noqa: E402
+from audiotok.transforms.tokenizers import registry  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -60,7 +60,7 @@ def test_decode_writes_the_segment_as_wav(dataset, tmp_path):
 
 
 def test_the_cli_knows_decode(dataset, tmp_path):
-    from pipelines import cli
+    from audiotok.pipelines import cli
 
     wav = tmp_path / "clip.wav"
     assert cli.main(["decode", dataset["shard"], "clip_0001-000000", "-o", str(wav)]) == 0

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from audio_fixtures import synth_speechlike, write_audio
-from pipelines import cli, fit_kmeans
-from transforms.tokenizers import kmeans, registry
+from audiotok.pipelines import cli, fit_kmeans
+from audiotok.transforms.tokenizers import kmeans, registry
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_too_few_frames_is_a_clear_error(corpus, tmp_path):
 
 def test_python_dash_m_entry_points(corpus, tmp_path):
     out = tmp_path / "o"
-    proc = subprocess.run([sys.executable, "-m", "pipelines.tokenize", "--input", f"{corpus}/*", "--output", str(out),
+    proc = subprocess.run([sys.executable, "-m", "audiotok.pipelines.tokenize", "--input", f"{corpus}/*", "--output", str(out),
                            "--tokenizer", "logmel"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "3 samples" in proc.stderr and (out / "index.json").exists()

@@ -35,11 +35,11 @@ if __package__ in (None, ""):  # run as a script: the repo and tests/ on the pat
     sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import hostile_corpus as hc  # noqa: E402
-from transforms import decode, failures, streaming, tokenize  # noqa: E402
-from transforms.decode import DecodeConfig  # noqa: E402
-from transforms.failures import AudiotokError  # noqa: E402
-from transforms.records import AudioRef, Decoded, Sample  # noqa: E402
-from transforms.segment import SegmentConfig, cut_segments  # noqa: E402
+from audiotok.transforms import decode, failures, streaming, tokenize  # noqa: E402
+from audiotok.transforms.decode import DecodeConfig  # noqa: E402
+from audiotok.transforms.failures import AudiotokError  # noqa: E402
+from audiotok.transforms.records import AudioRef, Decoded, Sample  # noqa: E402
+from audiotok.transforms.segment import SegmentConfig, cut_segments  # noqa: E402
 
 settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -120,7 +120,7 @@ def policies(draw) -> DecodeConfig:
 
 @functools.lru_cache(maxsize=1)
 def logmel():
-    from transforms.tokenizers import registry
+    from audiotok.transforms.tokenizers import registry
 
     tok = registry.create("logmel")
     tok.load("cpu")
@@ -246,7 +246,7 @@ def _run_atheris(minutes: float) -> int:
         raise SystemExit("pip install atheris==3.0.0 (coverage-guided fuzzing), or run without --atheris")
     import dataclasses
 
-    from transforms import isolation, segment
+    from audiotok.transforms import isolation, segment
 
     for module in (decode, failures, segment, isolation):  # coverage of our code guides the search
         for name, value in vars(module).items():

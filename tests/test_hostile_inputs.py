@@ -24,14 +24,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hostile_corpus as hc
-from pipelines import cli
-from pipelines import tokenize as job
-from transforms import decode, failures, match
-from transforms.decode import DecodeConfig
-from transforms.failures import AudiotokError, Failure
-from transforms.records import AudioRef, Sample
-from transforms.segment import SegmentConfig, cut_segments, segment_key
-from transforms.shards import ShardConfig, ShardWriter, check_key
+from audiotok.pipelines import cli
+from audiotok.pipelines import tokenize as job
+from audiotok.transforms import decode, failures, match
+from audiotok.transforms.decode import DecodeConfig
+from audiotok.transforms.failures import AudiotokError, Failure
+from audiotok.transforms.records import AudioRef, Sample
+from audiotok.transforms.segment import SegmentConfig, cut_segments, segment_key
+from audiotok.transforms.shards import ShardConfig, ShardWriter, check_key
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_PROCESS = DecodeConfig(isolation="none")
@@ -342,7 +342,7 @@ def test_cli_exits_non_zero_when_most_of_the_corpus_fails(tmp_path, capsys):
 def test_every_reason_code_and_policy_flag_is_documented_in_the_readme():
     from pathlib import Path
 
-    from pipelines import options
+    from audiotok.pipelines import options
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Bad input"):]

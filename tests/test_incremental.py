@@ -10,12 +10,12 @@ import pytest
 import webdataset as wds
 
 from audio_fixtures import synth_speechlike, write_audio
-from pipelines import tokenize as job
-from runners import profiles
-from transforms import incremental, shards, storage
-from transforms.match import MatchConfig
-from transforms.segment import SegmentConfig
-from transforms.tokenize import TokenizeConfig
+from audiotok.pipelines import tokenize as job
+from audiotok.runners import profiles
+from audiotok.transforms import incremental, shards, storage
+from audiotok.transforms.match import MatchConfig
+from audiotok.transforms.segment import SegmentConfig
+from audiotok.transforms.tokenize import TokenizeConfig
 
 
 def make_corpus(root: Path, n: int, seed: int = 0) -> None:
@@ -173,7 +173,7 @@ def test_existing_dataset_needs_a_flag(tmp_path):
 
 
 def test_next_state_and_live_rows_pure():
-    from transforms.records import AudioRef
+    from audiotok.transforms.records import AudioRef
 
     prev, _ = incremental.next_state(
         incremental.empty_state(), 1, "fp", [AudioRef("a", 1, "m1"), AudioRef("b", 1, "m1")], ["a", "b"],
@@ -192,7 +192,7 @@ def test_next_state_and_live_rows_pure():
 
 
 def test_compact_rewrites_live_samples_only(tmp_path):
-    from pipelines import compact
+    from audiotok.pipelines import compact
 
     inp, out = tmp_path / "in", tmp_path / "out"
     make_corpus(inp, 4)

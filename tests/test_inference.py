@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from test_batching import RATE, SegmentRecipe, SignUnitsTokenizer, recipes, run_tokenize
-from transforms import failures, inference
-from transforms.failures import Failure
-from transforms.inference import AcceleratorError, LoadedTokenizers, TokenizerModelHandler
-from transforms.records import Sample
-from transforms.tokenize import TokenizeConfig, tokenize_batch
-from transforms.tokenizers import base, registry
-from transforms.tokenizers.base import TokenizerConfig
+from audiotok.transforms import failures, inference
+from audiotok.transforms.failures import Failure
+from audiotok.transforms.inference import AcceleratorError, LoadedTokenizers, TokenizerModelHandler
+from audiotok.transforms.records import Sample
+from audiotok.transforms.tokenize import TokenizeConfig, tokenize_batch
+from audiotok.transforms.tokenizers import base, registry
+from audiotok.transforms.tokenizers.base import TokenizerConfig
 
 BAD = 12345  # samples of the segment that runs out of memory even alone
 
@@ -256,9 +256,9 @@ def test_cpu_inference_sets_torch_threads():
     cores); --torch-threads overrides it and reaches the job's config."""
     import torch
 
-    from pipelines import options
-    from transforms import inference
-    from transforms.tokenize import TokenizeConfig
+    from audiotok.pipelines import options
+    from audiotok.transforms import inference
+    from audiotok.transforms.tokenize import TokenizeConfig
 
     before = torch.get_num_threads()
     try:

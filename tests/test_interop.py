@@ -13,9 +13,9 @@ import json
 import numpy as np
 import pytest
 
-from pipelines import export
+from audiotok.pipelines import export
 import dataset_fixtures as fx
-from transforms import reader
+from audiotok.transforms import reader
 
 
 def _members_by_key(out, index) -> dict[str, dict[str, object]]:

@@ -11,11 +11,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from audio_fixtures import encode_audio, synth_speechlike
-from transforms import failures, isolation
-from transforms.decode import DecodeConfig
-from transforms.read import DecodeAudio
-from transforms.failures import AudiotokError
-from transforms.records import AudioRef
+from audiotok.transforms import failures, isolation
+from audiotok.transforms.decode import DecodeConfig
+from audiotok.transforms.read import DecodeAudio
+from audiotok.transforms.failures import AudiotokError
+from audiotok.transforms.records import AudioRef
 
 TIMEOUT_S = 1.5
 FAULTS = DecodeConfig(isolation="process", timeout_s=TIMEOUT_S, decoder="hostile_corpus:fault_kinds")
@@ -153,9 +153,9 @@ def test_the_parents_main_script_is_not_run_again_in_the_decoder(files, tmp_path
     script = tmp_path / "user_job.py"
     script.write_text(
         "print('MAIN RAN', flush=True)\n"
-        "from transforms import isolation\n"
-        "from transforms.decode import DecodeConfig\n"
-        "from transforms.records import AudioRef\n"
+        "from audiotok.transforms import isolation\n"
+        "from audiotok.transforms.decode import DecodeConfig\n"
+        "from audiotok.transforms.records import AudioRef\n"
         "d = isolation.ProcessDecoder(DecodeConfig(isolation='process'))\n"
         f"decoded, _ = d.decode(AudioRef({files['good']!r}))\n"
         "print('DECODED', decoded.audio.shape[-1], flush=True)\n"
@@ -179,7 +179,7 @@ def test_the_decoder_process_imports_no_beam():
     import sys
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = ("import sys; import transforms.isolation, transforms.decode; "
+    code = ("import sys; import audiotok.transforms.isolation, audiotok.transforms.decode; "
             "print(sorted(m for m in ('apache_beam', 'torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dataset_fixtures as fx
-from transforms import lm
+from audiotok.transforms import lm
 
 STREAMS = fx.describe(fx.DEFAULT_SPECS)  # codec [4 x 1024], units [100], fbank vectors
 

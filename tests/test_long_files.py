@@ -13,14 +13,14 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from audio_fixtures import synth_speechlike, write_audio
 from test_vad import REAL_BORDERS, TOLERANCE_S, assert_borders, speech_with_pauses
-from transforms import failures, segment, streaming, vad
-from transforms.decode import DecodeConfig, decode_ref, resample
-from transforms.failures import Failure
-from transforms.match import MatchConfig
-from transforms.read import ReadSegments
-from transforms.records import AudioRef, Decoded
-from transforms.segment import SegmentConfig, plan_work_items, segment_work_item
-from transforms.vad import VAD_RATE, VadConfig
+from audiotok.transforms import failures, segment, streaming, vad
+from audiotok.transforms.decode import DecodeConfig, decode_ref, resample
+from audiotok.transforms.failures import Failure
+from audiotok.transforms.match import MatchConfig
+from audiotok.transforms.read import ReadSegments
+from audiotok.transforms.records import AudioRef, Decoded
+from audiotok.transforms.segment import SegmentConfig, plan_work_items, segment_work_item
+from audiotok.transforms.vad import VAD_RATE, VadConfig
 
 RUNNER = "FnApiRunner"
 RATE = 16000  # the rate segments are cut at
@@ -227,8 +227,8 @@ def test_timed_words_are_cut_with_the_segments(long_file, segmenter, split_s):
 
 
 def test_segment_transcript_reaches_the_sample_json():
-    from transforms import shards, tokenize
-    from transforms.records import Sample
+    from audiotok.transforms import shards, tokenize
+    from audiotok.transforms.records import Sample
 
     ref = AudioRef("/data/talk.flac", meta={"id": "talk", "text": "whole file", "speaker": "s1",
                                             "words": [{"start": 0.5, "end": 0.9, "word": "hello"},

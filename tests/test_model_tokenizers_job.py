@@ -21,9 +21,9 @@ wds = pytest.importorskip("webdataset")
 import tiny_models  # noqa: E402
 from audio_fixtures import synth_speechlike, write_audio  # noqa: E402
 
-from pipelines import cli, verify  # noqa: E402
-from transforms import lm  # noqa: E402
-from transforms.tokenizers import registry  # noqa: E402
+from audiotok.pipelines import cli, verify  # noqa: E402
+from audiotok.transforms import lm  # noqa: E402
+from audiotok.transforms.tokenizers import registry  # noqa: E402
 
 
 @pytest.fixture(scope="module")

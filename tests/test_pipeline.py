@@ -13,15 +13,15 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from audio_fixtures import synth_speechlike, write_audio
-from pipelines import cli
-from pipelines import tokenize as job
-from transforms import failures
-from transforms.decode import DecodeConfig
-from transforms.match import MatchConfig
-from transforms.read import ReadSegments
-from transforms.segment import SegmentConfig
-from transforms.shards import ShardConfig
-from transforms.tokenize import TokenizeConfig
+from audiotok.pipelines import cli
+from audiotok.pipelines import tokenize as job
+from audiotok.transforms import failures
+from audiotok.transforms.decode import DecodeConfig
+from audiotok.transforms.match import MatchConfig
+from audiotok.transforms.read import ReadSegments
+from audiotok.transforms.segment import SegmentConfig
+from audiotok.transforms.shards import ShardConfig
+from audiotok.transforms.tokenize import TokenizeConfig
 
 RUNNER = "FnApiRunner"  # DirectRunner's engine, without its Prism download attempt
 
@@ -140,7 +140,7 @@ def test_manifest_metadata_reaches_samples(corpus, tmp_path):
 
 def test_timed_transcript_is_cut_into_key_txt(corpus, tmp_path):
     """A manifest's timed words follow the segments into KEY.json and KEY.txt; verify agrees."""
-    from pipelines import verify
+    from audiotok.pipelines import verify
 
     words = [{"start": 0.2, "end": 0.6, "word": "alpha"}, {"start": 1.1, "end": 1.5, "word": "beta"},
              {"start": 2.3, "end": 2.8, "word": "gamma"}, {"start": 4.4, "end": 4.9, "word": "delta"}]
@@ -167,9 +167,9 @@ def test_timed_transcript_is_cut_into_key_txt(corpus, tmp_path):
 
 
 def test_segment_shorter_than_a_frame_is_too_short_not_an_empty_sample():
-    from transforms import tokenize
-    from transforms.records import AudioRef, Segment
-    from transforms.tokenizers import registry
+    from audiotok.transforms import tokenize
+    from audiotok.transforms.records import AudioRef, Segment
+    from audiotok.transforms.tokenizers import registry
 
     toks = registry.create_all("logmel")
     ref = AudioRef("/data/a.wav")
@@ -183,9 +183,9 @@ def test_segment_shorter_than_a_frame_is_too_short_not_an_empty_sample():
 
 
 def test_tokenizer_failure_isolated_to_its_segment(monkeypatch):
-    from transforms import tokenize
-    from transforms.records import AudioRef, Segment
-    from transforms.tokenizers import registry
+    from audiotok.transforms import tokenize
+    from audiotok.transforms.records import AudioRef, Segment
+    from audiotok.transforms.tokenizers import registry
 
     tok = registry.create("logmel")
     real = type(tok)._encode_batch
@@ -204,7 +204,7 @@ def test_tokenizer_failure_isolated_to_its_segment(monkeypatch):
 
 
 def test_plan_batches_bounds_and_buckets():
-    from transforms.tokenize import plan_batches
+    from audiotok.transforms.tokenize import plan_batches
 
     lengths = [100, 900, 300, 800, 100, 200]
     batches = plan_batches(lengths, rate=100, max_s=20, max_items=3)

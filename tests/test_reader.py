@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import dataset_fixtures as fx
-from pipelines import inspect as inspect_cli
-from transforms import lm, reader
+from audiotok.pipelines import inspect as inspect_cli
+from audiotok.transforms import lm, reader
 
 torch = pytest.importorskip("torch")
 

@@ -27,7 +27,7 @@ import pytest
 
 from emulators import (EXAMPLE_CORPUS, REPO_ROOT, GcsEmulator, MotoS3, apply_env, dataset_digest, local_reference,
                        upload_tree)
-from runners import jobservers, portable, profiles
+from audiotok.runners import jobservers, portable, profiles
 
 
 # ------------------------------------------------------------------ profiles -> flags
@@ -113,8 +113,8 @@ def test_job_server_jar_coordinates_follow_the_sdk_version():
 
 
 def _run(input_pattern: str, output: str, profile: str, flags: list[str]) -> dict:
-    from pipelines import tokenize
-    from transforms.match import MatchConfig
+    from audiotok.pipelines import tokenize
+    from audiotok.transforms.match import MatchConfig
 
     config = tokenize.JobConfig(output=output, match=MatchConfig(patterns=(input_pattern,)), overwrite=True)
     index, _, _ = tokenize.run(config, profiles.pipeline_options(profile, flags))
@@ -163,8 +163,8 @@ def _dry_run_job(profile: str, flags: list[str]):
     from apache_beam.portability.api import beam_runner_api_pb2
     from apache_beam.runners.dataflow.internal import apiclient
 
-    from pipelines import tokenize
-    from transforms.match import MatchConfig
+    from audiotok.pipelines import tokenize
+    from audiotok.transforms.match import MatchConfig
 
     config = tokenize.JobConfig(output="gs://tokens/dataflow", match=MatchConfig(patterns=("gs://corpus/a/*",)))
     result = tokenize.launch(config, profiles.pipeline_options(profile, DATAFLOW_FLAGS + flags))
@@ -227,11 +227,11 @@ def test_flex_template_entry_point_submits_and_returns(gcs, monkeypatch):
 def test_flex_template_metadata_names_real_flags():
     """Every template parameter is a flag of `audiotok tokenize` (the launcher passes them as
     --name=value)."""
-    from pipelines import options as opts
+    from audiotok.pipelines import options as opts
 
     with open(os.path.join(REPO_ROOT, "runners", "dataflow", "metadata.json"), encoding="utf-8") as f:
         metadata = json.load(f)
-    from runners.dataflow import flex_main
+    from audiotok.runners.dataflow import flex_main
 
     names = [p["name"] for p in metadata["parameters"]]
     assert all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names), names
@@ -360,9 +360,9 @@ def test_a_failed_prism_build_is_reported_and_remembered(tmp_path, monkeypatch):
 def test_local_runs_refuse_cuda_up_front_when_there_is_none(tmp_path, monkeypatch):
     import torch
 
-    from pipelines import tokenize
-    from transforms.match import MatchConfig
-    from transforms.tokenize import TokenizeConfig
+    from audiotok.pipelines import tokenize
+    from audiotok.transforms.match import MatchConfig
+    from audiotok.transforms.tokenize import TokenizeConfig
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     config = tokenize.JobConfig(output=str(tmp_path / "out"), match=MatchConfig(patterns=(EXAMPLE_CORPUS,)),

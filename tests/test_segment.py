@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transforms import segment
-from transforms.records import AudioRef, Decoded
-from transforms.segment import SegmentConfig, fixed_windows
-from transforms.shards import check_key
+from audiotok.transforms import segment
+from audiotok.transforms.records import AudioRef, Decoded
+from audiotok.transforms.segment import SegmentConfig, fixed_windows
+from audiotok.transforms.shards import check_key
 
 
 def test_exact_multiple_has_no_tail():

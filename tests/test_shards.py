@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from transforms import shards
-from transforms.failures import Failure
-from transforms.records import AudioRef, Sample
-from transforms.shards import ShardConfig, ShardWriter
+from audiotok.transforms import shards
+from audiotok.transforms.failures import Failure
+from audiotok.transforms.records import AudioRef, Sample
+from audiotok.transforms.shards import ShardConfig, ShardWriter
 
 SPECS = {"units": {"kind": "units"}, "mel": {"kind": "vectors"}}
 

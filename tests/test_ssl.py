@@ -14,10 +14,10 @@ torch = pytest.importorskip("torch")
 import tiny_models  # noqa: E402
 from audio_fixtures import synth_speechlike  # noqa: E402
 
-from pipelines import fit_kmeans  # noqa: E402
-from transforms.records import AudioRef, Segment  # noqa: E402
-from transforms.tokenize import tokenize_batch  # noqa: E402
-from transforms.tokenizers import chunking, registry, ssl, weights  # noqa: E402
+from audiotok.pipelines import fit_kmeans  # noqa: E402
+from audiotok.transforms.records import AudioRef, Segment  # noqa: E402
+from audiotok.transforms.tokenize import tokenize_batch  # noqa: E402
+from audiotok.transforms.tokenizers import chunking, registry, ssl, weights  # noqa: E402
 
 SECONDS = (1.37, 0.61, 1.0)
 

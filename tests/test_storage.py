@@ -1,4 +1,4 @@
-"""transforms.storage without a server: URLs, endpoints from the environment, redaction.
+"""audiotok.transforms.storage without a server: URLs, endpoints from the environment, redaction.
 
 The same functions against real S3 and GCS protocol servers: tests/test_cloud_emulators.py.
 """
@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from transforms import storage
+from audiotok.transforms import storage
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
@@ -146,7 +146,7 @@ def test_log_redaction_filter_masks_messages_arguments_and_tracebacks(monkeypatc
 
 
 def test_failure_records_are_redacted(monkeypatch):
-    from transforms.failures import READ_ERROR, Failure
+    from audiotok.transforms.failures import READ_ERROR, Failure
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     record = Failure(uri=f"https://u:{SECRET}@h/x.wav", reason=READ_ERROR,

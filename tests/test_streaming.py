@@ -10,10 +10,10 @@ import pytest
 import soundfile
 
 from audio_fixtures import synth_speechlike, write_audio
-from transforms import failures, streaming
-from transforms.decode import DecodeConfig, decode_ref, resample
-from transforms.failures import AudiotokError
-from transforms.records import AudioRef
+from audiotok.transforms import failures, streaming
+from audiotok.transforms.decode import DecodeConfig, decode_ref, resample
+from audiotok.transforms.failures import AudiotokError
+from audiotok.transforms.records import AudioRef
 
 IN_PROCESS = DecodeConfig(isolation="none")
 

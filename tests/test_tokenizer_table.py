@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines import tokenizer_table
-from transforms.tokenizers import registry
+from audiotok.pipelines import tokenizer_table
+from audiotok.transforms.tokenizers import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def test_rates_and_sizes_come_from_the_stream_specs():
 
 def test_help_and_table_need_no_model_library():
     """Registered names build from metadata: neither transformers nor snac is imported."""
-    code = ("import sys; from transforms.tokenizers import registry; from pipelines import tokenizer_table; "
+    code = ("import sys; from audiotok.transforms.tokenizers import registry; from audiotok.pipelines import tokenizer_table; "
             "registry.help_table(); tokenizer_table.tokenizer_table_markdown(); "
             "print(sorted(m for m in ('transformers', 'snac', 'huggingface_hub') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -45,6 +45,6 @@ def test_help_and_table_need_no_model_library():
 def test_the_readme_table_is_the_generated_one():
     """The README's copy cannot drift from the registry: regenerate it with --write. (In a fresh
     process: test modules register tokenizers of their own in this one.)"""
-    done = subprocess.run([sys.executable, "-m", "pipelines.tokenizer_table", "--check", "README.md"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "audiotok.pipelines.tokenizer_table", "--check", "README.md"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

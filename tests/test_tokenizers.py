@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from audio_fixtures import synth_speechlike
-from transforms.tokenizers import kmeans, registry
-from transforms.tokenizers.spectral import LogMel, MfccKMeans
+from audiotok.transforms.tokenizers import kmeans, registry
+from audiotok.transforms.tokenizers.spectral import LogMel, MfccKMeans
 
 
 def speech(seconds: float, seed: int = 0) -> np.ndarray:

@@ -8,7 +8,7 @@ import math
 import pytest
 
 import dataset_fixtures as fx
-from transforms import lm
+from audiotok.transforms import lm
 
 torch = pytest.importorskip("torch")
 

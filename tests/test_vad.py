@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from audio_fixtures import synth_speechlike
-from transforms import streaming, vad
-from transforms.segment import SegmentConfig, speech_intervals
-from transforms.vad import VAD_RATE, VadConfig
+from audiotok.transforms import streaming, vad
+from audiotok.transforms.segment import SegmentConfig, speech_intervals
+from audiotok.transforms.vad import VAD_RATE, VadConfig
 
 TOLERANCE_S = 0.1
 # Detection only: no padding, no merging, nothing dropped for length.

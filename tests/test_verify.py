@@ -10,10 +10,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipelines import verify
+from audiotok.pipelines import verify
 import dataset_fixtures as fx
-from transforms import lm, shards
-from transforms.failures import Failure
+from audiotok.transforms import lm, shards
+from audiotok.transforms.failures import Failure
 
 
 def _dataset(tmp_path, n=6, max_samples=3, **kwargs):

@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from transforms.tokenizers import weights  # noqa: E402
-from transforms.tokenizers.weights import Checkpoint, UnsafeCheckpointError, WeightsError  # noqa: E402
+from audiotok.transforms.tokenizers import weights  # noqa: E402
+from audiotok.transforms.tokenizers.weights import Checkpoint, UnsafeCheckpointError, WeightsError  # noqa: E402
 
 
 def _write_checkpoint(folder, tensors: dict, *, fmt: str = "safetensors", config: str = '{"model_type": "x"}'):

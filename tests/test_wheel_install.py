@@ -52,16 +52,18 @@ def test_the_wheel_in_a_fresh_virtualenv_runs_the_job(tmp_path):
     src.mkdir()
     for name in ("setup.py", "README.md"):
         shutil.copy2(os.path.join(REPO_ROOT, name), src / name)
-    for package in ("pipelines", "transforms", "runners"):
+    for package in ("audiotok", "pipelines", "transforms", "runners"):
         shutil.copytree(os.path.join(REPO_ROOT, package), src / package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     _run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)],
          cwd=tmp_path, env=env, timeout=300)
     (wheel,) = glob.glob(str(dist / "audiotok-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"pipelines/cli.py", "transforms/storage.py", "runners/profiles.py", "runners/dataflow/Dockerfile",
-            "runners/dataflow/metadata.json", "runners/dataflow/flex_main.py"} <= names
-    assert not any(n.startswith(("tests/", "examples/")) for n in names)
+    assert {"audiotok/__init__.py", "audiotok/pipelines/cli.py", "audiotok/transforms/storage.py",
+            "audiotok/runners/profiles.py", "audiotok/runners/dataflow/Dockerfile",
+            "audiotok/runners/dataflow/metadata.json", "audiotok/runners/dataflow/flex_main.py"} <= names
+    # One import root: nothing but audiotok (and its dist-info) at the top level of site-packages.
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"audiotok"}
 
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], timeout=120)
     new_python = str(venv / "bin" / "python")
@@ -73,7 +75,7 @@ def test_the_wheel_in_a_fresh_virtualenv_runs_the_job(tmp_path):
     with open(os.path.join(new_site, "_audiotok_test_dependencies.pth"), "w", encoding="utf-8") as f:
         f.write("".join(p + "\n" for p in sorted(ours)))
 
-    where = _run([new_python, "-c", "import pipelines, transforms, runners; "
+    where = _run([new_python, "-c", "from audiotok import pipelines, transforms, runners; "
                   "print('\\n'.join(m.__path__[0] for m in (pipelines, transforms, runners)))"],
                  cwd=work, env=env).stdout.split()
     assert all(p.startswith(new_site) for p in where), where

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from transforms import lm, shards, storage
+from audiotok.transforms import lm, shards, storage
 
 logger = logging.getLogger(__name__)
 
@@ -553,7 +553,7 @@ def render_readme(index: Mapping[str, Any], stats: Mapping[str, Any], vocab: lm.
         "- `vocab.json`: the flat LM vocabulary; `stats.json`: every figure on this card; `card/`: the plots.",
         "",
         "```python",
-        "from transforms import lm, reader",
+        "from audiotok.transforms import lm, reader",
         "samples = reader.sample_dataset(OUT)                  # TokenSample(key, url, meta, streams)",
         f"rows = reader.lm_dataset(OUT, lm.SequenceConfig({tuple(s.name for s in vocab.streams)!r}), context_len=2048)",
         "# Hugging Face: datasets.load_dataset('webdataset', data_files={'train': reader.shard_urls(OUT)})",
@@ -591,7 +591,7 @@ def write_card(output: str, index: Mapping[str, Any] | None = None, max_shards: 
     Returns:
         The stats (as written to ``stats.json``).
     """
-    from transforms import reader
+    from audiotok.transforms import reader
 
     index = shards.read_index(output) if index is None else index
     urls = reader.shard_urls(output, index)

@@ -23,9 +23,9 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-from transforms import failures
-from transforms.failures import AudiotokError
-from transforms.records import AudioRef, Decoded
+from audiotok.transforms import failures
+from audiotok.transforms.failures import AudiotokError
+from audiotok.transforms.records import AudioRef, Decoded
 
 
 SNIFF_BYTES = 64
@@ -56,6 +56,7 @@ _CHOICES = {
 }
 # Fields that change how decoding runs, not what it produces.
 _EXECUTION_FIELDS = ("isolation", "timeout_s")
+DEFAULT_DECODER = "audiotok.transforms.decode:decode_checked"
 _DECODER_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -100,7 +101,7 @@ class DecodeConfig:
     clipping_fraction: float = 0.01
     isolation: str = "process"
     timeout_s: float | None = 300.0
-    decoder: str = "transforms.decode:decode_checked"
+    decoder: str = DEFAULT_DECODER
 
     def __post_init__(self) -> None:
         if self.max_duration_s is not None and not self.max_duration_s > 0:
@@ -126,7 +127,10 @@ class DecodeConfig:
 
     def content_settings(self) -> dict:
         """The fields that decide what decoding produces (not how it runs): for fingerprints."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _EXECUTION_FIELDS}
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in _EXECUTION_FIELDS}
+        if self.decoder == DEFAULT_DECODER:
+            del settings["decoder"]  # the built-in decoder: named by what it does, not by its module path
+        return settings
 
     def max_frames(self, rate: int, channels: int) -> int:
         """Frames that may be decoded at ``rate`` with ``channels`` (the tighter of both limits)."""
@@ -871,7 +875,7 @@ def decode_checked(ref: AudioRef, config: DecodeConfig) -> tuple[Decoded, tuple[
     Raises:
         AudiotokError: with the reason the input cannot be used.
     """
-    from transforms import storage
+    from audiotok.transforms import storage
 
     deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
     try:

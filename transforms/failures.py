@@ -48,8 +48,8 @@ _MAX_MESSAGE_CHARS = 2000
 
 
 def redact(text: str, uri: str | None = None) -> str:
-    """:func:`transforms.storage.redact`: ``text`` with credentials masked, those of ``uri`` too."""
-    from transforms import storage  # here: storage is heavier, and failures must stay importable alone
+    """:func:`audiotok.transforms.storage.redact`: ``text`` with credentials masked, those of ``uri`` too."""
+    from audiotok.transforms import storage  # here: storage is heavier, and failures must stay importable alone
 
     return storage.redact(text, uri=uri)
 

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Mapping
 
 import apache_beam as beam
 
-from transforms import metrics, storage
-from transforms.records import AudioRef
+from audiotok.transforms import metrics, storage
+from audiotok.transforms.records import AudioRef
 
 STATE_FORMAT = "audiotok-state"
 STATE_VERSION = 1

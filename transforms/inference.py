@@ -31,9 +31,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from transforms import metrics
-from transforms.tokenizers import registry
-from transforms.tokenizers.base import Tokenizer
+from audiotok.transforms import metrics
+from audiotok.transforms.tokenizers import registry
+from audiotok.transforms.tokenizers.base import Tokenizer
 
 logger = logging.getLogger(__name__)
 

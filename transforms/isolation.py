@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from transforms import failures
-from transforms.decode import DecodeConfig, decode_checked, resolve_decoder
-from transforms.failures import AudiotokError
-from transforms.records import AudioRef, Decoded
+from audiotok.transforms import failures
+from audiotok.transforms.decode import DecodeConfig, decode_checked, resolve_decoder
+from audiotok.transforms.failures import AudiotokError
+from audiotok.transforms.records import AudioRef, Decoded
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ _MAX_HEADER_BYTES = 1 << 16
 # Not "__main__": the forkserver would run the parent's main script again (a script without an
 # ``if __name__ == "__main__"`` guard would start the job inside it; one read from stdin cannot
 # be found). A custom ``DecodeConfig.decoder`` must live in an importable module.
-_PRELOAD = ["transforms.isolation", "transforms.decode"]
+_PRELOAD = ["audiotok.transforms.isolation", "audiotok.transforms.decode"]
 _forkserver_lock = threading.Lock()
 
 
@@ -126,7 +126,7 @@ class ProcessDecoder:
         ctx = multiprocessing.get_context(self.start_method)
         parent, child = ctx.Pipe(duplex=True)
         # The forkserver's environment dates from its start; storage endpoints and credentials
-        # come from the environment (transforms.storage), so the child gets this process's.
+        # come from the environment (audiotok.transforms.storage), so the child gets this process's.
         process = ctx.Process(target=serve, args=(child, self.config, dict(os.environ)), name="audiotok-decoder",
                               daemon=True)
         with _forkserver_lock, _without_parent_main():

@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from transforms import storage
+from audiotok.transforms import storage
 
 VOCAB_NAME = "vocab.json"
 VOCAB_FORMAT = "audiotok-vocab"

@@ -17,9 +17,9 @@ from typing import Iterator, Sequence
 
 import apache_beam as beam
 
-from transforms import failures, metrics, storage
-from transforms.failures import AudiotokError, Failure
-from transforms.records import MANIFEST_FIELDS, TRANSCRIPT_FIELDS, AudioRef
+from audiotok.transforms import failures, metrics, storage
+from audiotok.transforms.failures import AudiotokError, Failure
+from audiotok.transforms.records import MANIFEST_FIELDS, TRANSCRIPT_FIELDS, AudioRef
 
 # Files that sit beside audio in corpora and are never audio. Matching skips them (and
 # counts them) rather than dead-lettering every README.
@@ -115,7 +115,7 @@ def parse_manifest_line(line: str, manifest_url: str, line_no: int) -> AudioRef:
     if len(timed) > 1:
         raise AudiotokError(failures.BAD_MANIFEST, f"line {line_no}: give 'words' or 'segments', not both", where)
     if timed:
-        from transforms.segment import timed_transcript  # segment imports the decoders; keep match light
+        from audiotok.transforms.segment import timed_transcript  # segment imports the decoders; keep match light
         try:
             field, entries = timed_transcript(timed)
         except AudiotokError as e:

@@ -14,15 +14,15 @@ import logging
 
 import apache_beam as beam
 
-from transforms import failures, metrics
-from transforms.decode import DecodeConfig, resample_decoded
-from transforms.failures import AudiotokError, Failure
-from transforms.progress import Progress
-from transforms.records import AudioRef
+from audiotok.transforms import failures, metrics
+from audiotok.transforms.decode import DecodeConfig, resample_decoded
+from audiotok.transforms.failures import AudiotokError, Failure
+from audiotok.transforms.progress import Progress
+from audiotok.transforms.records import AudioRef
 
 logger = logging.getLogger(__name__)
-from transforms.match import MatchAudio, MatchConfig
-from transforms.segment import PlanLongFiles, SegmentAudio, SegmentConfig, SegmentWorkItems
+from audiotok.transforms.match import MatchAudio, MatchConfig
+from audiotok.transforms.segment import PlanLongFiles, SegmentAudio, SegmentConfig, SegmentWorkItems
 
 
 class ReadSegments(beam.PTransform):
@@ -69,7 +69,7 @@ class _DecodeFn(beam.DoFn):
         self._config = config
 
     def setup(self) -> None:
-        from transforms import isolation
+        from audiotok.transforms import isolation
 
         self._progress = Progress("decoded")
         self._decoder = isolation.make_decoder(self._config)

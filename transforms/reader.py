@@ -3,10 +3,10 @@
 
 The stages are webdataset's own (``SimpleShardList``, ``detshuffle``, ``split_by_node``,
 ``split_by_worker``, ``tar_file_expander``, ``group_by_keys``, ``shuffle``); only opening a
-shard is ours, through ``transforms.storage`` (fsspec: local paths, ``gs://``, ``s3://``, ...;
+shard is ours, through ``audiotok.transforms.storage`` (fsspec: local paths, ``gs://``, ``s3://``, ...;
 never ``pipe:``), instead of ``gopen``, which shells out to ``gsutil``/``curl``.
 
-    from transforms import reader, lm
+    from audiotok.transforms import reader, lm
     ds = reader.sample_dataset("gs://bucket/out")            # a torch IterableDataset
     for s in ds: s.key, s.meta, s.streams["mfcc-kmeans"]     # int16 [T]
 
@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from transforms import lm, shards, storage
+from audiotok.transforms import lm, shards, storage
 
 
 class ShardFormatError(ValueError):
@@ -77,7 +77,7 @@ def shard_urls(output: str, index: Mapping[str, Any] | None = None) -> list[str]
 
 def excluded_sources(output: str, index: Mapping[str, Any]) -> dict[str, frozenset[str]]:
     """Shard URL -> source hashes whose samples are no longer live (inputs that changed or
-    disappeared since the shard was written; see ``transforms.incremental``). Shards with
+    disappeared since the shard was written; see ``audiotok.transforms.incremental``). Shards with
     none are left out."""
     urls = shard_urls(output, index)
     return {url: frozenset(row["excluded_sources"]) for url, row in zip(urls, index["shards"])
@@ -90,7 +90,7 @@ def live_only(samples: Iterable[Mapping[str, Any]],
     if not excluded:
         yield from samples
         return
-    from transforms import incremental  # only incrementally refreshed datasets need it (it imports Beam)
+    from audiotok.transforms import incremental  # only incrementally refreshed datasets need it (it imports Beam)
 
     for sample in samples:
         rows = excluded.get(sample.get("__url__", ""))

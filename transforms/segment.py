@@ -35,13 +35,13 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms import failures, metrics, streaming, vad
-from transforms.decode import DecodeConfig, check_format, resample
-from transforms.failures import AudiotokError, Failure
-from transforms.progress import Progress
-from transforms.records import AudioRef, Decoded, Segment
-from transforms.streaming import Probe
-from transforms.vad import VAD_RATE, VadConfig
+from audiotok.transforms import failures, metrics, streaming, vad
+from audiotok.transforms.decode import DecodeConfig, check_format, resample
+from audiotok.transforms.failures import AudiotokError, Failure
+from audiotok.transforms.progress import Progress
+from audiotok.transforms.records import AudioRef, Decoded, Segment
+from audiotok.transforms.streaming import Probe
+from audiotok.transforms.vad import VAD_RATE, VadConfig
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import apache_beam as beam
 import numpy as np
 
-from transforms import incremental, metrics, storage
-from transforms.failures import Failure
-from transforms.records import TRANSCRIPT_FIELDS, AudioRef, Sample
+from audiotok.transforms import incremental, metrics, storage
+from audiotok.transforms.failures import Failure
+from audiotok.transforms.records import TRANSCRIPT_FIELDS, AudioRef, Sample
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "audiotok-dataset"

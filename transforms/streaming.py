@@ -28,9 +28,9 @@ from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from transforms import failures, storage
-from transforms.decode import SNIFF_BYTES, DecodeConfig, check_format, downmix, sniff_format
-from transforms.failures import AudiotokError
+from audiotok.transforms import failures, storage
+from audiotok.transforms.decode import SNIFF_BYTES, DecodeConfig, check_format, downmix, sniff_format
+from audiotok.transforms.failures import AudiotokError
 
 # libsndfile formats: sample-accurate seeks, and frame counts from the header.
 SEEKABLE_FORMATS = frozenset({"wav", "flac", "ogg-vorbis", "ogg-opus", "ogg-flac", "aiff", "mp3"})

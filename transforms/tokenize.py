@@ -9,7 +9,7 @@
   retrying one by one on other errors, and dead-lettering the segment that fails alone;
   CUDA errors other than out-of-memory fail the bundle (``inference.AcceleratorError``).
 * ``TokenizeSegments`` is the thin PTransform; model placement and sharing live in
-  ``transforms.inference``.
+  ``audiotok.transforms.inference``.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms import decode, failures, metrics
-from transforms.failures import AudiotokError, Failure
-from transforms.inference import (AUTOCAST_CHOICES, AcceleratorError, EncodeFn, check_device, is_accelerator_error,
+from audiotok.transforms import decode, failures, metrics
+from audiotok.transforms.failures import AudiotokError, Failure
+from audiotok.transforms.inference import (AUTOCAST_CHOICES, AcceleratorError, EncodeFn, check_device, is_accelerator_error,
                                   is_out_of_memory, loaded_tokenizers, report_loads, resolve_device)
-from transforms.records import Sample, Segment
-from transforms.shards import count_tokens
-from transforms.tokenizers import chunking, registry
-from transforms.tokenizers.base import Tokenizer
+from audiotok.transforms.records import Sample, Segment
+from audiotok.transforms.shards import count_tokens
+from audiotok.transforms.tokenizers import chunking, registry
+from audiotok.transforms.tokenizers.base import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -447,7 +447,7 @@ class TokenizeSegments(beam.PTransform):
 
     def model_handler(self):
         """The ``inference.TokenizerModelHandler`` of this step."""
-        from transforms.inference import TokenizerModelHandler
+        from audiotok.transforms.inference import TokenizerModelHandler
 
         c = self.config
         return TokenizerModelHandler(c.specs, c.device, tokenize_batch, autocast=c.autocast,

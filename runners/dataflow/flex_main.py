@@ -14,7 +14,7 @@ flags (``--batch-max-s``). Dataflow's own options keep theirs (``--temp_location
 import logging
 import sys
 
-from pipelines import options, tokenize
+from audiotok.pipelines import options, tokenize
 
 
 def our_flags(argv: list[str]) -> list[str]:

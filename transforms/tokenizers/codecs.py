@@ -31,10 +31,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from transforms.tokenizers import base, chunking, weights
-from transforms.tokenizers.base import StreamSpec, Tokenizer, to_device
-from transforms.tokenizers.registry import register
-from transforms.tokenizers.weights import ModelConfig
+from audiotok.transforms.tokenizers import base, chunking, weights
+from audiotok.transforms.tokenizers.base import StreamSpec, Tokenizer, to_device
+from audiotok.transforms.tokenizers.registry import register
+from audiotok.transforms.tokenizers.weights import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)

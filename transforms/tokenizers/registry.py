@@ -11,7 +11,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable, Mapping
 
-from transforms.tokenizers.base import Tokenizer, TokenizerConfig
+from audiotok.transforms.tokenizers.base import Tokenizer, TokenizerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ _REGISTRY: dict[str, Entry] = {}
 
 # Modules whose import registers tokenizers. Heavy libraries are imported inside the
 # adapters' ``load``, never here.
-_BUILTIN_MODULES = ("transforms.tokenizers.spectral", "transforms.tokenizers.codecs", "transforms.tokenizers.ssl")
+_BUILTIN_MODULES = ("audiotok.transforms.tokenizers.spectral", "audiotok.transforms.tokenizers.codecs", "audiotok.transforms.tokenizers.ssl")
 _builtins_imported = False
 
 

@@ -16,10 +16,10 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from transforms import storage
-from transforms.tokenizers import base, kmeans
-from transforms.tokenizers.base import StreamSpec, Tokenizer, TokenizerConfig
-from transforms.tokenizers.registry import register
+from audiotok.transforms import storage
+from audiotok.transforms.tokenizers import base, kmeans
+from audiotok.transforms.tokenizers.base import StreamSpec, Tokenizer, TokenizerConfig
+from audiotok.transforms.tokenizers.registry import register
 
 
 def _torch():

@@ -31,12 +31,12 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from transforms import storage
-from transforms.tokenizers import base, chunking, weights
-from transforms.tokenizers.base import StreamSpec, Tokenizer, to_device
-from transforms.tokenizers.registry import register
-from transforms.tokenizers.spectral import KMeansTokenizer
-from transforms.tokenizers.weights import ModelConfig
+from audiotok.transforms import storage
+from audiotok.transforms.tokenizers import base, chunking, weights
+from audiotok.transforms.tokenizers.base import StreamSpec, Tokenizer, to_device
+from audiotok.transforms.tokenizers.registry import register
+from audiotok.transforms.tokenizers.spectral import KMeansTokenizer
+from audiotok.transforms.tokenizers.weights import ModelConfig
 
 SAMPLE_RATE = 16000
 # Padded seconds of audio per forward pass at most (see codecs.FORWARD_MAX_S).

@@ -13,7 +13,7 @@ loaded; a checkpoint that needs pickle to load is refused (``UnsafeCheckpointErr
 
 A checkpoint's identity is the sha256 of its files (``tree_sha256``): the same files give the
 same identity wherever they are read from. Pin it with ``sha256=`` to have it checked at load
-(and to skip hashing when a job is built); ``python -m transforms.tokenizers.weights LOCATION``
+(and to skip hashing when a job is built); ``python -m audiotok.transforms.tokenizers.weights LOCATION``
 prints it.
 """
 
@@ -33,8 +33,8 @@ import threading
 import uuid
 from typing import Any, Sequence
 
-from transforms import storage
-from transforms.tokenizers.base import TokenizerConfig
+from audiotok.transforms import storage
+from audiotok.transforms.tokenizers.base import TokenizerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class ModelConfig(TokenizerConfig):
         model: the checkpoint: Hub id, local folder, or gs:// / s3:// (any fsspec URL) folder.
         revision: Hub branch, tag or commit (Hub ids only).
         sha256: pin: the checkpoint's tree hash, checked at load (``python -m
-            transforms.tokenizers.weights LOCATION`` prints it).
+            audiotok.transforms.tokenizers.weights LOCATION`` prints it).
         chunk_s: a longer segment is encoded in overlapping chunks of this many seconds.
         overlap_s: overlap between chunks; stitching keeps each chunk's frames up to the middle
             of its overlaps.
@@ -458,10 +458,10 @@ def load_state_dict(resolved: ResolvedCheckpoint) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m transforms.tokenizers.weights LOCATION [REVISION]``: prints the sha256 to pin."""
+    """``python -m audiotok.transforms.tokenizers.weights LOCATION [REVISION]``: prints the sha256 to pin."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not 1 <= len(args) <= 2 or args[0] in ("-h", "--help"):
-        print("usage: python -m transforms.tokenizers.weights LOCATION [REVISION]", file=sys.stderr)
+        print("usage: python -m audiotok.transforms.tokenizers.weights LOCATION [REVISION]", file=sys.stderr)
         return 2
     resolved = resolve(Checkpoint(args[0], revision=args[1] if len(args) > 1 else None))
     print(resolved.sha256)
