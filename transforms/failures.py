@@ -15,7 +15,7 @@ import dataclasses
 import json
 from typing import Any
 
-# Reason codes. Documented in README.md ("Bad input"); tests/test_hostile_inputs.py checks.
+# Reason codes. Documented in README.md ("Bad input"); tests/transforms/test_hostile_inputs.py checks.
 EMPTY = "empty"  # zero bytes, or a valid header with no samples
 TRUNCATED = "truncated"  # a known container whose data ends early
 UNSUPPORTED_FORMAT = "unsupported_format"  # no decoder recognises the bytes

@@ -9,7 +9,7 @@ from pathlib import Path
 from audiotok.pipelines import tokenizer_table
 from audiotok.transforms.tokenizers import registry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_registered_stream_has_a_row():

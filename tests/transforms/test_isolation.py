@@ -149,7 +149,7 @@ def test_the_parents_main_script_is_not_run_again_in_the_decoder(files, tmp_path
     import subprocess
     import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     script = tmp_path / "user_job.py"
     script.write_text(
         "print('MAIN RAN', flush=True)\n"
@@ -178,7 +178,7 @@ def test_the_decoder_process_imports_no_beam():
     import subprocess
     import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     code = ("import sys; import audiotok.transforms.isolation, audiotok.transforms.decode; "
             "print(sorted(m for m in ('apache_beam', 'torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)

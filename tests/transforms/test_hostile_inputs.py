@@ -33,7 +33,7 @@ from audiotok.transforms.records import AudioRef, Sample
 from audiotok.transforms.segment import SegmentConfig, cut_segments, segment_key
 from audiotok.transforms.shards import ShardConfig, ShardWriter, check_key
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IN_PROCESS = DecodeConfig(isolation="none")
 # Peak resident memory of the pipeline run below (Beam, torch and logmel in one process, a
 # 10-minute file among the inputs), and of its decoder process. Measured ~1.0 GiB and ~0.2 GiB.
@@ -344,7 +344,7 @@ def test_every_reason_code_and_policy_flag_is_documented_in_the_readme():
 
     from audiotok.pipelines import options
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Bad input"):]
     section = section[:section.index("\n## ", 1)]
     missing = [r for r in failures.REASONS if f"| `{r}` |" not in section]

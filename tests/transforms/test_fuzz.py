@@ -8,9 +8,9 @@ and the rest of the chain turns it into finite tokens without an error.
 
 CI runs a short, derandomized search (``ci`` profile, < 20 s). Longer runs::
 
-    HYPOTHESIS_PROFILE=long python -m pytest tests/test_fuzz.py     # 20 000 examples, random
-    python tests/test_fuzz.py --minutes 10                          # hypothesis, until time is up
-    python tests/test_fuzz.py --minutes 10 --atheris                # coverage-guided (atheris==3.0.0)
+    HYPOTHESIS_PROFILE=long python -m pytest tests/transforms/test_fuzz.py     # 20 000 examples, random
+    python tests/transforms/test_fuzz.py --minutes 10                          # hypothesis, until time is up
+    python tests/transforms/test_fuzz.py --minutes 10 --atheris                # coverage-guided (atheris==3.0.0)
 
 A failing example is printed (hypothesis shrinks it first) and, with ``--save DIR``, written
 to a file for a regression test.
@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 if __package__ in (None, ""):  # run as a script: the repo and tests/ on the path, as under pytest
-    sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+    sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
 import hostile_corpus as hc  # noqa: E402
 from audiotok.transforms import decode, failures, streaming, tokenize  # noqa: E402

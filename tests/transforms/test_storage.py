@@ -1,6 +1,6 @@
 """audiotok.transforms.storage without a server: URLs, endpoints from the environment, redaction.
 
-The same functions against real S3 and GCS protocol servers: tests/test_cloud_emulators.py.
+The same functions against real S3 and GCS protocol servers: tests/transforms/test_cloud_emulators.py.
 """
 
 from __future__ import annotations

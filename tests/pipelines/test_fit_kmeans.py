@@ -12,7 +12,7 @@ from audio_fixtures import synth_speechlike, write_audio
 from audiotok.pipelines import cli, fit_kmeans
 from audiotok.transforms.tokenizers import kmeans, registry
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
