@@ -1,7 +1,7 @@
 """The main job: audio files in, WebDataset token shards out.
 
-match -> decode -> resample -> segment -> tokenize -> write shards (temp, then finalize)
--> index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
+match -> decode -> segment (at each source's rate) -> tokenize (each tokenizer resamples to
+its own rate) -> write shards (temp, then finalize) -> index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
 ``audiotok tokenize ...``.
 """
 
@@ -79,7 +79,6 @@ def run_info(config: JobConfig) -> dict[str, Any]:
         "settings": {
             "decode": dataclasses.asdict(config.decode),
             "segment": dataclasses.asdict(config.segment),
-            "sample_rate": config.tokenize.sample_rate(),
             "shards": dataclasses.asdict(config.shards),
         },
     }
@@ -90,7 +89,6 @@ def settings(config: JobConfig) -> dict[str, Any]:
     return {
         "decode": config.decode.content_settings(),
         "segment": dataclasses.asdict(config.segment),
-        "sample_rate": config.tokenize.sample_rate(),
         "tokenizers": [t.fingerprint() for t in config.tokenize.tokenizers()],
     }
 
@@ -99,8 +97,7 @@ def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = Non
     """Adds the whole job to ``p``; returns the PCollection holding the published index."""
     plan = plan or shards.RunPlan(fingerprint=incremental.settings_fingerprint(settings(config)))
     select = incremental.SelectChanged(plan.previous_state, plan.fingerprint) if plan.previous_state else None
-    read = p | "ReadSegments" >> ReadSegments(
-        config.match, config.decode, config.tokenize.sample_rate(), config.segment, select=select)
+    read = p | "ReadSegments" >> ReadSegments(config.match, config.decode, config.segment, select=select)
     tokenized = read["segments"] | "Tokenize" >> TokenizeSegments(config.tokenize)
     all_failures = (read["failures"], tokenized.failures) | "AllFailures" >> beam.Flatten()
     info = run_info(config)

@@ -24,6 +24,11 @@ UNITS = "units"  # int16 [T], one discrete stream
 VECTORS = "vectors"  # float16 [T, D]
 DURATIONS = "durations"  # int16 [T], run lengths of deduplicated units
 
+# How every tokenizer's input is made from a decoded file; part of every fingerprint, so a
+# change here retokenizes on refresh. Segments keep the source rate and each tokenizer gets them
+# resampled once, straight to its own rate (soxr, high quality), whatever else shares the run.
+INPUT_AUDIO = "mono (channel mean), source rate -> tokenizer rate in one soxr HQ resampling"
+
 # Tokenizer families, as in the README's table.
 CODEC = "codec"
 SSL_KMEANS = "ssl-kmeans"
@@ -176,10 +181,12 @@ class Tokenizer(abc.ABC):
         return self.encode_batch([audio])[0]
 
     def fingerprint(self) -> str:
-        """16 hex characters that change whenever the tokens could: name, version, config, weights."""
+        """16 hex characters that change whenever the tokens could: name, version, config, weights,
+        and how the input audio is made (``INPUT_AUDIO``)."""
         identity = {
             "name": self.name,
             "version": self.version,
+            "input": INPUT_AUDIO,
             "config": self.config.to_dict(),
             "weights": self.weights_identity(),
         }
