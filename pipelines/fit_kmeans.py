@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("audiotok fit-kmeans: give --input or --manifest")
     if not args.output:
         raise SystemExit("audiotok fit-kmeans: give --output (the codebook file to write)")
-    fit = FitConfig(spec=args.tokenizer, output=args.output, max_frames=args.max_frames,
+    fit = FitConfig(spec=registry.absolute_locations(args.tokenizer), output=args.output, max_frames=args.max_frames,
                     frames_per_segment=args.frames_per_segment, seed=args.seed, device=args.device)
     url = run(opts.match_config(args), opts.decode_config(args), opts.segment_config(args), fit,
               profiles.pipeline_options(args.profile, beam_args))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -28,7 +29,8 @@ from audiotok.transforms.read import ReadSegments
 from audiotok.transforms.segment import SegmentConfig
 from audiotok.transforms.shards import ShardConfig, WriteDataset
 from audiotok.transforms.tokenize import TokenizeConfig, TokenizeSegments, stream_descriptions
-from audiotok.transforms.tokenizers import registry
+from audiotok.transforms.tokenizers import registry, weights
+from audiotok.transforms.tokenizers.base import Tokenizer
 from audiotok.transforms.tokenizers.spectral import KMeansTokenizer
 
 logger = logging.getLogger(__name__)
@@ -70,11 +72,38 @@ class TooManyFailures(RuntimeError):
         self.index, self.counters, self.wall_s = index, counters, wall_s
 
 
+def dataset_url(url: str, output: str) -> str:
+    """How the index names a file the run read (a codebook, a checkpoint folder): relative to the
+    dataset root when it lies inside it, else its absolute URL (``file:///...`` for a local
+    path), so the index never depends on the directory the job was started from."""
+    local, target = storage.is_local(url), storage.absolute(url).rstrip("/")
+    out_local, root = storage.is_local(output), storage.absolute(output).rstrip("/")
+    if local == out_local:
+        if local and os.path.commonpath([target, root]) == root and target != root:
+            return os.path.relpath(target, root).replace(os.sep, "/")
+        if not local and target.startswith(root + "/"):
+            return target[len(root) + 1:]
+    return "file://" + target if local else target
+
+
+def describe_for_index(tok: Tokenizer, output: str) -> dict[str, Any]:
+    """``tok.describe()`` with its codebook and checkpoint named as :func:`dataset_url` says
+    (a Hugging Face Hub id stays as it is)."""
+    described = tok.describe()
+    config = dict(described["config"])
+    for field in ("codebook", "model"):
+        value = config.get(field)
+        if value and not (field == "model" and weights.location_kind(value) == "hub"):
+            config[field] = dataset_url(value, output)
+    return {**described, "config": config}
+
+
 def run_info(config: JobConfig) -> dict[str, Any]:
-    """What the index records about the run (no wall-clock values: reruns stay identical)."""
+    """What the index records about the run (no wall-clock values, nothing that depends on the
+    directory the job was started from: reruns stay identical)."""
     tokenizers = config.tokenize.tokenizers()
     return {
-        "tokenizers": [t.describe() for t in tokenizers],
+        "tokenizers": [describe_for_index(t, config.output) for t in tokenizers],
         "streams": stream_descriptions(tokenizers),
         "settings": {
             "decode": dataclasses.asdict(config.decode),
@@ -164,7 +193,8 @@ def with_fitted_codebooks(config: JobConfig, beam_options: PipelineOptions) -> J
     for spec in registry.split_specs(config.tokenize.specs):
         tok = registry.create(spec)
         if isinstance(tok, KMeansTokenizer) and not tok.config.codebook:
-            url = storage.join(config.output, CODEBOOKS_DIR, f"{tok.name}-k{tok.config.k}.safetensors")
+            url = storage.absolute(storage.join(config.output, CODEBOOKS_DIR,
+                                                f"{tok.name}-k{tok.config.k}.safetensors"))
             if config.incremental and storage.exists(url):
                 # A refresh keeps the dataset's codebook: refitting would change every unit.
                 spec = _with_option(spec, "codebook", url)
@@ -186,7 +216,16 @@ def with_fitted_codebooks(config: JobConfig, beam_options: PipelineOptions) -> J
 def _with_option(spec: str, key: str, value: str) -> str:
     name, options = registry.parse_spec(spec)
     options[key] = value
-    return name + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
+    return registry.format_spec(name, options)
+
+
+def with_absolute_locations(config: JobConfig) -> JobConfig:
+    """``config`` with its tokenizers' local checkpoints and codebooks named by absolute paths
+    (the specs travel to workers, whose working directory may be another)."""
+    specs = registry.absolute_locations(config.tokenize.specs)
+    if specs == config.tokenize.specs:
+        return config
+    return dataclasses.replace(config, tokenize=dataclasses.replace(config.tokenize, specs=specs))
 
 
 def launch(config: JobConfig, beam_options: PipelineOptions) -> beam.runners.runner.PipelineResult:
@@ -196,7 +235,7 @@ def launch(config: JobConfig, beam_options: PipelineOptions) -> beam.runners.run
         raise SystemExit(f"{config.output} already holds a dataset ({shards.INDEX_NAME}); pass --incremental "
                          "to refresh it or --overwrite to replace it")
     check_local_device(config.tokenize.device, beam_options)
-    config = with_fitted_codebooks(config, beam_options)
+    config = with_fitted_codebooks(with_absolute_locations(config), beam_options)
     plan = plan_run(config)
     p = beam.Pipeline(options=beam_options)
     build(p, config, plan=plan, run_id=uuid.uuid4().hex)
