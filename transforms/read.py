@@ -1,7 +1,10 @@
-"""The shared front of every job: match -> decode -> resample -> segment.
+"""The shared front of every job: match -> decode -> segment, at each file's own rate.
 
 Files up to ``SegmentConfig.split_s`` seconds are decoded whole; longer ones are probed,
 cut into work items spread over the workers, and decoded in chunks (``transforms/segment.py``).
+Nothing is resampled here: segments keep the decoded source rate, and each tokenizer resamples
+them once, straight to its own rate (``transforms/tokenize.py``), so a stream never depends on
+which other tokenizers share the run.
 
 The decode stage's Beam steps live here, not in ``transforms/decode.py``: the decoder
 processes import that module, and keeping Beam out of it saves each worker process's
@@ -15,7 +18,7 @@ import logging
 import apache_beam as beam
 
 from audiotok.transforms import failures, metrics
-from audiotok.transforms.decode import DecodeConfig, resample_decoded
+from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.failures import AudiotokError, Failure
 from audiotok.transforms.progress import Progress
 from audiotok.transforms.records import AudioRef
@@ -29,15 +32,15 @@ class ReadSegments(beam.PTransform):
     """Inputs -> ``{"segments": PCollection[Segment], "failures": PCollection[Failure],
     "listed": PCollection[AudioRef], "selected": PCollection[AudioRef]}``.
 
-    Segments are mono at ``sample_rate``. ``listed`` holds every matched input; when
+    Segments are mono at their source's rate. ``listed`` holds every matched input; when
     ``select`` is given (a PTransform over AudioRefs, e.g. the incremental filter), only the
     inputs it passes are decoded.
     """
 
-    def __init__(self, match: MatchConfig, decode: DecodeConfig, sample_rate: int, segment: SegmentConfig,
+    def __init__(self, match: MatchConfig, decode: DecodeConfig, segment: SegmentConfig,
                  select: beam.PTransform | None = None):
         super().__init__()
-        self.match, self.decode, self.sample_rate, self.segment = match, decode, sample_rate, segment
+        self.match, self.decode, self.segment = match, decode, segment
         self.select = select
 
     def expand(self, pbegin):
@@ -46,13 +49,12 @@ class ReadSegments(beam.PTransform):
         whole = refs
         long_fails = []
         if self.segment.splits:
-            planned = refs | "PlanLongFiles" >> PlanLongFiles(self.sample_rate, self.segment, self.decode)
+            planned = refs | "PlanLongFiles" >> PlanLongFiles(self.segment, self.decode)
             whole = planned["whole"]
             streamed = planned["items"] | "SegmentLongFiles" >> SegmentWorkItems(self.segment, self.decode)
             long_fails = [planned["failures"], streamed.failures]
         decoded = whole | "DecodeAudio" >> DecodeAudio(self.decode)
-        resampled = decoded.decoded | "Resample" >> Resample(self.sample_rate)
-        segmented = resampled | "Segment" >> SegmentAudio(self.segment)
+        segmented = decoded.decoded | "Segment" >> SegmentAudio(self.segment)
         segments = segmented.segments
         if self.segment.splits:
             segments = (segments, streamed.segments) | "AllSegments" >> beam.Flatten()
@@ -109,14 +111,3 @@ class DecodeAudio(beam.PTransform):
 
     def expand(self, refs):
         return refs | "Decode" >> beam.ParDo(_DecodeFn(self.config)).with_outputs("failures", main="decoded")
-
-
-class Resample(beam.PTransform):
-    """PCollection[Decoded] -> Decoded at ``target_rate``."""
-
-    def __init__(self, target_rate: int | None):
-        super().__init__()
-        self.target_rate = target_rate
-
-    def expand(self, decoded):
-        return decoded | "ResampleAudio" >> beam.Map(resample_decoded, self.target_rate)

@@ -51,8 +51,8 @@ KEY_STEM_CHARS = 40
 SEGMENTERS: tuple[str, ...] = ("fixed", "vad", "energy")
 # Half-width of the stretch searched for the quietest point around a work item border.
 QUIET_SEARCH_S = 5.0
-# The speech segmenters score a work item, then cut it: the item's audio (at the segment rate)
-# is kept between the two passes up to this size (a 10-minute item at 24 kHz: 55 MiB), and
+# The speech segmenters score a work item, then cut it: the item's audio (at the source rate)
+# is kept between the two passes up to this size (a 10-minute item at 48 kHz: 110 MiB), and
 # decoded a second time beyond it (an item of a file whose header gives no length).
 ITEM_BUFFER_BYTES = 128 << 20
 
@@ -410,7 +410,7 @@ class WorkItem:
     Attributes:
         source: the input (its timed transcript narrowed to the stretch).
         info: the file's probe.
-        sample_rate: the rate segments are cut at, Hz.
+        sample_rate: the rate segments are cut at, Hz: the source's own.
         start, stop: the stretch, in samples at ``sample_rate`` (``stop=None``: to the end).
         index, count: position of the item among the file's items.
     """
@@ -624,8 +624,8 @@ def _expected_length(item: WorkItem) -> int | None:
 class _PlanFn(beam.DoFn):
     """Long files -> work items (``items``); the rest pass on (main) to be decoded whole."""
 
-    def __init__(self, rate: int, config: SegmentConfig, decode: DecodeConfig):
-        self._rate, self._config, self._decode = rate, config, decode
+    def __init__(self, config: SegmentConfig, decode: DecodeConfig):
+        self._config, self._decode = config, decode
 
     def process(self, ref: AudioRef):
         try:
@@ -645,9 +645,9 @@ class _PlanFn(beam.DoFn):
                 raise AudiotokError(failures.TOO_LONG, f"the header declares {duration:.1f} s > {limit} s")
             timed_transcript(ref.meta)
             if unknown_and_big:  # no length to plan with: one worker streams it, in bounded memory
-                items = [WorkItem(ref, info, self._rate, 0, None, 0, 1)]
+                items = [WorkItem(ref, info, info.sample_rate, 0, None, 0, 1)]
             else:
-                items = plan_work_items(ref, info, self._rate, self._config, self._decode)
+                items = plan_work_items(ref, info, info.sample_rate, self._config, self._decode)
         except Exception as e:  # every failure is a record, never a failed bundle
             failure = Failure.from_error(ref.uri, e, "decode")
             metrics.failure(failure.reason, "decode")
@@ -697,14 +697,14 @@ class _SegmentItemFn(beam.DoFn):
 
 class PlanLongFiles(beam.PTransform):
     """PCollection[AudioRef] -> AudioRef (main: decode whole), WorkItem (``items``, spread over
-    the workers) and Failure (``failures``)."""
+    the workers, streamed at the file's own rate) and Failure (``failures``)."""
 
-    def __init__(self, sample_rate: int, config: SegmentConfig, decode: DecodeConfig):
+    def __init__(self, config: SegmentConfig, decode: DecodeConfig):
         super().__init__()
-        self.sample_rate, self.config, self.decode = sample_rate, config, decode
+        self.config, self.decode = config, decode
 
     def expand(self, refs):
-        planned = refs | "Probe" >> beam.ParDo(_PlanFn(self.sample_rate, self.config, self.decode)).with_outputs(
+        planned = refs | "Probe" >> beam.ParDo(_PlanFn(self.config, self.decode)).with_outputs(
             "items", "failures", main="whole")
         items = planned.items | "SpreadWorkItems" >> beam.Reshuffle()
         return {"whole": planned.whole, "items": items, "failures": planned.failures}

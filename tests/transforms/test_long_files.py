@@ -23,7 +23,7 @@ from audiotok.transforms.segment import SegmentConfig, plan_work_items, segment_
 from audiotok.transforms.vad import VAD_RATE, VadConfig
 
 RUNNER = "FnApiRunner"
-RATE = 16000  # the rate segments are cut at
+RATE = 16000  # the rate the planning and streaming functions are asked for (the job: the source's)
 SOURCE_RATE = 22050
 DECODE = DecodeConfig(isolation="none")
 SPANS = [(1.0 + 0.25 * (i % 4), 2.0 + 0.7 * (i % 5)) for i in range(14)]  # ~67 s
@@ -44,10 +44,10 @@ def whole_decoded(path, rate: int = RATE) -> Decoded:
                    d.source_format)
 
 
-def run_items(path, config: SegmentConfig, ref: AudioRef | None = None):
+def run_items(path, config: SegmentConfig, ref: AudioRef | None = None, rate: int = RATE):
     ref = ref or AudioRef(str(path))
     info = streaming.probe(str(path))
-    items = plan_work_items(ref, info, RATE, config, DECODE)
+    items = plan_work_items(ref, info, rate, config, DECODE)
     outs = [out for item in items for out in segment_work_item(item, config, DECODE)]
     return items, [o for o in outs if not isinstance(o, Failure)], [o for o in outs if isinstance(o, Failure)]
 
@@ -262,12 +262,13 @@ def test_plan_sends_short_unknown_and_too_long_files_the_right_way(long_file, tm
     short = write_audio(tmp_path / "short.wav", synth_speechlike(3.0, 16000, seed=1), 16000, "wav")
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(b"RIFF" + bytes(100))
-    fn = segment._PlanFn(RATE, SegmentConfig(split_s=20), DECODE)
+    fn = segment._PlanFn(SegmentConfig(split_s=20), DECODE)
     for p in (short, garbage):
         assert [type(o).__name__ for o in fn.process(AudioRef(str(p)))] == ["AudioRef"]
     outs = list(fn.process(AudioRef(str(path))))
     assert {o.tag for o in outs} == {"items"} and len(outs) == 2  # 30 s windows: items of 30 s
-    strict = segment._PlanFn(RATE, SegmentConfig(split_s=20), DecodeConfig(max_duration_s=30, isolation="none"))
+    assert all(o.value.sample_rate == SOURCE_RATE for o in outs)  # streamed at the file's own rate
+    strict = segment._PlanFn(SegmentConfig(split_s=20), DecodeConfig(max_duration_s=30, isolation="none"))
     (out,) = strict.process(AudioRef(str(path)))
     assert out.tag == "failures" and out.value.reason == failures.TOO_LONG
 
@@ -298,19 +299,22 @@ def test_pipeline_spreads_long_files_and_decodes_short_ones_whole(long_file, tmp
     (root / "talk.flac").write_bytes(path.read_bytes())
     write_audio(root / "short.wav", synth_speechlike(3.0, 16000, seed=1), 16000, "wav")
     config = SegmentConfig(segment_s=4.0, min_segment_s=0.5, segmenter=segmenter, split_s=20, chunk_s=3.0)
-    # What the work items give for the long file, what the whole-file path gives for the short one.
-    whole = whole_decoded(root / "short.wav")
+    # What the work items give for the long file, what the whole-file path gives for the short one,
+    # both at their sources' own rates (nothing is resampled before the tokenizers).
+    whole = whole_decoded(root / "short.wav", 16000)
     if segmenter == "fixed":
         short_segs = list(segment.cut_segments(whole, config))
     else:
         scores = segment.speech_scores([segment.at_vad_rate(whole)], config)
         short_segs = list(segment.cut_speech(whole, scores, config))
     expected = [(s.key, round(s.start_s, 4), round(s.end_s, 4))
-                for s in run_items(root / "talk.flac", config)[1] + short_segs]
+                for s in run_items(root / "talk.flac", config, rate=SOURCE_RATE)[1] + short_segs]
     p = TestPipeline(runner=RUNNER)
-    read = p | ReadSegments(MatchConfig(patterns=(f"{root}/*",)), DECODE, RATE, config)
+    read = p | ReadSegments(MatchConfig(patterns=(f"{root}/*",)), DECODE, config)
     assert_that(read["segments"] | beam.Map(lambda s: (s.key, round(s.start_s, 4), round(s.end_s, 4))),
                 equal_to(expected), label="segments")
+    assert_that(read["segments"] | beam.Map(lambda s: (s.sample_rate, s.source_info["sample_rate"]))
+                | beam.Distinct(), equal_to([(SOURCE_RATE, SOURCE_RATE), (16000, 16000)]), label="rates")
     assert_that(read["failures"], equal_to([]), label="failures")
     result = p.run()
     result.wait_until_finish()
@@ -335,7 +339,7 @@ def test_pipeline_cuts_manifest_transcripts(long_file, tmp_path):
             return pbegin | beam.Create([ref])
 
     with TestPipeline(runner=RUNNER) as p:
-        planned = p | _Refs() | segment.PlanLongFiles(RATE, config, DECODE)
+        planned = p | _Refs() | segment.PlanLongFiles(config, DECODE)
         segs = planned["items"] | segment.SegmentWorkItems(config, DECODE)
         words = segs.segments | beam.FlatMap(lambda s: [w["word"] for w in s.source.meta["words"]])
         assert_that(words | beam.combiners.Count.Globally(), equal_to([len(truth) * 3]))
