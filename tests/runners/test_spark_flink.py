@@ -31,7 +31,7 @@ import pytest
 import hostile_corpus as hc
 from emulators import EXAMPLE_CORPUS, dataset_digest
 from audiotok.runners import jobservers
-from audiotok.transforms import shards
+from audiotok.transforms import dataset
 from job_server_runs import STEPS, Plan, Run, loopback_only
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark_flink, pytest.mark.timeout(1500)]
@@ -149,8 +149,8 @@ def test_job_server_run_writes_what_the_in_process_run_writes(runs, name, step):
 def test_the_compared_runs_cover_dead_letters_codecs_and_a_refresh(runs):
     """What the comparisons above stand on: the reference run holds every kind of outcome."""
     plan, report = runs
-    first = shards.read_index(_output(plan, "first", REFERENCE))
-    refreshed = shards.read_index(_output(plan, "refresh", REFERENCE))
+    first = dataset.read_index(_output(plan, "first", REFERENCE))
+    refreshed = dataset.read_index(_output(plan, "refresh", REFERENCE))
     reasons = first["totals"]["failures_by_reason"]
     for reason in ("decoder_crash", "timeout", "truncated", "unsupported_format", "bad_name", "bad_manifest",
                    "too_short"):
