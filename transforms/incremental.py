@@ -23,21 +23,6 @@ from audiotok.transforms.records import AudioRef
 
 STATE_FORMAT = "audiotok-state"
 STATE_VERSION = 1
-STATE_DIR = "state"
-
-
-def version_name(version: int) -> str:
-    return f"v{version:06d}"
-
-
-def state_path(version: int) -> str:
-    return f"{STATE_DIR}/state-{version_name(version)}.json"
-
-
-def source_of_key(key: str) -> str:
-    """The source hash inside a sample key ``STEM-SOURCEHASH-MS``."""
-    parts = key.rsplit("-", 2)
-    return parts[1] if len(parts) == 3 else ""
 
 
 def settings_fingerprint(settings: Mapping[str, Any]) -> str:
@@ -158,12 +143,6 @@ def live_totals(state: Mapping[str, Any], shard_rows: Iterable[Mapping[str, Any]
         "inputs": len(state.get("inputs", {})),
         "deleted_inputs": len(state.get("deleted", {})),
     }
-
-
-def is_live(key: str, row: Mapping[str, Any]) -> bool:
-    """Whether a sample read from a shard of the index is live (readers call this)."""
-    excluded = row.get("excluded_sources")
-    return not excluded or source_of_key(key) not in excluded
 
 
 class _SelectFn(beam.DoFn):

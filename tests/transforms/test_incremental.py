@@ -12,7 +12,7 @@ import webdataset as wds
 from audio_fixtures import synth_speechlike, write_audio
 from audiotok.pipelines import tokenize as job
 from audiotok.runners import profiles
-from audiotok.transforms import incremental, shards, storage
+from audiotok.transforms import dataset, incremental, shards, storage
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.segment import SegmentConfig
 from audiotok.transforms.tokenize import TokenizeConfig
@@ -38,7 +38,7 @@ def live_keys(out: Path) -> list[str]:
     keys = []
     for row in index["shards"]:
         for sample in wds.WebDataset(str(out / row["url"]), shardshuffle=False):
-            if incremental.is_live(sample["__key__"], row):
+            if dataset.is_live(sample["__key__"], row):
                 keys.append(sample["__key__"])
     return keys
 
@@ -184,7 +184,7 @@ def test_next_state_and_live_rows_pure():
     assert list(state["inputs"]) == ["a"] and list(state["deleted"]) == ["b"]
     rows = incremental.live_shards(rows_v1, [], stale)
     assert rows[0]["excluded_sources"] == ["bbbb"] and rows[0]["live_samples"] == 2
-    assert incremental.is_live("x-aaaa-000", rows[0]) and not incremental.is_live("x-bbbb-000", rows[0])
+    assert dataset.is_live("x-aaaa-000", rows[0]) and not dataset.is_live("x-bbbb-000", rows[0])
     assert incremental.live_totals(state, rows)["samples"] == 2
     assert incremental.needs_processing(AudioRef("a", 2, "m1"), prev["inputs"]["a"], "fp") == "changed"
     assert incremental.needs_processing(AudioRef("a", 1, "m1"), prev["inputs"]["a"], "fp2") == "settings"

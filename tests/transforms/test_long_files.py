@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from audio_fixtures import clips_between_pauses, speech_with_pauses, synth_speechlike, write_audio
 from test_vad import TOLERANCE_S, assert_borders, speech_at_vad_rate
-from audiotok.transforms import failures, segment, streaming, vad
+from audiotok.transforms import dataset, failures, segment, streaming, vad
 from audiotok.transforms.decode import DecodeConfig, decode_ref, resample
 from audiotok.transforms.failures import Failure
 from audiotok.transforms.match import MatchConfig
@@ -219,7 +219,7 @@ def test_timed_words_are_cut_with_the_segments(long_file, segmenter, split_s):
 
 
 def test_segment_transcript_reaches_the_sample_json():
-    from audiotok.transforms import shards, tokenize
+    from audiotok.transforms import tokenize
     from audiotok.transforms.records import Sample
 
     ref = AudioRef("/data/talk.flac", meta={"id": "talk", "text": "whole file", "speaker": "s1",
@@ -228,7 +228,7 @@ def test_segment_transcript_reaches_the_sample_json():
                                                       {"start": 5.0, "end": 5.5, "word": "later"}]})
     seg = segment.make_segment(ref, 16000, 48000, 16000, np.zeros(32000, np.float32), {"sample_rate": 16000})
     meta = tokenize.sample_meta(seg, {}, {})
-    (name, data), (txt_name, txt) = shards.encode_sample(Sample(seg.key, meta, {}))
+    (name, data), (txt_name, txt) = dataset.encode_sample(Sample(seg.key, meta, {}))
     written = json.loads(data)
     assert name == f"{seg.key}.json" and seg.key.startswith("talk-") and seg.key.endswith("-000001000")
     assert (txt_name, txt) == (f"{seg.key}.txt", b"world")
