@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from audiotok.pipelines import fit_kmeans
 from audiotok.pipelines import options as opts
 from audiotok.runners import profiles
-from audiotok.transforms import card, failures, incremental, lm, metrics, shards, storage
+from audiotok.transforms import card, dataset, failures, incremental, lm, metrics, shards, storage
 from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.read import ReadSegments
@@ -130,9 +130,9 @@ def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = Non
     tokenized = read["segments"] | "Tokenize" >> TokenizeSegments(config.tokenize)
     all_failures = (read["failures"], tokenized.failures) | "AllFailures" >> beam.Flatten()
     info = run_info(config)
-    dataset = {"samples": tokenized.samples, "failures": all_failures, "listed": read["listed"],
+    outputs = {"samples": tokenized.samples, "failures": all_failures, "listed": read["listed"],
                "selected": read["selected"]}
-    return dataset | "WriteDataset" >> WriteDataset(
+    return outputs | "WriteDataset" >> WriteDataset(
         config.output, config.shards, info["streams"], info, plan=plan, run_id=run_id)
 
 
@@ -145,12 +145,12 @@ def plan_run(config: JobConfig) -> shards.RunPlan:
     files) is removed first.
     """
     fingerprint = incremental.settings_fingerprint(settings(config))
-    index_url = shards.join_index(config.output)
+    index_url = dataset.join_index(config.output)
     if storage.exists(index_url) and not config.overwrite:
         if not config.incremental:
-            raise SystemExit(f"{config.output} already holds a dataset ({shards.INDEX_NAME}); pass --incremental "
+            raise SystemExit(f"{config.output} already holds a dataset ({dataset.INDEX_NAME}); pass --incremental "
                              "to refresh it or --overwrite to replace it")
-        index = shards.read_index(config.output)
+        index = dataset.read_index(config.output)
         version = int(index.get("dataset_version", 0)) + 1
         previous = storage.join(config.output, index["state"]) if index.get("state") else None
     else:
@@ -162,8 +162,8 @@ def plan_run(config: JobConfig) -> shards.RunPlan:
 
 def clean_unpublished(output: str, version: int) -> None:
     """Removes what runs of ``version`` or later left behind without publishing it."""
-    storage.remove(storage.join(output, shards.TMP_DIR))
-    for folder in (shards.SHARDS_DIR, shards.FAILURES_DIR, incremental.STATE_DIR):
+    storage.remove(storage.join(output, dataset.TMP_DIR))
+    for folder in (dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.STATE_DIR):
         fs, path = storage.filesystem(storage.join(output, folder))
         if not fs.exists(path):
             continue
@@ -176,12 +176,12 @@ def clean_unpublished(output: str, version: int) -> None:
 
 def prepare_output(output: str, overwrite: bool) -> None:
     """Refuses to mix with an existing dataset unless ``overwrite``; then clears the old one."""
-    index = storage.join(output, shards.INDEX_NAME)
+    index = storage.join(output, dataset.INDEX_NAME)
     if not storage.exists(index):
         return
     if not overwrite:
-        raise SystemExit(f"{output} already holds a dataset ({shards.INDEX_NAME}); pass --overwrite to replace it")
-    for name in (shards.INDEX_NAME, shards.SHARDS_DIR, shards.FAILURES_DIR, shards.TMP_DIR, incremental.STATE_DIR):
+        raise SystemExit(f"{output} already holds a dataset ({dataset.INDEX_NAME}); pass --overwrite to replace it")
+    for name in (dataset.INDEX_NAME, dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.TMP_DIR, dataset.STATE_DIR):
         storage.remove(storage.join(output, name))
 
 
@@ -231,8 +231,8 @@ def with_absolute_locations(config: JobConfig) -> JobConfig:
 def launch(config: JobConfig, beam_options: PipelineOptions) -> beam.runners.runner.PipelineResult:
     """Checks the output, fits missing codebooks and starts the job, without waiting for it
     (a Dataflow Flex Template launcher must exit once the job is submitted)."""
-    if storage.exists(shards.join_index(config.output)) and not (config.incremental or config.overwrite):
-        raise SystemExit(f"{config.output} already holds a dataset ({shards.INDEX_NAME}); pass --incremental "
+    if storage.exists(dataset.join_index(config.output)) and not (config.incremental or config.overwrite):
+        raise SystemExit(f"{config.output} already holds a dataset ({dataset.INDEX_NAME}); pass --incremental "
                          "to refresh it or --overwrite to replace it")
     check_local_device(config.tokenize.device, beam_options)
     config = with_fitted_codebooks(with_absolute_locations(config), beam_options)
@@ -268,7 +268,7 @@ def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[st
     result = launch(config, beam_options)
     result.wait_until_finish()
     counters = collect_counters(result)
-    index = shards.read_index(config.output)
+    index = dataset.read_index(config.output)
     lm.write_vocab(config.output, index)
     card.write_card(config.output, index, max_shards=card.RUN_MAX_SHARDS)
     wall_s = time.monotonic() - start
@@ -311,7 +311,7 @@ def check_failure_fraction(config: JobConfig, index: dict, counters: dict[str, i
         return None
     return (f"{failed} of {total} inputs ({failed / total:.0%}) failed, more than --max-failure-fraction "
             f"{config.max_failure_fraction:g}: check the input pattern and the decode settings (dataset and "
-            f"dead letters written under {storage.join(config.output, shards.FAILURES_DIR)}/)")
+            f"dead letters written under {storage.join(config.output, dataset.FAILURES_DIR)}/)")
 
 
 def collect_counters(result) -> dict[str, int]:
@@ -346,7 +346,7 @@ def summary(index: dict, counters: dict[str, int], wall_s: float, output: str) -
         per_h = n / audio_h if audio_h else 0
         lines.append(f"  {name}: {n} tokens ({per_h:,.0f} per hour of audio)")
     if t["failures"]:
-        lines.append(f"  dead letters: {storage.join(output, shards.FAILURES_DIR)}/")
+        lines.append(f"  dead letters: {storage.join(output, dataset.FAILURES_DIR)}/")
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ from audiotok.transforms.failures import AudiotokError, Failure
 from audiotok.transforms.inference import (AUTOCAST_CHOICES, AcceleratorError, EncodeFn, check_device, is_accelerator_error,
                                   is_out_of_memory, loaded_tokenizers, report_loads, resolve_device)
 from audiotok.transforms.records import Sample, Segment
-from audiotok.transforms.shards import count_tokens
+from audiotok.transforms.dataset import count_tokens
 from audiotok.transforms.tokenizers import chunking, registry
 from audiotok.transforms.tokenizers.base import Tokenizer
 

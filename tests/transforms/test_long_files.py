@@ -11,9 +11,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from audio_fixtures import synth_speechlike, write_audio
-from test_vad import REAL_BORDERS, TOLERANCE_S, assert_borders, speech_with_pauses
-from audiotok.transforms import failures, segment, streaming, vad
+from audio_fixtures import clips_between_pauses, speech_with_pauses, synth_speechlike, write_audio
+from test_vad import TOLERANCE_S, assert_borders, speech_at_vad_rate
+from audiotok.transforms import dataset, failures, segment, streaming, vad
 from audiotok.transforms.decode import DecodeConfig, decode_ref, resample
 from audiotok.transforms.failures import Failure
 from audiotok.transforms.match import MatchConfig
@@ -146,21 +146,13 @@ def test_second_pass_decodes_again_when_the_item_is_too_big_to_keep(long_file, m
     assert all(np.array_equal(x.audio, y.audio) for x, y in zip(again, kept))
 
 
-def test_real_speech_across_work_items(speech_dir, tmp_path):
-    """Real utterances (cut at their eye-checked borders) with pauses, written as one FLAC and
-    split into work items: Silero's borders within 100 ms."""
-    rng = np.random.default_rng(3)
-    parts, truth, pos = [], [], 0
-    for i, name in enumerate(sorted(REAL_BORDERS) * 2):
-        start, end = REAL_BORDERS[name]
-        clip = streaming.read_all(str(speech_dir / name), VAD_RATE)[int(start * VAD_RATE): int(end * VAD_RATE)]
-        gap = np.zeros(int((1.0 + 0.3 * (i % 3)) * VAD_RATE), np.float32)
-        parts += [gap, clip]
-        truth.append(((pos + gap.shape[0]) / VAD_RATE, (pos + gap.shape[0] + clip.shape[0]) / VAD_RATE))
-        pos += gap.shape[0] + clip.shape[0]
-    parts.append(np.zeros(VAD_RATE, np.float32))
-    audio = np.concatenate(parts)
-    path = write_audio(tmp_path / "real.flac", audio + 0.0005 * rng.standard_normal(audio.shape[0]), VAD_RATE, "flac")
+def test_speech_across_work_items(tmp_path):
+    """Spoken sentences (speech from their first sample to their last) with pauses, written as
+    one FLAC and split into work items: Silero's borders within 100 ms."""
+    clips = speech_at_vad_rate() * 3
+    audio, truth = clips_between_pauses(clips, [1.0 + 0.3 * (i % 3) for i in range(len(clips))] + [1.0], 0.0005,
+                                         seed=3)
+    path = write_audio(tmp_path / "speech.flac", audio, VAD_RATE, "flac")
     config = SegmentConfig(segment_s=30.0, min_segment_s=0.0, segmenter="vad", split_s=20, chunk_s=2.0,
                            vad=VadConfig(pad_s=0.0, merge_gap_s=0.0))
     items, segs, fails = run_items(path, config)
@@ -227,7 +219,7 @@ def test_timed_words_are_cut_with_the_segments(long_file, segmenter, split_s):
 
 
 def test_segment_transcript_reaches_the_sample_json():
-    from audiotok.transforms import shards, tokenize
+    from audiotok.transforms import tokenize
     from audiotok.transforms.records import Sample
 
     ref = AudioRef("/data/talk.flac", meta={"id": "talk", "text": "whole file", "speaker": "s1",
@@ -236,7 +228,7 @@ def test_segment_transcript_reaches_the_sample_json():
                                                       {"start": 5.0, "end": 5.5, "word": "later"}]})
     seg = segment.make_segment(ref, 16000, 48000, 16000, np.zeros(32000, np.float32), {"sample_rate": 16000})
     meta = tokenize.sample_meta(seg, {}, {})
-    (name, data), (txt_name, txt) = shards.encode_sample(Sample(seg.key, meta, {}))
+    (name, data), (txt_name, txt) = dataset.encode_sample(Sample(seg.key, meta, {}))
     written = json.loads(data)
     assert name == f"{seg.key}.json" and seg.key.startswith("talk-") and seg.key.endswith("-000001000")
     assert (txt_name, txt) == (f"{seg.key}.txt", b"world")
