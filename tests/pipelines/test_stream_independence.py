@@ -96,3 +96,25 @@ def test_every_stream_is_the_same_alone_and_with_all_companions_through_the_job(
         for rate in rates:
             for member, data in alone[rate].items():
                 assert together[member] == data, f"{member} changed next to {rates}"
+
+
+def test_a_long_file_gives_the_same_tokens_streamed_in_work_items_or_decoded_whole(tmp_path, one_per_rate):
+    """Work items and chunks are read at the source rate, so how a long file is split and
+    streamed changes no sample, hence no token."""
+    corpus = tmp_path / "long"
+    write_audio(corpus / "talk.flac", synth_speechlike(42.3, 44100, seed=7), 44100, "flac")
+    specs = f"logmel,{one_per_rate[24000]}"
+    got = {}
+    for split_s, chunk_s in ((0, 30.0), (20, 3.1)):
+        run = uuid.uuid4().hex
+        with beam.Pipeline(runner="FnApiRunner") as p:
+            read = p | ReadSegments(MatchConfig(patterns=(f"{corpus}/*",)), DecodeConfig(isolation="none"),
+                                    SegmentConfig(segment_s=5.0, min_segment_s=0.2, split_s=split_s, chunk_s=chunk_s))
+            out = read["segments"] | TokenizeSegments(TokenizeConfig(specs=specs, device="cpu"))
+            _ = out.samples | beam.FlatMap(lambda s: [((s.key, n), a.tobytes()) for n, a in s.streams.items()]) \
+                | beam.Map(_keep, run)
+        got[(split_s, chunk_s)] = dict(_SINK.pop(run, []))
+    whole = got.pop((0, 30.0))
+    assert len(whole) == 2 * 9
+    for split, streams in got.items():
+        assert streams == whole, split
