@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from audio_fixtures import synth_speechlike
-from audiotok.transforms import streaming, vad
+from audiotok.transforms import vad
+from audiotok.transforms.decode import read_stretch
 from audiotok.transforms.segment import SegmentConfig, speech_intervals
 from audiotok.transforms.vad import VAD_RATE, VadConfig
 
@@ -228,7 +229,7 @@ BREATH_AFTER = {"ES2011a.Headset-0-40s-46s.wav": 0.35}
 @pytest.mark.parametrize("segmenter", ["energy", "vad"])
 @pytest.mark.parametrize("name", sorted(REAL_BORDERS))
 def test_borders_on_real_speech(speech_dir, name, segmenter):
-    audio = streaming.read_all(str(speech_dir / name), VAD_RATE)
+    audio = read_stretch(str(speech_dir / name), VAD_RATE)
     found = detect(audio, segmenter)
     start, end = REAL_BORDERS[name]
     assert abs(found[0][0] - start) <= TOLERANCE_S, found
@@ -244,7 +245,7 @@ def test_real_speech_between_pauses(speech_dir, segmenter):
     parts, truth, pos = [], [], 0
     for i, name in enumerate(sorted(REAL_BORDERS)):
         start, end = REAL_BORDERS[name]
-        clip = streaming.read_all(str(speech_dir / name), VAD_RATE)[int(start * VAD_RATE): int(end * VAD_RATE)]
+        clip = read_stretch(str(speech_dir / name), VAD_RATE)[int(start * VAD_RATE): int(end * VAD_RATE)]
         gap = np.zeros(int((1.0 + 0.5 * i) * VAD_RATE), np.float32)
         parts += [gap, clip]
         truth.append(((pos + gap.shape[0]) / VAD_RATE, (pos + gap.shape[0] + clip.shape[0]) / VAD_RATE))
