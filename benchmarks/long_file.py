@@ -105,7 +105,7 @@ def row_stream(args) -> dict:
     ref = AudioRef(args.path)
     route = FileDecoder()
     with storage.open_input(args.path) as f:  # planned whatever its length (what open() does past split_s)
-        plan = route.plan(f, args.path, route.probe(f, args.path), decode, config.split_config(TARGET_RATE_HZ), None)
+        plan = route.plan(f, args.path, route.probe(f, args.path), decode, config.split_config(), None)
     items = segment.work_items(ref, plan)
     plan_s = time.perf_counter() - start
     stats = segment.SegmentStats()

@@ -1,7 +1,7 @@
 """The main job: audio files in, WebDataset token shards out.
 
-match -> decode -> resample -> segment -> tokenize -> write shards (temp, then finalize)
--> index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
+match -> decode -> segment (at each source's rate) -> tokenize (each tokenizer resamples to
+its own rate) -> write shards (temp, then finalize) -> index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
 ``audiotok tokenize ...``.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -21,14 +22,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from audiotok.pipelines import fit_kmeans
 from audiotok.pipelines import options as opts
 from audiotok.runners import profiles
-from audiotok.transforms import card, failures, incremental, lm, metrics, shards, storage
+from audiotok.transforms import card, dataset, failures, incremental, lm, metrics, shards, storage
 from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.read import ReadSegments
 from audiotok.transforms.segment import SegmentConfig
 from audiotok.transforms.shards import ShardConfig, WriteDataset
 from audiotok.transforms.tokenize import TokenizeConfig, TokenizeSegments, stream_descriptions
-from audiotok.transforms.tokenizers import registry
+from audiotok.transforms.tokenizers import registry, weights
+from audiotok.transforms.tokenizers.base import Tokenizer
 from audiotok.transforms.tokenizers.spectral import KMeansTokenizer
 
 logger = logging.getLogger(__name__)
@@ -70,16 +72,42 @@ class TooManyFailures(RuntimeError):
         self.index, self.counters, self.wall_s = index, counters, wall_s
 
 
+def dataset_url(url: str, output: str) -> str:
+    """How the index names a file the run read (a codebook, a checkpoint folder): relative to the
+    dataset root when it lies inside it, else its absolute URL (``file:///...`` for a local
+    path), so the index never depends on the directory the job was started from."""
+    local, target = storage.is_local(url), storage.absolute(url).rstrip("/")
+    out_local, root = storage.is_local(output), storage.absolute(output).rstrip("/")
+    if local == out_local:
+        if local and os.path.commonpath([target, root]) == root and target != root:
+            return os.path.relpath(target, root).replace(os.sep, "/")
+        if not local and target.startswith(root + "/"):
+            return target[len(root) + 1:]
+    return "file://" + target if local else target
+
+
+def describe_for_index(tok: Tokenizer, output: str) -> dict[str, Any]:
+    """``tok.describe()`` with its codebook and checkpoint named as :func:`dataset_url` says
+    (a Hugging Face Hub id stays as it is)."""
+    described = tok.describe()
+    config = dict(described["config"])
+    for field in ("codebook", "model"):
+        value = config.get(field)
+        if value and not (field == "model" and weights.location_kind(value) == "hub"):
+            config[field] = dataset_url(value, output)
+    return {**described, "config": config}
+
+
 def run_info(config: JobConfig) -> dict[str, Any]:
-    """What the index records about the run (no wall-clock values: reruns stay identical)."""
+    """What the index records about the run (no wall-clock values, nothing that depends on the
+    directory the job was started from: reruns stay identical)."""
     tokenizers = config.tokenize.tokenizers()
     return {
-        "tokenizers": [t.describe() for t in tokenizers],
+        "tokenizers": [describe_for_index(t, config.output) for t in tokenizers],
         "streams": stream_descriptions(tokenizers),
         "settings": {
             "decode": dataclasses.asdict(config.decode),
             "segment": dataclasses.asdict(config.segment),
-            "sample_rate": config.tokenize.sample_rate(),
             "shards": dataclasses.asdict(config.shards),
         },
     }
@@ -90,7 +118,6 @@ def settings(config: JobConfig) -> dict[str, Any]:
     return {
         "decode": config.decode.content_settings(),
         "segment": dataclasses.asdict(config.segment),
-        "sample_rate": config.tokenize.sample_rate(),
         "tokenizers": [t.fingerprint() for t in config.tokenize.tokenizers()],
     }
 
@@ -99,14 +126,13 @@ def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = Non
     """Adds the whole job to ``p``; returns the PCollection holding the published index."""
     plan = plan or shards.RunPlan(fingerprint=incremental.settings_fingerprint(settings(config)))
     select = incremental.SelectChanged(plan.previous_state, plan.fingerprint) if plan.previous_state else None
-    read = p | "ReadSegments" >> ReadSegments(
-        config.match, config.decode, config.tokenize.sample_rate(), config.segment, select=select)
+    read = p | "ReadSegments" >> ReadSegments(config.match, config.decode, config.segment, select=select)
     tokenized = read["segments"] | "Tokenize" >> TokenizeSegments(config.tokenize)
     all_failures = (read["failures"], tokenized.failures) | "AllFailures" >> beam.Flatten()
     info = run_info(config)
-    dataset = {"samples": tokenized.samples, "failures": all_failures, "listed": read["listed"],
+    outputs = {"samples": tokenized.samples, "failures": all_failures, "listed": read["listed"],
                "selected": read["selected"]}
-    return dataset | "WriteDataset" >> WriteDataset(
+    return outputs | "WriteDataset" >> WriteDataset(
         config.output, config.shards, info["streams"], info, plan=plan, run_id=run_id)
 
 
@@ -119,12 +145,12 @@ def plan_run(config: JobConfig) -> shards.RunPlan:
     files) is removed first.
     """
     fingerprint = incremental.settings_fingerprint(settings(config))
-    index_url = shards.join_index(config.output)
+    index_url = dataset.join_index(config.output)
     if storage.exists(index_url) and not config.overwrite:
         if not config.incremental:
-            raise SystemExit(f"{config.output} already holds a dataset ({shards.INDEX_NAME}); pass --incremental "
+            raise SystemExit(f"{config.output} already holds a dataset ({dataset.INDEX_NAME}); pass --incremental "
                              "to refresh it or --overwrite to replace it")
-        index = shards.read_index(config.output)
+        index = dataset.read_index(config.output)
         version = int(index.get("dataset_version", 0)) + 1
         previous = storage.join(config.output, index["state"]) if index.get("state") else None
     else:
@@ -136,8 +162,8 @@ def plan_run(config: JobConfig) -> shards.RunPlan:
 
 def clean_unpublished(output: str, version: int) -> None:
     """Removes what runs of ``version`` or later left behind without publishing it."""
-    storage.remove(storage.join(output, shards.TMP_DIR))
-    for folder in (shards.SHARDS_DIR, shards.FAILURES_DIR, incremental.STATE_DIR):
+    storage.remove(storage.join(output, dataset.TMP_DIR))
+    for folder in (dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.STATE_DIR):
         fs, path = storage.filesystem(storage.join(output, folder))
         if not fs.exists(path):
             continue
@@ -150,12 +176,12 @@ def clean_unpublished(output: str, version: int) -> None:
 
 def prepare_output(output: str, overwrite: bool) -> None:
     """Refuses to mix with an existing dataset unless ``overwrite``; then clears the old one."""
-    index = storage.join(output, shards.INDEX_NAME)
+    index = storage.join(output, dataset.INDEX_NAME)
     if not storage.exists(index):
         return
     if not overwrite:
-        raise SystemExit(f"{output} already holds a dataset ({shards.INDEX_NAME}); pass --overwrite to replace it")
-    for name in (shards.INDEX_NAME, shards.SHARDS_DIR, shards.FAILURES_DIR, shards.TMP_DIR, incremental.STATE_DIR):
+        raise SystemExit(f"{output} already holds a dataset ({dataset.INDEX_NAME}); pass --overwrite to replace it")
+    for name in (dataset.INDEX_NAME, dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.TMP_DIR, dataset.STATE_DIR):
         storage.remove(storage.join(output, name))
 
 
@@ -167,7 +193,8 @@ def with_fitted_codebooks(config: JobConfig, beam_options: PipelineOptions) -> J
     for spec in registry.split_specs(config.tokenize.specs):
         tok = registry.create(spec)
         if isinstance(tok, KMeansTokenizer) and not tok.config.codebook:
-            url = storage.join(config.output, CODEBOOKS_DIR, f"{tok.name}-k{tok.config.k}.safetensors")
+            url = storage.absolute(storage.join(config.output, CODEBOOKS_DIR,
+                                                f"{tok.name}-k{tok.config.k}.safetensors"))
             if config.incremental and storage.exists(url):
                 # A refresh keeps the dataset's codebook: refitting would change every unit.
                 spec = _with_option(spec, "codebook", url)
@@ -189,17 +216,26 @@ def with_fitted_codebooks(config: JobConfig, beam_options: PipelineOptions) -> J
 def _with_option(spec: str, key: str, value: str) -> str:
     name, options = registry.parse_spec(spec)
     options[key] = value
-    return name + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
+    return registry.format_spec(name, options)
+
+
+def with_absolute_locations(config: JobConfig) -> JobConfig:
+    """``config`` with its tokenizers' local checkpoints and codebooks named by absolute paths
+    (the specs travel to workers, whose working directory may be another)."""
+    specs = registry.absolute_locations(config.tokenize.specs)
+    if specs == config.tokenize.specs:
+        return config
+    return dataclasses.replace(config, tokenize=dataclasses.replace(config.tokenize, specs=specs))
 
 
 def launch(config: JobConfig, beam_options: PipelineOptions) -> beam.runners.runner.PipelineResult:
     """Checks the output, fits missing codebooks and starts the job, without waiting for it
     (a Dataflow Flex Template launcher must exit once the job is submitted)."""
-    if storage.exists(shards.join_index(config.output)) and not (config.incremental or config.overwrite):
-        raise SystemExit(f"{config.output} already holds a dataset ({shards.INDEX_NAME}); pass --incremental "
+    if storage.exists(dataset.join_index(config.output)) and not (config.incremental or config.overwrite):
+        raise SystemExit(f"{config.output} already holds a dataset ({dataset.INDEX_NAME}); pass --incremental "
                          "to refresh it or --overwrite to replace it")
     check_local_device(config.tokenize.device, beam_options)
-    config = with_fitted_codebooks(config, beam_options)
+    config = with_fitted_codebooks(with_absolute_locations(config), beam_options)
     plan = plan_run(config)
     p = beam.Pipeline(options=beam_options)
     build(p, config, plan=plan, run_id=uuid.uuid4().hex)
@@ -232,7 +268,7 @@ def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[st
     result = launch(config, beam_options)
     result.wait_until_finish()
     counters = collect_counters(result)
-    index = shards.read_index(config.output)
+    index = dataset.read_index(config.output)
     lm.write_vocab(config.output, index)
     card.write_card(config.output, index, max_shards=card.RUN_MAX_SHARDS)
     wall_s = time.monotonic() - start
@@ -275,7 +311,7 @@ def check_failure_fraction(config: JobConfig, index: dict, counters: dict[str, i
         return None
     return (f"{failed} of {total} inputs ({failed / total:.0%}) failed, more than --max-failure-fraction "
             f"{config.max_failure_fraction:g}: check the input pattern and the decode settings (dataset and "
-            f"dead letters written under {storage.join(config.output, shards.FAILURES_DIR)}/)")
+            f"dead letters written under {storage.join(config.output, dataset.FAILURES_DIR)}/)")
 
 
 def collect_counters(result) -> dict[str, int]:
@@ -310,7 +346,7 @@ def summary(index: dict, counters: dict[str, int], wall_s: float, output: str) -
         per_h = n / audio_h if audio_h else 0
         lines.append(f"  {name}: {n} tokens ({per_h:,.0f} per hour of audio)")
     if t["failures"]:
-        lines.append(f"  dead letters: {storage.join(output, shards.FAILURES_DIR)}/")
+        lines.append(f"  dead letters: {storage.join(output, dataset.FAILURES_DIR)}/")
     return "\n".join(lines)
 
 

@@ -366,7 +366,7 @@ def run_pipeline(root: Path, output: Path, timeout_s: float = 4.0) -> dict:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from audiotok.pipelines import tokenize as job
-    from audiotok.transforms import metrics, shards
+    from audiotok.transforms import dataset, metrics
     from audiotok.transforms.decode import DecodeConfig
     from audiotok.transforms.match import MatchConfig
     from audiotok.transforms.segment import SegmentConfig
@@ -385,7 +385,7 @@ def run_pipeline(root: Path, output: Path, timeout_s: float = 4.0) -> dict:
     counters = job.collect_counters(result)
     rss = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(metrics.NAMESPACE)
                                  .with_name("decoder_max_rss_mb"))["distributions"]
-    index = shards.read_index(str(output))
+    index = dataset.read_index(str(output))
     too_many = job.check_failure_fraction(config, index, counters)
     wall_s = time.monotonic() - start
     failures = []

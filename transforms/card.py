@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from audiotok.transforms import lm, shards, storage
+from audiotok.transforms import dataset, lm, storage
 
 logger = logging.getLogger(__name__)
 
@@ -593,7 +593,7 @@ def write_card(output: str, index: Mapping[str, Any] | None = None, max_shards: 
     """
     from audiotok.transforms import reader
 
-    index = shards.read_index(output) if index is None else index
+    index = dataset.read_index(output) if index is None else index
     urls = reader.shard_urls(output, index)
     picked = [urls[i] for i in pick_shards(len(urls), max_shards)]
     discrete = [n for n, d in index.get("streams", {}).items() if d.get("kind") in ("codes", "units")]

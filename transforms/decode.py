@@ -32,11 +32,12 @@ process boundary of ``transforms/isolation.py``: the header probe, the planning,
 decoding and the stretches. This module imports neither Beam nor torch (the decoder
 processes import it).
 
-Positions of stretches (``start``, ``stop``) are sample indices at the plan's rate: output
-sample ``i`` is at ``i / rate`` seconds of the source. A stretch at another rate than the
-source's is resampled with one ``soxr.ResampleStream``, from a point of the source that falls
-exactly on the output grid ``PREROLL_S`` or more before it (the pre-roll is dropped), so
-stretches equal the whole-file resample to float rounding.
+Positions of stretches (``start``, ``stop``) are sample indices at the source rate: nothing is
+resampled here (each tokenizer resamples from the source rate, ``transforms/tokenize.py``).
+A stretch of a PCM, float or FLAC file holds exactly the whole decode's samples. Lossy decoders
+differ by float rounding: libsndfile's MP3 decoder rounds by where its reads end (~1e-7), and
+a decoder restarted by a seek into the middle of a file differs in its first frames (Opus:
+up to ~1e-3), never in position.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ __all__ = ["DecodeConfig", "Decoded", "FileDecoder", "Plan", "SplitConfig", "Wor
            "decode_ref", "downmix", "resample", "resample_stream"]
 
 DEFAULT_CHUNK_S = 30.0
-PREROLL_S = 0.25
 # A file whose header gives no length is streamed (as one work item) rather than decoded whole
 # when it is at least this big.
 UNKNOWN_LENGTH_STREAM_BYTES = 64 << 20
@@ -93,14 +93,6 @@ def resample(samples: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarra
     return np.ascontiguousarray(out.T, dtype=np.float32)
 
 
-def resample_decoded(decoded: Decoded, target_rate: int | None) -> Decoded:
-    """``decoded`` at ``target_rate`` (unchanged when None or equal)."""
-    if not target_rate or target_rate == decoded.sample_rate:
-        return decoded
-    return dataclasses.replace(decoded, audio=resample(decoded.audio, decoded.sample_rate, target_rate),
-                               sample_rate=target_rate)
-
-
 def resample_stream(chunks: Iterable[np.ndarray], source_rate: int, target_rate: int) -> Iterator[np.ndarray]:
     """float32 [n] chunks at ``source_rate`` -> float32 chunks at ``target_rate``; the whole output
     equals :func:`resample` of the concatenated input, whatever the chunk sizes."""
@@ -119,23 +111,6 @@ def resample_stream(chunks: Iterable[np.ndarray], source_rate: int, target_rate:
         yield out
 
 
-def aligned_start(start: int, source_rate: int, target_rate: int, preroll: int) -> tuple[int, int]:
-    """Where to start reading the source so that resampling lands on the whole-file output grid.
-
-    Args:
-        start: the first wanted output sample (target rate).
-        preroll: output samples of warm-up wanted before ``start``.
-
-    Returns:
-        (source sample to start at, the output sample it corresponds to): the latest pair on
-        the common grid at or before ``start - preroll`` (never before 0).
-    """
-    g = math.gcd(source_rate, target_rate)
-    unit_in, unit_out = source_rate // g, target_rate // g
-    k = max(0, start - preroll) // unit_out
-    return k * unit_in, k * unit_out
-
-
 # ------------------------------------------------------------------ plans
 
 
@@ -150,14 +125,12 @@ class SplitConfig:
         segmenter: ``fixed`` (borders at window multiples) or a speech segmenter (``vad``,
             ``energy``: borders at the quietest point near each nominal border).
         chunk_s: seconds of source audio decoded at a time in a stretch.
-        rate: the rate of the items' positions and of their audio, Hz; None: each file's own rate.
     """
 
     split_s: float
     segment_s: float = 30.0
     segmenter: str = "fixed"
     chunk_s: float = DEFAULT_CHUNK_S
-    rate: int | None = None
 
     def __post_init__(self) -> None:
         if not self.split_s >= 4 * QUIET_SEARCH_S:
@@ -168,8 +141,6 @@ class SplitConfig:
             raise ValueError(f"unknown segmenter {self.segmenter!r}; known: {', '.join(SEGMENTERS)}")
         if not 0.1 <= self.chunk_s <= 3600:
             raise ValueError(f"chunk_s must be in [0.1, 3600] seconds. Found: {self.chunk_s}")
-        if self.rate is not None and not self.rate > 0:
-            raise ValueError(f"rate must be a positive number of Hz or None. Found: {self.rate}")
 
     def is_long(self, probe: Probe) -> bool:
         """Whether a file with this header is planned rather than decoded whole."""
@@ -184,16 +155,14 @@ class Plan:
 
     Attributes:
         probe: what its header says.
-        rate: the rate of ``cuts`` (and of the items' audio), Hz.
-        cuts: the borders between consecutive items (sorted; the first item starts at 0, the
-            last runs to the end of the file).
+        cuts: the borders between consecutive items, in source frames (sorted; the first item
+            starts at 0, the last runs to the end of the file).
         repair: what every stretch does to its samples (decided once for the whole file).
         notes: the file's repairs and kept oddities (``truncated``, ``silent``, ...), counted once.
         frames: the file's true length in source frames, when a statistics pass counted it.
     """
 
     probe: Probe
-    rate: int
     cuts: tuple[int, ...]
     repair: Repair = Repair()
     notes: tuple[str, ...] = ()
@@ -207,8 +176,7 @@ class WorkItem:
     Attributes:
         source: the input (its timed transcript narrowed to the stretch).
         info: the file's probe.
-        sample_rate: the rate segments are cut at, Hz.
-        start, stop: the stretch, in samples at ``sample_rate`` (``stop=None``: to the end).
+        start, stop: the stretch, in source frames (``stop=None``: to the end).
         index, count: position of the item among the file's items.
         repair: what is done to every sample (the file's plan decided it).
         frames: the file's true length in source frames, when known from a statistics pass.
@@ -216,13 +184,17 @@ class WorkItem:
 
     source: AudioRef
     info: Probe
-    sample_rate: int
     start: int
     stop: int | None
     index: int
     count: int
     repair: Repair = Repair()
     frames: int | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate of the stretch's audio (the source's), Hz."""
+        return self.info.sample_rate
 
     @property
     def start_s(self) -> float:
@@ -233,13 +205,11 @@ class WorkItem:
         return None if self.stop is None else self.stop / self.sample_rate
 
     def expected_length(self) -> int | None:
-        """Samples at ``sample_rate`` the stretch must hold, when the file's length is known exactly."""
+        """Frames the stretch must hold, when the file's length is known exactly."""
         known = self.frames if self.frames is not None else (self.info.frames if self.info.exact else None)
-        if self.stop is not None:
-            return self.stop - self.start if known is not None else None
-        if known is not None:
-            return max(0, int(known * self.sample_rate / self.info.sample_rate) - self.start)
-        return None
+        if known is None:
+            return None
+        return (self.stop if self.stop is not None else known) - self.start
 
 
 def fixed_borders(n_est: int, rate: int, split: SplitConfig) -> list[int]:
@@ -362,16 +332,15 @@ class FileDecoder:
             if frames is not None:
                 notes += judge_shortfall(probe.frames, frames, probe.sample_rate, config,
                                          f"the header declares {probe.frames} frames, {frames} decoded")
-        rate = split.rate or probe.sample_rate
         length = frames if frames is not None else probe.frames
         if length is None:
-            return Plan(probe, rate, (), repair, notes, frames)
-        n_est = int(length * rate / probe.sample_rate)
+            return Plan(probe, (), repair, notes, frames)
+        rate = probe.sample_rate
         if split.segmenter == "fixed":
-            cuts = fixed_borders(n_est, rate, split)
+            cuts = fixed_borders(length, rate, split)
         else:
-            cuts = self._quiet_cuts(f, uri, probe, nominal_borders(n_est, rate, split), rate, split, repair, config)
-        return Plan(probe, rate, tuple(cuts), repair, notes, frames)
+            cuts = self._quiet_cuts(f, uri, probe, nominal_borders(length, rate, split), split, repair, config)
+        return Plan(probe, tuple(cuts), repair, notes, frames)
 
     # -- public
 
@@ -409,15 +378,14 @@ class FileDecoder:
         return decoded, audio.notes + notes
 
     def stretch(self, item: WorkItem, config: DecodeConfig, chunk_s: float = DEFAULT_CHUNK_S) -> Iterator[np.ndarray]:
-        """Streams the stretch of ``item`` as mono float32 chunks at ``item.sample_rate``.
+        """Streams the stretch of ``item`` as mono float32 chunks at the source rate.
 
         ``config.timeout_s`` bounds the decoding time of the stretch (not the time its consumer
         holds the chunks).
 
         Yields:
             float32 [n] chunks (about ``chunk_s`` seconds each) whose concatenation is samples
-            ``[start, stop)`` of the whole file, repaired as the plan says, downmixed and at
-            ``item.sample_rate``.
+            ``[start, stop)`` of the whole file, repaired as the plan says and downmixed.
 
         Raises:
             AudiotokError: with the reason the stretch could not be read.
@@ -430,8 +398,8 @@ class FileDecoder:
         budget = _Budget(config.timeout_s)
         try:
             with storage.open_input(uri) as f:
-                yield from self._stretch(f, uri, item.info, item.start, item.stop, item.sample_rate, item.repair, chunk_s,
-                                         config, budget, item.frames)
+                yield from self._stretch(f, uri, item.info, item.start, item.stop, item.repair, chunk_s, config,
+                                         budget, item.frames)
         except AudiotokError as e:
             e.uri = e.uri or uri
             raise
@@ -442,36 +410,23 @@ class FileDecoder:
 
     # -- the parts
 
-    def _stretch(self, f: BinaryIO, uri: str, probe: Probe, start: int, stop: int | None, rate: int, repair: Repair,
+    def _stretch(self, f: BinaryIO, uri: str, probe: Probe, start: int, stop: int | None, repair: Repair,
                  chunk_s: float, config: DecodeConfig, budget: _Budget,
                  frames: int | None = None) -> Iterator[np.ndarray]:
-        """Samples ``[start, stop)`` at ``rate`` of the open file ``f``; ``frames``: the file's
-        true length in source frames, when known (nothing past it is read)."""
+        """Mono samples ``[start, stop)`` of the open file ``f``; ``frames``: the file's true
+        length, when known (nothing past it is read)."""
         check_format(probe.sample_rate, probe.channels, config)
         if stop is not None and stop == start:
             return
-        source_rate = probe.sample_rate
-        src_start, out_pos = aligned_start(start, source_rate, rate, int(PREROLL_S * rate))
-        limit = config.max_duration_frames(source_rate)
-        block = max(1024, int(chunk_s * source_rate))
-
-        def mono() -> Iterator[np.ndarray]:
-            position = src_start
-            for data in budget.timed(iter(self.blocks(f, uri, probe, src_start, block, frames))):
-                position += data.shape[1]
-                if position > limit:
-                    check_duration(position, source_rate, config, "decoding passed")
-                yield downmix(repair.apply(data))
-
-        for out in resample_stream(mono(), source_rate, rate):
-            n = out.shape[0]
-            lo = max(0, start - out_pos)
-            hi = n if stop is None else min(n, stop - out_pos)
-            if hi > lo:
-                yield out[lo:hi]
-            out_pos += n
-            if stop is not None and out_pos >= stop:
-                return
+        end = stop if frames is None else (frames if stop is None else min(stop, frames))
+        limit = config.max_duration_frames(probe.sample_rate)
+        position = start
+        block = max(1024, int(chunk_s * probe.sample_rate))
+        for data in budget.timed(iter(self.blocks(f, uri, probe, start, block, end))):
+            position += data.shape[1]
+            if position > limit:
+                check_duration(position, probe.sample_rate, config, "decoding passed")
+            yield downmix(repair.apply(data))
 
     def _header_notes(self, f: BinaryIO, probe: Probe, config: DecodeConfig) -> tuple[str, ...]:
         """The container checks a whole-file decode makes first (a WAV's data chunk against the
@@ -533,21 +488,22 @@ class FileDecoder:
             after, _ = scan(repair)
         return repair, notes + repair.notes + judge(after, config), frames
 
-    def _quiet_cuts(self, f: BinaryIO, uri: str, probe: Probe, borders: list[int], rate: int, split: SplitConfig,
+    def _quiet_cuts(self, f: BinaryIO, uri: str, probe: Probe, borders: list[int], split: SplitConfig,
                     repair: Repair, config: DecodeConfig) -> list[int]:
         """Moves each border to the quietest point within ``QUIET_SEARCH_S`` of it (by 16 kHz frame
         energy). Borders whose stretch the file does not hold (a header that overstates the
         length) are dropped."""
         from audiotok.transforms import vad
 
+        rate = probe.sample_rate
         half = int(round(min(QUIET_SEARCH_S, split.split_s / 4) * rate))
         windows = [(b - half, b + half) for b in borders]
         # Cuts on the whole file's frame grid keep the frames of every item where they would be
-        # for the whole file (when a frame is a whole number of samples at ``rate``).
+        # for the whole file: at whole samples of both rates that are whole detector frames.
         hop = vad.SILERO_HOP if split.segmenter == "vad" else vad.ENERGY_HOP
-        grid = hop * rate // vad.VAD_RATE if (hop * rate) % vad.VAD_RATE == 0 else 1
+        grid = hop * rate // math.gcd(hop * rate, vad.VAD_RATE)
         cuts = []
-        for (lo, hi), audio in zip(windows, self._windows(f, uri, probe, windows, rate, split.chunk_s, repair, config)):
+        for (lo, hi), audio in zip(windows, self._windows(f, uri, probe, windows, split.chunk_s, repair, config)):
             if audio.shape[0] < hi - lo:
                 break
             db = vad.frame_energy_db(resample(audio, rate, vad.VAD_RATE), vad.ENERGY_HOP)
@@ -555,19 +511,19 @@ class FileDecoder:
             cuts.append((2 * cut + grid) // (2 * grid) * grid)
         return cuts
 
-    def _windows(self, f: BinaryIO, uri: str, probe: Probe, windows: list[tuple[int, int]], rate: int, chunk_s: float,
+    def _windows(self, f: BinaryIO, uri: str, probe: Probe, windows: list[tuple[int, int]], chunk_s: float,
                  repair: Repair, config: DecodeConfig) -> Iterator[np.ndarray]:
         """The audio of each (sorted, disjoint) window: one seek each for libsndfile formats, one
         pass over the file for the others. A window past the end comes back short."""
         if probe.seekable:
             for lo, hi in windows:
-                yield _join(list(self._stretch(f, uri, probe, lo, hi, rate, repair, chunk_s, config,
+                yield _join(list(self._stretch(f, uri, probe, lo, hi, repair, chunk_s, config,
                                                _Budget(config.timeout_s))))
             return
         if not windows:
             return
         pos = windows[0][0]
-        chunks = self._stretch(f, uri, probe, pos, windows[-1][1], rate, repair, chunk_s, config, _Budget(config.timeout_s))
+        chunks = self._stretch(f, uri, probe, pos, windows[-1][1], repair, chunk_s, config, _Budget(config.timeout_s))
         got = 0
         for _, _, audio in cut_stream(chunks, [(lo - pos, hi - pos) for lo, hi in windows]):
             got += 1
@@ -620,12 +576,11 @@ def probe_uri(uri: str, config: DecodeConfig | None = None) -> Probe:
         raise AudiotokError(failures.READ_ERROR, f"{type(e).__name__}: {e}", uri) from e
 
 
-def read_stretch(uri: str, rate: int, start: int = 0, stop: int | None = None, config: DecodeConfig | None = None,
-                 chunk_s: float = DEFAULT_CHUNK_S, info: Probe | None = None) -> np.ndarray:
-    """Samples ``[start, stop)`` of ``uri`` at ``rate`` (mono, streamed in this process, the
-    per-sample repairs of ``config``): for tests, benchmarks and small stretches."""
+def read_stretch(uri: str, start: int = 0, stop: int | None = None, config: DecodeConfig | None = None,
+                 chunk_s: float = DEFAULT_CHUNK_S) -> tuple[np.ndarray, int]:
+    """Mono samples ``[start, stop)`` of ``uri`` and its rate, streamed in this process with the
+    repairs that need no statistics (for tests, benchmarks and small stretches)."""
     config = config or DecodeConfig()
-    decoder = resolve_decoder(config.decoder)()
-    info = info or probe_uri(uri, config)
-    item = WorkItem(AudioRef(uri), info, rate, start, stop, 0, 1, static_repair(config, info))
-    return _join(list(decoder.stretch(item, config, chunk_s)))
+    info = probe_uri(uri, config)
+    item = WorkItem(AudioRef(uri), info, start, stop, 0, 1, static_repair(config, info))
+    return _join(list(resolve_decoder(config.decoder)().stretch(item, config, chunk_s))), info.sample_rate

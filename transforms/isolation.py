@@ -114,7 +114,7 @@ class InProcessDecoder:
         return self._route.open(ref, self.config, None)
 
     def stretch(self, item: WorkItem, chunk_s: float = DEFAULT_CHUNK_S) -> Iterator[np.ndarray]:
-        """The stretch of ``item``: mono float32 chunks at ``item.sample_rate``."""
+        """The stretch of ``item``: mono float32 chunks at the source rate."""
         return self._route.stretch(item, self.config, chunk_s)
 
     def close(self) -> None:
@@ -266,7 +266,7 @@ class ProcessDecoder:
         return decoded, tuple(header["notes"])
 
     def stretch(self, item: WorkItem, chunk_s: float = DEFAULT_CHUNK_S) -> Iterator[np.ndarray]:
-        """The stretch of ``item`` decoded in the child: mono float32 chunks at ``item.sample_rate``.
+        """The stretch of ``item`` decoded in the child: mono float32 chunks at the source rate.
 
         ``timeout_s`` (plus the grace period) bounds the time spent waiting for the child over
         the whole stretch, not the time the caller holds the chunks.
@@ -278,9 +278,9 @@ class ProcessDecoder:
         uri = item.source.uri
         timeout = self.config.timeout_s
         left = None if timeout is None else timeout + GRACE_S
-        rate, source_rate = item.sample_rate, item.info.sample_rate
-        per_chunk = int(max(1024, chunk_s * source_rate) * rate / source_rate) + rate + 1
-        total_limit = (item.stop - item.start) if item.stop is not None else self.config.max_duration_frames(rate)
+        per_chunk = max(1024, int(chunk_s * item.sample_rate))
+        total_limit = (item.stop - item.start) if item.stop is not None else self.config.max_duration_frames(
+            item.sample_rate)
         done = False
         try:
             with self._guarded(uri):
@@ -365,13 +365,13 @@ def _encode(message: dict[str, Any]) -> bytes:
 
 
 def _item_json(item: WorkItem) -> dict[str, Any]:
-    return {"uri": item.source.uri, "info": item.info.to_json(), "sample_rate": item.sample_rate,
-            "start": item.start, "stop": item.stop, "repair": item.repair.to_json(), "frames": item.frames}
+    return {"uri": item.source.uri, "info": item.info.to_json(), "start": item.start, "stop": item.stop,
+            "repair": item.repair.to_json(), "frames": item.frames}
 
 
 def _item_from_json(value: dict[str, Any]) -> WorkItem:
     """The child's side: a request from the parent (trusted, still parsed strictly)."""
-    return WorkItem(AudioRef(value["uri"]), Probe.from_json(value["info"]), int(value["sample_rate"]),
+    return WorkItem(AudioRef(value["uri"]), Probe.from_json(value["info"]),
                     int(value["start"]), None if value["stop"] is None else int(value["stop"]), 0, 1,
                     Repair.from_json(value["repair"]), None if value["frames"] is None else int(value["frames"]))
 
@@ -409,16 +409,14 @@ def _parse_plan(header: dict[str, Any], config: DecodeConfig) -> Plan:
         repair = Repair.from_json(header.get("repair"))
     except ValueError as e:
         raise _ProtocolError(str(e)) from None
-    rate, cuts, frames = header.get("rate"), header.get("cuts"), header.get("frames")
-    if type(rate) is not int or not 0 < rate <= 1 << 30:
-        raise _ProtocolError("a malformed plan rate")
+    cuts, frames = header.get("cuts"), header.get("frames")
     if (not isinstance(cuts, list) or len(cuts) > _MAX_CUTS or not all(type(c) is int and c > 0 for c in cuts)
             or any(b <= a for a, b in zip(cuts, cuts[1:]))):
         raise _ProtocolError("malformed plan cuts")
     if frames is not None and not (type(frames) is int and 0 < frames < 1 << 62):
         raise _ProtocolError("a malformed plan length")
     _check_notes(header.get("notes"))
-    return Plan(probe, rate, tuple(cuts), repair, tuple(header["notes"]), frames)
+    return Plan(probe, tuple(cuts), repair, tuple(header["notes"]), frames)
 
 
 def _exit_description(code: int | None) -> str:
@@ -463,8 +461,7 @@ def _answer_open(conn, decoder: FileDecoder, config: DecodeConfig, request: dict
         _send(conn, _error_header(e))
         return
     if isinstance(opened, Plan):
-        _send(conn, {"ok": True, "kind": "plan", "probe": opened.probe.to_json(), "rate": opened.rate,
-                     "cuts": list(opened.cuts), "repair": opened.repair.to_json(), "notes": list(opened.notes),
+        _send(conn, {"ok": True, "kind": "plan", "probe": opened.probe.to_json(), "cuts": list(opened.cuts), "repair": opened.repair.to_json(), "notes": list(opened.notes),
                      "frames": opened.frames, "max_rss_mb": _max_rss_mb()})
         return
     decoded, notes = opened

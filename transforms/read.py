@@ -1,9 +1,11 @@
-"""The shared front of every job: match -> decode -> resample -> segment.
+"""The shared front of every job: match -> decode -> segment, at each file's own rate.
 
 One decode step opens each input once, in the decoder (behind its process boundary): files up
 to ``SegmentConfig.split_s`` seconds come out decoded whole; longer ones come out as work items
 (the decoder planned them), spread over the workers and decoded in stretches by the decoder
-again (``transforms/segment.py``).
+again (``transforms/segment.py``). Nothing is resampled here: segments keep the decoded source
+rate, and each tokenizer resamples them once, straight to its own rate
+(``transforms/tokenize.py``), so a stream never depends on which other tokenizers share the run.
 
 The decode stage's Beam steps live here, not in ``transforms/decode.py``: the decoder
 processes import that module, and keeping Beam out of it saves each worker process's
@@ -17,7 +19,7 @@ import logging
 import apache_beam as beam
 
 from audiotok.transforms import failures, metrics, segment
-from audiotok.transforms.decode import DecodeConfig, Plan, SplitConfig, resample_decoded
+from audiotok.transforms.decode import DecodeConfig, Plan, SplitConfig
 from audiotok.transforms.failures import AudiotokError, Failure
 from audiotok.transforms.match import MatchAudio, MatchConfig
 from audiotok.transforms.progress import Progress
@@ -31,23 +33,22 @@ class ReadSegments(beam.PTransform):
     """Inputs -> ``{"segments": PCollection[Segment], "failures": PCollection[Failure],
     "listed": PCollection[AudioRef], "selected": PCollection[AudioRef]}``.
 
-    Segments are mono at ``sample_rate``. ``listed`` holds every matched input; when
+    Segments are mono at their source's rate. ``listed`` holds every matched input; when
     ``select`` is given (a PTransform over AudioRefs, e.g. the incremental filter), only the
     inputs it passes are decoded.
     """
 
-    def __init__(self, match: MatchConfig, decode: DecodeConfig, sample_rate: int, segment: SegmentConfig,
+    def __init__(self, match: MatchConfig, decode: DecodeConfig, segment: SegmentConfig,
                  select: beam.PTransform | None = None):
         super().__init__()
-        self.match, self.decode, self.sample_rate, self.segment = match, decode, sample_rate, segment
+        self.match, self.decode, self.segment = match, decode, segment
         self.select = select
 
     def expand(self, pbegin):
         matched = pbegin | "MatchAudio" >> MatchAudio(self.match)
         refs = matched["refs"] if self.select is None else matched["refs"] | "SelectInputs" >> self.select
-        decoded = refs | "DecodeAudio" >> DecodeAudio(self.decode, self.segment.split_config(self.sample_rate))
-        resampled = decoded.decoded | "Resample" >> Resample(self.sample_rate)
-        segmented = resampled | "Segment" >> SegmentAudio(self.segment)
+        decoded = refs | "DecodeAudio" >> DecodeAudio(self.decode, self.segment.split_config())
+        segmented = decoded.decoded | "Segment" >> SegmentAudio(self.segment)
         segments, fails = [segmented.segments], [matched["failures"], decoded.failures, segmented.failures]
         if self.segment.splits:
             items = decoded.items | "SpreadWorkItems" >> beam.Reshuffle()
@@ -126,14 +127,3 @@ class DecodeAudio(beam.PTransform):
     def expand(self, refs):
         return refs | "Decode" >> beam.ParDo(_DecodeFn(self.config, self.split)).with_outputs(
             "failures", "items", main="decoded")
-
-
-class Resample(beam.PTransform):
-    """PCollection[Decoded] -> Decoded at ``target_rate``."""
-
-    def __init__(self, target_rate: int | None):
-        super().__init__()
-        self.target_rate = target_rate
-
-    def expand(self, decoded):
-        return decoded | "ResampleAudio" >> beam.Map(resample_decoded, self.target_rate)

@@ -47,10 +47,12 @@ logger = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 KEY_STEM_CHARS = 40
 
-# The speech segmenters score a work item, then cut it: the item's audio (at the segment rate)
-# is kept between the two passes up to this size (a 10-minute item at 24 kHz: 55 MiB), and
+# The speech segmenters score a work item, then cut it: the item's audio (at the source rate)
+# is kept between the two passes up to this size (a 10-minute item at 48 kHz: 110 MiB), and
 # decoded a second time beyond it (an item of a file whose header gives no length).
 ITEM_BUFFER_BYTES = 128 << 20
+# A stretch is resampled for the speech detectors from this much earlier (the resampler's warm-up).
+VAD_PREROLL_S = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +98,12 @@ class SegmentConfig:
     def splits(self) -> bool:
         return bool(self.split_s)
 
-    def split_config(self, rate: int | None = None) -> SplitConfig | None:
-        """How the decoder plans long files for these segments (None: every file decoded whole).
-
-        Args:
-            rate: the rate segments are cut at (None: each file's own rate).
-        """
+    def split_config(self) -> SplitConfig | None:
+        """How the decoder plans long files for these segments (None: every file decoded whole)."""
         if not self.splits:
             return None
         return SplitConfig(split_s=self.split_s, segment_s=self.segment_s, segmenter=self.segmenter,
-                           chunk_s=self.chunk_s, rate=rate)
+                           chunk_s=self.chunk_s)
 
 
 def fixed_windows(n_samples: int, sample_rate: int, config: SegmentConfig) -> list[tuple[int, int]]:
@@ -423,31 +421,56 @@ def work_items(ref: AudioRef, plan: Plan) -> list[WorkItem]:
     for i, (start, stop) in enumerate(zip(edges, edges[1:])):
         source = ref
         if ref.meta:
-            narrowed = narrow_transcript(ref.meta, start / plan.rate, math.inf if stop is None else stop / plan.rate)
+            rate = plan.probe.sample_rate
+            narrowed = narrow_transcript(ref.meta, start / rate, math.inf if stop is None else stop / rate)
             source = ref if narrowed is ref.meta else dataclasses.replace(ref, meta=narrowed)
-        items.append(WorkItem(source, plan.probe, plan.rate, start, stop, i, count, plan.repair, plan.frames))
+        items.append(WorkItem(source, plan.probe, start, stop, i, count, plan.repair, plan.frames))
     return items
 
 
 class _Counted:
     """Passes chunks through, counting their samples, and keeping them while they take at most
-    ``keep_bytes`` (so that a second pass need not decode again)."""
+    ``keep_bytes`` (so that a second pass need not decode again). The first ``skip`` samples (a
+    pre-roll) pass through without being counted or kept."""
 
-    def __init__(self, chunks: Iterable[np.ndarray], keep_bytes: int = 0):
-        self._chunks, self.n = chunks, 0
+    def __init__(self, chunks: Iterable[np.ndarray], keep_bytes: int = 0, skip: int = 0):
+        self._chunks, self.n, self._skip = chunks, 0, skip
         self._keep_bytes, self._kept_bytes = keep_bytes, 0
         self.kept: list[np.ndarray] | None = [] if keep_bytes else None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for chunk in self._chunks:
-            self.n += chunk.shape[0]
+            if self._skip >= chunk.shape[0]:
+                self._skip -= chunk.shape[0]
+                yield chunk
+                continue
+            counted, self._skip = chunk[self._skip:], 0
+            self.n += counted.shape[0]
             if self.kept is not None:
-                self._kept_bytes += chunk.nbytes
+                self._kept_bytes += counted.nbytes
                 if self._kept_bytes <= self._keep_bytes:
-                    self.kept.append(chunk)
+                    self.kept.append(counted)
                 else:
                     self.kept = None  # too long to hold: the second pass reads again
             yield chunk
+
+
+def _drop(chunks: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
+    """``chunks`` without their first ``n`` samples."""
+    for chunk in chunks:
+        if n >= chunk.shape[0]:
+            n -= chunk.shape[0]
+            continue
+        yield chunk[n:]
+        n = 0
+
+
+def vad_preroll(start: int, rate: int) -> int:
+    """Where a stretch starting at ``start`` is read from for speech detection: ``VAD_PREROLL_S``
+    or more earlier, at a sample that falls on the 16 kHz grid, so that the stretch's 16 kHz
+    audio is the whole file's (to float rounding) from ``start`` on."""
+    unit = rate // math.gcd(rate, VAD_RATE)
+    return max(0, start - int(VAD_PREROLL_S * rate)) // unit * unit
 
 
 def segment_work_item(item: WorkItem, config: SegmentConfig, stretch: Callable[[WorkItem], Iterable[np.ndarray]],
@@ -482,8 +505,13 @@ def segment_work_item(item: WorkItem, config: SegmentConfig, stretch: Callable[[
         if stats is not None:
             stats.streamed_samples += got
     else:
-        counted = _Counted(stretch(item), keep_bytes=ITEM_BUFFER_BYTES)
-        scores = speech_scores(resample_stream(counted, rate, VAD_RATE), config, model)
+        # The detectors see the stretch at 16 kHz as the whole file's resample has it: read from a
+        # pre-roll on the common grid, resampled, and the pre-roll dropped at 16 kHz.
+        early = vad_preroll(item.start, rate)
+        counted = _Counted(stretch(dataclasses.replace(item, start=early)), keep_bytes=ITEM_BUFFER_BYTES,
+                           skip=item.start - early)
+        at_16k = _drop(resample_stream(counted, rate, VAD_RATE), (item.start - early) * VAD_RATE // rate)
+        scores = speech_scores(at_16k, config, model)
         got = counted.n
         if stats is not None:
             stats.streamed_samples += got

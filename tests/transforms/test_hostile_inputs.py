@@ -31,7 +31,8 @@ from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.failures import AudiotokError, Failure
 from audiotok.transforms.records import AudioRef, Sample
 from audiotok.transforms.segment import SegmentConfig, cut_segments, segment_key
-from audiotok.transforms.shards import ShardConfig, ShardWriter, check_key
+from audiotok.transforms.dataset import check_key
+from audiotok.transforms.shards import ShardConfig, ShardWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_PROCESS = DecodeConfig(isolation="none")

@@ -126,14 +126,32 @@ class KMeansTokenizer(Tokenizer):
     family = base.SSL_KMEANS
     unit_dtype: ClassVar[str] = "int16"
 
+    def __init__(self, config: TokenizerConfig):
+        super().__init__(config)
+        # Read later (at the first batch, maybe in another process): fixed to what the name
+        # means where the tokenizer is built.
+        self._codebook_url = storage.absolute(config.codebook) if config.codebook else None
+
     @functools.cached_property
-    def codebook(self) -> kmeans.Codebook:
-        url = self.config.codebook
+    def _codebook_file(self) -> tuple[str, kmeans.Codebook]:
+        """(sha256 of the file's bytes, the codebook it holds), read once."""
+        url = self._codebook_url
         if not url:
             raise ValueError(
                 f"tokenizer {self.name} needs a k-means codebook: run `audiotok fit-kmeans --tokenizer {self.name}` "
                 f"and pass `{self.name}[codebook=PATH]`, or let `audiotok tokenize` fit one from the input")
-        book = kmeans.Codebook.from_bytes(storage.read_bytes(url), url)
+        data = storage.read_bytes(url)
+        return hashlib.sha256(data).hexdigest(), kmeans.Codebook.from_bytes(data, url)
+
+    @property
+    def codebook_sha256(self) -> str:
+        """The codebook's identity: the sha256 of its file (``sha256sum`` prints the same)."""
+        return self._codebook_file[0]
+
+    @functools.cached_property
+    def codebook(self) -> kmeans.Codebook:
+        url = self._codebook_url
+        book = self._codebook_file[1]
         if book.k != self.config.k or book.dim != self.feature_dim:
             raise ValueError(
                 f"codebook {url} is k={book.k}, D={book.dim}; {self.name} expects k={self.config.k}, D={self.feature_dim}")
@@ -168,7 +186,10 @@ class KMeansTokenizer(Tokenizer):
         """float32 [T, D] per segment, model loaded."""
 
     def weights_identity(self) -> str | None:
-        return f"codebook-sha256:{self.codebook.sha256()}" if self.config.codebook else None
+        if not self.config.codebook:
+            return None
+        self.codebook  # noqa: B018  (a codebook for other features is refused here, not at the first batch)
+        return f"codebook-sha256:{self.codebook_sha256}"
 
     @property
     def streams(self) -> tuple[StreamSpec, ...]:
@@ -212,6 +233,8 @@ class MfccKMeansConfig(TokenizerConfig):
         hop_ms, win_ms: frame shift and window.
         cmvn: subtract each segment's per-dimension mean and divide by its std.
     """
+
+    LOCATIONS: ClassVar[tuple[str, ...]] = ("codebook",)
 
     k: int = 100
     codebook: str | None = None

@@ -146,6 +146,8 @@ class SSLKMeansConfig(SSLConfig):
         seed: k-means seed when fitting.
     """
 
+    LOCATIONS: ClassVar[tuple[str, ...]] = (*ModelConfig.LOCATIONS, "codebook")
+
     k: int = 500
     codebook: str | None = None
     dedup: bool = False
@@ -324,7 +326,7 @@ class SSLKMeans(_SSLMixin, KMeansTokenizer):
 
     def weights_identity(self) -> str | None:
         model = self.backbone.checkpoint.identity()
-        return f"{model}+codebook-sha256:{self.codebook.sha256()}" if self.config.codebook else model
+        return f"{model}+codebook-sha256:{self.codebook_sha256}" if self.config.codebook else model
 
     def _features(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.backbone.features(audios)
