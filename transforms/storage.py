@@ -251,9 +251,13 @@ def unstrip(fs: fsspec.AbstractFileSystem, like_url: str, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local (POSIX) filesystem."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
+
+
+_is_local = is_local_fs
 
 
 @contextlib.contextmanager
