@@ -429,7 +429,7 @@ def check_failure_fraction(config: JobConfig, index: dict, counters: dict[str, i
     failed = len(failed_inputs(config.output, index))
     unmatched = sum(n for name, n in counters.items()
                     if name.startswith("failures_match_") and not name.endswith("_" + failures.BAD_NAME))
-    total = counters["files_matched"] + unmatched
+    total = counters["files_matched"] - counters.get("inputs_duplicate", 0) + unmatched
     if not total or failed / total <= config.max_failure_fraction:
         return None
     return (f"{failed} of {total} inputs ({failed / total:.0%}) failed, more than --max-failure-fraction "
@@ -457,7 +457,9 @@ def summary(index: dict, counters: dict[str, int], wall_s: float, output: str) -
         f"audiotok: {t['samples']} samples, {t['audio_s'] / 60:.1f} min of audio in {t['shards']} shard(s) "
         f"under {output} ({wall_s:.1f} s, {t['audio_s'] / max(wall_s, 1e-9):.0f}x real time)",
         f"  files: {counters.get('files_ok', 0)} decoded, {t['failures']} failed"
-        + (" (" + ", ".join(f"{r}: {n}" for r, n in t["failures_by_reason"].items()) + ")" if t["failures"] else ""),
+        + (" (" + ", ".join(f"{r}: {n}" for r, n in t["failures_by_reason"].items()) + ")" if t["failures"] else "")
+        + (f", {counters['inputs_duplicate']} listed more than once (read once)"
+           if counters.get("inputs_duplicate") else ""),
     ]
     nonspeech_s, dropped_s = counters.get("nonspeech_ms", 0) / 1000, counters.get("dropped_speech_ms", 0) / 1000
     if nonspeech_s or dropped_s:

@@ -180,3 +180,70 @@ def test_a_publish_over_an_index_that_changed_is_refused(tmp_path):
         shards.finalize(str(out), temp, writer.close(), {"streams": {}}, plan)
     assert sha_tree(out) == live
     assert_verifies(out)
+
+
+# ------------------------------------------------------------------ every input once
+
+
+def test_an_input_listed_twice_is_read_once(tmp_path, capsys):
+    """Overlapping patterns and repeated manifest lines: the first occurrence is read, the rest
+    counted; keys stay unique, the card and verify meet no duplicate."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 3)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(x) for x in [
+        {"uri": str(inp / "f01.flac")}, {"uri": str(inp / "f01.flac"), "text": "again"},
+        {"uri": "in/./f02.flac"}, {"uri": f"file://{inp}/f02.flac"}]) + "\n")
+    code = cli.main(["tokenize", "--input", f"{inp}/*", "--input", f"{inp}/f0[01].flac", "--manifest", str(manifest),
+                     "--output", str(out), "--tokenizer", "logmel[n_mels=16]", "--segment-s", "1",
+                     "--min-segment-s", "0.2"])
+    assert code == 0
+    assert "6 listed more than once (read once)" in capsys.readouterr().err
+    keys = live_keys(out)
+    assert len(keys) == len(set(keys)) == 1 + 2 + 2  # 1.0 s, 1.3 s, 1.6 s in 1 s segments
+    uris = sorted({json.loads(s["json"])["source"]["uri"] for s in wds.WebDataset(
+        [str(out / r["url"]) for r in json.loads((out / "index.json").read_text())["shards"]], shardshuffle=False)})
+    assert uris == [f"{inp}/f00.flac", f"{inp}/f01.flac", f"{inp}/f02.flac"]  # the patterns came first
+    assert (out / "README.md").exists()
+    assert_verifies(out)
+
+
+def test_inputs_whose_keys_would_collide_are_told_apart(tmp_path, monkeypatch):
+    """Two files with the same stem whose 40-bit source hashes collide (forced here): the first
+    is read, the second is a key_collision dead letter; no key is written twice."""
+    from audiotok.transforms import segment
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_audio(inp / "a" / "x.flac", synth_speechlike(1.2, 16000, seed=1), 16000, "flac")
+    write_audio(inp / "b" / "x.flac", synth_speechlike(1.2, 16000, seed=2), 16000, "flac")
+    write_audio(inp / "b" / "y.flac", synth_speechlike(1.2, 16000, seed=3), 16000, "flac")
+    monkeypatch.setattr(segment, "source_hash", lambda ref: "0123456789")
+    index, _, _ = run(config(inp, out, patterns=(f"{inp}/**/*",)))
+    assert index["totals"]["failures_by_reason"] == {"key_collision": 1}
+    keys = live_keys(out)
+    assert len(keys) == len(set(keys)) == 4
+    record = json.loads((out / index["failures"][0]["url"]).read_text())
+    assert record["uri"] == f"{inp}/b/x.flac" and f"{inp}/a/x.flac" in record["message"]
+    assert_verifies(out)
+
+
+@pytest.mark.timeout(300)
+def test_a_fifo_is_refused_when_listed_and_never_opened(tmp_path):
+    """A named pipe among the inputs (by pattern, by manifest, through a symlink) is a
+    not_a_file dead letter; opening it would have blocked the job forever."""
+    import os
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 2)
+    os.mkfifo(inp / "y.wav")
+    os.symlink(inp / "y.wav", inp / "z.wav")
+    os.mkfifo(tmp_path / "piped.wav")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"uri": str(tmp_path / "piped.wav")}) + "\n")
+    index, counters, _ = run(config(inp, out, match=MatchConfig(patterns=(f"{inp}/*",), manifests=(str(manifest),))))
+    assert counters["files_ok"] == 2
+    assert index["totals"]["failures_by_reason"] == {"not_a_file": 3}
+    records = [json.loads(line) for row in index["failures"] for line in (out / row["url"]).read_text().splitlines()]
+    assert sorted(r["uri"].rsplit("/", 1)[1] for r in records) == ["piped.wav", "y.wav", "z.wav"]
+    assert all("FIFO" in r["message"] and r["stage"] == "match" for r in records)
+    assert_verifies(out)
