@@ -14,7 +14,6 @@ import os
 import posixpath
 import sys
 import time
-import uuid
 from typing import Any
 
 import apache_beam as beam
