@@ -162,4 +162,4 @@ def test_the_compared_runs_cover_dead_letters_codecs_and_a_refresh(runs):
     state = json.loads(Path(_output(plan, "refresh", REFERENCE), refreshed["state"]).read_text())
     assert {os.path.basename(uri) for uri in state["deleted"]} == {"us_0001.wav", "truncated.wav"}
     assert any(uri.endswith("new_0001.wav") for uri in state["inputs"])
-    assert report["refresh"][REFERENCE]["counters"]["files_ok"] == 1  # only the new file is decoded
+    assert report["refresh"][REFERENCE]["counters"]["inputs_new"] == 1
