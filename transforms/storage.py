@@ -17,9 +17,9 @@ worker pool, Flink, Spark) are started without our pipeline options:
 
 :func:`storage_options` is the one place that reads them.
 
-Memory per open object is bounded: reads keep one ``READ_BLOCK_BYTES`` read-ahead block,
-writes buffer one ``WRITE_BLOCK_BYTES`` part, whatever the filesystem's default (s3fs
-buffers 50 MiB per file by default, which times a worker's dozen threads adds up).
+Memory per open object is bounded: reads keep at most ``READ_BLOCKS`` blocks of
+``READ_BLOCK_BYTES``, writes buffer one ``WRITE_BLOCK_BYTES`` part, whatever the filesystem's
+default (s3fs buffers 50 MiB per file by default, which times a worker's dozen threads adds up).
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ import fsspec
 # fsspec protocols that run programs or are otherwise not storage.
 _REFUSED_PROTOCOLS = frozenset({"pipe", "cmd", "exec", "shell"})
 
-# Read-ahead per open file (gcsfs defaults to 5 MiB, s3fs to 50 MiB).
+# Reads fetch whole aligned blocks of this size (gcsfs defaults to 5 MiB, s3fs to 50 MiB) ...
 READ_BLOCK_BYTES = 4 * 1024 * 1024
+# ... and an open file keeps the last few it used: decoders read a file's head, then its tail
+# (an ID3v1 tag, Ogg's last page), then its head again; each block is requested once.
+READ_BLOCKS = 3
 # Write buffer per open file: one multipart part (S3 needs >= 5 MiB parts; GCS resumable
 # chunks must be multiples of 256 KiB).
 WRITE_BLOCK_BYTES = 8 * 1024 * 1024
@@ -265,9 +268,10 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 @contextlib.contextmanager
 def open_input(url: str) -> Iterator[IO[bytes]]:
-    """Opens a file for streaming reads, holding at most one ``READ_BLOCK_BYTES`` block."""
+    """Opens a file for reads, holding at most ``READ_BLOCKS`` blocks of ``READ_BLOCK_BYTES``."""
     fs, path = filesystem(url)
-    kwargs = {} if _is_local(fs) else {"block_size": READ_BLOCK_BYTES, "cache_type": "readahead"}
+    kwargs = {} if _is_local(fs) else {"block_size": READ_BLOCK_BYTES, "cache_type": "blockcache",
+                                       "cache_options": {"maxblocks": READ_BLOCKS}}
     with fs.open(path, "rb", **kwargs) as f:
         yield f
 
