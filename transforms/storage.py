@@ -266,6 +266,13 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
+def local_path(url: str) -> str | None:
+    """The operating system's path of ``url`` when it names a local file (a plain path or
+    ``file://``), else None."""
+    fs, path = filesystem(url)
+    return path if _is_local(fs) and "::" not in url else None
+
+
 @contextlib.contextmanager
 def open_input(url: str) -> Iterator[IO[bytes]]:
     """Opens a file for reads, holding at most ``READ_BLOCKS`` blocks of ``READ_BLOCK_BYTES``."""
