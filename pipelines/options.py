@@ -106,6 +106,9 @@ class InputOptions(PipelineOptions):
                             "costs one file (decoder_crash, timeout); none: in the worker")
         g.add_argument("--decode-timeout-s", dest="decode_timeout_s", type=float, default=d.timeout_s,
                        help=f"per-file decode time limit (default {d.timeout_s:g}; 0: none)")
+        g.add_argument("--decoder-processes", dest="decoder_processes", type=int, default=d.decoder_processes,
+                       help="with process isolation: files decoded at a time per decoding thread, alongside the "
+                            f"thread's other work (default {d.decoder_processes})")
 
 
 class TokenizeOptions(InputOptions):
@@ -205,7 +208,7 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
         max_decoded_bytes=args.max_decoded_mb << 20, truncated=args.truncated, non_finite=args.non_finite,
         out_of_range=args.out_of_range, silence=args.silence, silence_threshold_dbfs=args.silence_threshold_dbfs,
         clipping=args.clipping, clipping_fraction=args.clipping_fraction, isolation=args.decode_isolation,
-        timeout_s=args.decode_timeout_s or None)
+        timeout_s=args.decode_timeout_s or None, decoder_processes=args.decoder_processes)
 
 
 def segment_config(args: argparse.Namespace) -> SegmentConfig:

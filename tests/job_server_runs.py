@@ -91,7 +91,7 @@ def job_config(plan: Plan, output: str, incremental: bool):
 
     return tokenize.JobConfig(
         output=output, match=MatchConfig(patterns=(os.path.join(plan.corpus, "**"),), manifests=(plan.manifest,)),
-        decode=DecodeConfig(isolation="process", timeout_s=4.0, decoder="hostile_corpus:faulty_decoder"),
+        decode=DecodeConfig(isolation="process", timeout_s=4.0, decoder="hostile_corpus:FaultyDecoder"),
         segment=SegmentConfig(segment_s=30.0, min_segment_s=0.5), tokenize=TokenizeConfig(specs=plan.tokenizers),
         shards=ShardConfig(max_samples=20, files_per_bucket=16), overwrite=not incremental, incremental=incremental,
         max_failure_fraction=0.9)

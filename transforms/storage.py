@@ -17,9 +17,9 @@ worker pool, Flink, Spark) are started without our pipeline options:
 
 :func:`storage_options` is the one place that reads them.
 
-Memory per open object is bounded: reads keep one ``READ_BLOCK_BYTES`` read-ahead block,
-writes buffer one ``WRITE_BLOCK_BYTES`` part, whatever the filesystem's default (s3fs
-buffers 50 MiB per file by default, which times a worker's dozen threads adds up).
+Memory per open object is bounded: reads keep at most ``READ_BLOCKS`` blocks of
+``READ_BLOCK_BYTES``, writes buffer one ``WRITE_BLOCK_BYTES`` part, whatever the filesystem's
+default (s3fs buffers 50 MiB per file by default, which times a worker's dozen threads adds up).
 """
 
 from __future__ import annotations
@@ -43,8 +43,11 @@ logger = logging.getLogger(__name__)
 # fsspec protocols that run programs or are otherwise not storage.
 _REFUSED_PROTOCOLS = frozenset({"pipe", "cmd", "exec", "shell"})
 
-# Read-ahead per open file (gcsfs defaults to 5 MiB, s3fs to 50 MiB).
+# Reads fetch whole aligned blocks of this size (gcsfs defaults to 5 MiB, s3fs to 50 MiB) ...
 READ_BLOCK_BYTES = 4 * 1024 * 1024
+# ... and an open file keeps the last few it used: decoders read a file's head, then its tail
+# (an ID3v1 tag, Ogg's last page), then its head again; each block is requested once.
+READ_BLOCKS = 3
 # Write buffer per open file: one multipart part (S3 needs >= 5 MiB parts; GCS resumable
 # chunks must be multiples of 256 KiB).
 WRITE_BLOCK_BYTES = 8 * 1024 * 1024
@@ -274,9 +277,16 @@ def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
 _is_local = is_local_fs
 
 
+def local_path(url: str) -> str | None:
+    """The operating system's path of ``url`` when it names a local file (a plain path or
+    ``file://``), else None."""
+    fs, path = filesystem(url)
+    return path if _is_local(fs) and "::" not in url else None
+
+
 @contextlib.contextmanager
 def open_input(url: str) -> Iterator[IO[bytes]]:
-    """Opens a file for streaming reads, holding at most one ``READ_BLOCK_BYTES`` block.
+    """Opens a file for reads, holding at most ``READ_BLOCKS`` blocks of ``READ_BLOCK_BYTES``.
 
     On object stores, a read that fails with a transient error (see :func:`is_transient`) is
     retried with backoff, reopening the object at the same offset; what still fails raises
@@ -287,7 +297,8 @@ def open_input(url: str) -> Iterator[IO[bytes]]:
         with fs.open(path, "rb") as f:
             yield f
         return
-    raw = _RetryingReader(lambda: fs.open(path, "rb", block_size=READ_BLOCK_BYTES, cache_type="readahead"), url)
+    raw = _RetryingReader(lambda: fs.open(path, "rb", block_size=READ_BLOCK_BYTES, cache_type="blockcache",
+                                          cache_options={"maxblocks": READ_BLOCKS}), url)
     with io.BufferedReader(raw, buffer_size=64 * 1024) as f:
         yield f
 
@@ -590,6 +601,11 @@ class _RetryingReader(io.RawIOBase):
     @property
     def size(self) -> int | None:
         return getattr(self._file, "size", None)
+
+    @property
+    def file(self) -> IO[bytes] | None:
+        """The store's file object read through now (None between a failure and the reopen)."""
+        return self._file
 
     def readable(self) -> bool:
         return True

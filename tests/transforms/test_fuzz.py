@@ -145,8 +145,8 @@ def check_stream(data: bytes, config: DecodeConfig) -> str:
             assert chunk.dtype == np.float32 and chunk.ndim == 1 and np.isfinite(chunk).all()
             total += chunk.shape[0]
         middle = total // 2
-        for chunk in route._stretch(io.BytesIO(data), uri, info, middle, total, plan.repair, 0.25,
-                                    config, decode._Budget(None), plan.frames):
+        for chunk in route._stretch(io.BytesIO(data), uri, info, middle, total, plan.repair, 0.25, config,
+                                    decode._Budget(None), plan.frames):
             assert chunk.dtype == np.float32 and np.isfinite(chunk).all()
     except AudiotokError as e:
         assert e.reason in failures.REASONS, e.reason
