@@ -11,7 +11,8 @@ key, and the others stay).
 * ``portable``: a Beam job service at ``--job_endpoint`` (``python -m audiotok.runners.portable``
   starts one); LOOPBACK workers unless ``--environment_type`` says otherwise.
 * ``dataflow``: Google Cloud Dataflow; needs ``--project``, ``--region``, ``--temp_location``;
-  ships our package with ``--setup_file`` (source checkout) or runs in ``--sdk_container_image``.
+  ships our package with ``--setup_file`` and the pinned job stack with ``--requirements_file``
+  (source checkout), or runs in ``--sdk_container_image``.
 * ``dataflow-gpu``: ``dataflow`` with one NVIDIA L4 per worker; needs the CUDA container of
   ``runners/dataflow/Dockerfile``.
 * ``spark``: Beam's Spark job server (its jar from ``audiotok.runners.jobservers``' cache, or downloaded
@@ -47,8 +48,10 @@ REFUSED_FLAGS = frozenset({"s3_access_key_id", "s3_secret_access_key", "s3_sessi
 _ALIASES = {"worker_machine_type": "machine_type", "experiment": "experiments",
             "dataflow_service_option": "dataflow_service_options"}
 
-# A source checkout's setup.py, which --setup_file packages for Dataflow workers.
+# A source checkout's setup.py, which --setup_file packages for Dataflow workers, and the pinned
+# stack of the job that goes with it.
 SOURCE_SETUP_FILE = Path(__file__).resolve().parents[1] / "setup.py"
+SOURCE_REQUIREMENTS = SOURCE_SETUP_FILE.parent / "requirements.txt"
 
 GPU_MACHINE_TYPE = "g2-standard-8"
 
@@ -140,7 +143,11 @@ def _dataflow_packaging(given: Flags) -> tuple[str, ...]:
     if any(given.get("setup_file", [])) or any(given.get("sdk_container_image", [])):
         return ()
     if SOURCE_SETUP_FILE.is_file():
-        return (f"--setup_file={SOURCE_SETUP_FILE}",)
+        # The sdist of --setup_file brings only the trainer-side dependencies (pip installs no
+        # extras from it): the job's pinned stack goes as the requirements file, which the workers
+        # install from PyPI (skip: no local download of every package to stage it).
+        return (f"--setup_file={SOURCE_SETUP_FILE}", f"--requirements_file={SOURCE_REQUIREMENTS}",
+                "--requirements_cache=skip")
     raise ValueError(
         "profile 'dataflow' needs our package on the workers: give --sdk_container_image=IMAGE (built from "
         "runners/dataflow/Dockerfile) or --setup_file=PATH/TO/audiotok/setup.py")

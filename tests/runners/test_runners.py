@@ -72,8 +72,13 @@ def test_credential_flags_are_refused_without_echoing_them(flag):
 
 def test_dataflow_ships_the_source_package_or_runs_in_the_container():
     base = ["--project=p", "--region=r", "--temp_location=gs://b/t"]
-    assert _flags("dataflow", *base)["setup_file"] == [str(profiles.SOURCE_SETUP_FILE)]
-    assert "setup_file" not in _flags("dataflow", *base, "--sdk_container_image=img")
+    flags = _flags("dataflow", *base)
+    assert flags["setup_file"] == [str(profiles.SOURCE_SETUP_FILE)]
+    # The sdist brings the trainer side only: the job's pinned stack goes as the requirements file.
+    assert flags["requirements_file"] == [str(profiles.SOURCE_REQUIREMENTS)]
+    assert flags["requirements_cache"] == ["skip"]
+    in_image = _flags("dataflow", *base, "--sdk_container_image=img")
+    assert "setup_file" not in in_image and "requirements_file" not in in_image
 
 
 def test_dataflow_gpu_flags_merge_with_the_users_list_entries():
@@ -229,6 +234,11 @@ def test_dataflow_cpu_job_ships_our_package_with_setup_file(gcs, monkeypatch):
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
     assert {"setup.py", "pipelines/tokenize.py", "transforms/storage.py", "runners/profiles.py",
             "runners/dataflow/Dockerfile", "runners/dataflow/flex_main.py"} <= names
+    # pip installs the sdist without extras: the job's stack reaches the workers as the staged
+    # requirements file, which their boot installs.
+    with open(staged["requirements.txt"], encoding="utf-8") as f:
+        pins = {line.split("==")[0] for line in f if "==" in line and not line.startswith("#")}
+    assert {"apache-beam[gcp]", "torch", "torchaudio", "soundfile", "av", "soxr", "gcsfs", "s3fs"} <= pins
 
 
 @pytest.mark.slow
@@ -369,7 +379,7 @@ def test_the_dataflow_image_copies_what_exists_and_installs_the_model_libraries(
     sources = [src for words in lines if not words[1].startswith("--from") for src in words[1:-1]]
     assert sources and all(os.path.exists(os.path.join(REPO_ROOT, src)) for src in sources), sources
     text = open(dockerfile, encoding="utf-8").read()
-    assert "-r requirements-models.txt" in text
-    pins = open(os.path.join(REPO_ROOT, "requirements-models.txt"), encoding="utf-8").read()
-    for package in ("transformers==", "snac==", "silero-vad==", "matplotlib=="):
+    assert "pip install -r requirements.txt" in text
+    pins = open(os.path.join(REPO_ROOT, "requirements.txt"), encoding="utf-8").read()
+    for package in ("apache-beam[gcp]==", "torch==", "transformers==", "snac==", "silero-vad==", "matplotlib=="):
         assert package in pins, package

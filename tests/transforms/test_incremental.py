@@ -143,19 +143,19 @@ def test_crash_before_publishing_then_rerun(tmp_path, monkeypatch):
     make_corpus(inp, 3)
     run(config(inp, out))
     write_audio(inp / "f09.flac", synth_speechlike(1.5, 16000, seed=9), 16000, "flac")
-    real_write = storage.write_bytes
+    real_write = storage.write_atomic
 
-    def crash_on_index(url, data):
+    def crash_on_index(url, data, **kw):
         if url.endswith("index.json"):
             raise OSError("killed")
-        return real_write(url, data)
+        return real_write(url, data, **kw)
 
-    monkeypatch.setattr(storage, "write_bytes", crash_on_index)
+    monkeypatch.setattr(storage, "write_atomic", crash_on_index)
     with pytest.raises(Exception, match="killed"):
         run(config(inp, out, incremental=True))
     assert (out / "shards" / "v000002").exists()  # renamed, but never published
     assert json.loads((out / "index.json").read_text())["dataset_version"] == 1
-    monkeypatch.setattr(storage, "write_bytes", real_write)
+    monkeypatch.setattr(storage, "write_atomic", real_write)
     index, counters, _ = run(config(inp, out, incremental=True))
     assert counters["files_ok"] == 1 and index["dataset_version"] == 2
     keys = live_keys(out)
