@@ -201,7 +201,7 @@ TEST_JOB_SERVERS = {
          # Spark 3.2 logs through the log4j 1.x API: log4j 2's bridge serves it.
          f"org.apache.logging.log4j:log4j-1.2-api:{LOG4J2_VERSION}") + _LOG4J2),
     "flink": AssembledJobServer(
-        "flink", "Flink 1.16", "org.apache.beam.runners.flink.FlinkJobServerDriver",
+        "flink", "Flink 1.16.0", "org.apache.beam.runners.flink.FlinkJobServerDriver",
         (_beam("beam-runners-flink-1.16"), _beam("beam-runners-java-job-service"),
          _beam("beam-sdks-java-expansion-service")) + _LOG4J2),
 }

@@ -116,10 +116,14 @@ def run_one(plan: Plan, run: Run, output: str, incremental: bool) -> dict:
                 flags += ["--environment_type=EXTERNAL", f"--environment_config=localhost:{pool.port}"]
                 _, counters, _ = tokenize.run(job_config(plan, output, incremental),
                                               profiles.pipeline_options(run.profile, flags))
+                # The pool logs each SDK worker process it starts.
+                workers = pool.log_tail(1 << 20).count("Starting worker with command")
         else:
             _, counters, _ = tokenize.run(job_config(plan, output, incremental),
                                           profiles.pipeline_options(run.profile, flags))
-        return {"ok": True, "counters": counters, "wall_s": round(time.monotonic() - start, 1)}
+            workers = 0
+        return {"ok": True, "counters": counters, "worker_processes": workers,
+                "wall_s": round(time.monotonic() - start, 1)}
     except BaseException as e:  # noqa: BLE001 - the report carries it; the other runs go on
         if isinstance(e, KeyboardInterrupt):
             raise
