@@ -225,7 +225,7 @@ class Pass:
 
 
 def _token_count(tok, streams: dict[str, np.ndarray]) -> int:
-    from audiotok.transforms.shards import count_tokens
+    from audiotok.transforms.dataset import count_tokens
     from audiotok.transforms.tokenize import stream_descriptions
 
     return sum(count_tokens(streams, stream_descriptions([tok])).values())
@@ -281,7 +281,7 @@ def run_pipeline(spec: str, corpus: Path, output: Path, device: str, batch_max_s
     import torch
 
     from audiotok.pipelines import tokenize as job
-    from audiotok.transforms import inference, shards
+    from audiotok.transforms import dataset, inference
     from audiotok.transforms.match import MatchConfig
     from audiotok.transforms.segment import SegmentConfig
     from audiotok.transforms.tokenize import TokenizeConfig
@@ -304,7 +304,7 @@ def run_pipeline(spec: str, corpus: Path, output: Path, device: str, batch_max_s
         result.wait_until_finish()
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     counters = job.collect_counters(result)
-    index = shards.read_index(str(output))
+    index = dataset.read_index(str(output))
     tokens = sum(index["totals"]["tokens"].values())
     padding, batched = counters.get("padding_samples", 0), counters.get("batched_samples", 0)
     return Pass("pipeline", tokens, wall, cpu, gpu.busy_percent(), {

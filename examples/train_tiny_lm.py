@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audiotok.transforms import lm, reader, shards, storage
+from audiotok.transforms import dataset, lm, reader, storage
 
 logger = logging.getLogger("train_tiny_lm")
 
@@ -88,14 +88,14 @@ class TinyGPT(nn.Module):
 def load_vocab(output: str) -> lm.VocabSpec:
     if storage.exists(storage.join(output, lm.VOCAB_NAME)):
         return lm.read_vocab(output)
-    return lm.build_vocab(shards.read_index(output)["streams"])
+    return lm.build_vocab(dataset.read_index(output)["streams"])
 
 
 def batches(output: str, config: lm.SequenceConfig, vocab: lm.VocabSpec, context_len: int, batch_size: int,
             workers: int = 0):
     """Endless batches of packed rows (the dataset is read again when it runs out)."""
-    dataset = reader.lm_dataset(output, config, context_len, vocab=vocab)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, drop_last=False)
+    rows = reader.lm_dataset(output, config, context_len, vocab=vocab)
+    loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, num_workers=workers, drop_last=False)
     while True:
         empty = True
         for batch in loader:

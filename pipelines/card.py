@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from audiotok.transforms import card, lm, shards, storage
+from audiotok.transforms import card, dataset, lm, storage
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="per-sample statistics from at most this many evenly spaced shards (default: all)")
     args = parser.parse_args(argv)
     try:
-        index = shards.read_index(args.output)
+        index = dataset.read_index(args.output)
     except (FileNotFoundError, OSError, ValueError) as e:
-        print(f"audiotok card: cannot read {args.output}/{shards.INDEX_NAME}: {e}", file=sys.stderr)
+        print(f"audiotok card: cannot read {args.output}/{dataset.INDEX_NAME}: {e}", file=sys.stderr)
         return 1
     lm.write_vocab(args.output, index)  # derived from the index like the card (older datasets have none)
     stats = card.write_card(args.output, index, max_shards=args.max_shards)

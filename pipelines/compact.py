@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-from audiotok.transforms import incremental, shards, storage
+from audiotok.transforms import dataset, incremental, shards, storage
 from audiotok.transforms.records import Sample
 
 
@@ -35,12 +35,12 @@ def live_samples(output: str, index: dict) -> Iterator[Sample]:
                     continue
                 k, ext = member.name.split(".", 1)
                 if key is not None and k != key:
-                    if incremental.is_live(key, row):
+                    if dataset.is_live(key, row):
                         yield _sample(key, parts, stream_names)
                     parts = {}
                 key = k
                 parts[ext] = tar.extractfile(member).read()
-            if key is not None and incremental.is_live(key, row):
+            if key is not None and dataset.is_live(key, row):
                 yield _sample(key, parts, stream_names)
 
 
@@ -53,19 +53,19 @@ def _sample(key: str, parts: dict[str, bytes], stream_names: set[str]) -> Sample
 
 def compact(output: str, config: shards.ShardConfig = shards.ShardConfig()) -> dict:
     """Rewrites the live dataset into fresh shards; returns the new index."""
-    index = shards.read_index(output)
+    index = dataset.read_index(output)
     state = json.loads(storage.read_bytes(storage.join(output, index["state"])))
     version = int(index["dataset_version"]) + 1
-    temp_dir = storage.join(output, shards.TMP_DIR, uuid.uuid4().hex)
+    temp_dir = storage.join(output, dataset.TMP_DIR, uuid.uuid4().hex)
     written = []
     with shards.ShardWriter(temp_dir, config, index.get("streams", {})) as writer:
         for sample in sorted(live_samples(output, index), key=lambda s: s.key):
             written += writer.add(sample)
         written += writer.close()
-    vname = incremental.version_name(version)
+    vname = dataset.version_name(version)
     rows, by_source = [], {}
     for i, w in enumerate(sorted(written, key=lambda w: w.first_key)):
-        rel = f"{shards.SHARDS_DIR}/{vname}/shard-{i:06d}.tar"
+        rel = f"{dataset.SHARDS_DIR}/{vname}/shard-{i:06d}.tar"
         storage.rename(w.temp_url, storage.join(output, rel))
         rows.append({"url": rel, "samples": w.samples, "live_samples": w.samples, "bytes": w.bytes,
                      "audio_s": w.audio_s, "tokens": dict(sorted(w.tokens.items()))})
@@ -77,12 +77,12 @@ def compact(output: str, config: shards.ShardConfig = shards.ShardConfig()) -> d
         entry["shards"] = {}
         for source in entry.get("sources", []):
             entry["shards"].update(by_source.get(source, {}))
-    storage.write_bytes(storage.join(output, incremental.state_path(version)),
+    storage.write_bytes(storage.join(output, dataset.state_path(version)),
                         json.dumps(new_state, indent=1, sort_keys=True).encode("utf-8"))
-    new_index = {**index, "dataset_version": version, "state": incremental.state_path(version), "shards": rows}
+    new_index = {**index, "dataset_version": version, "state": dataset.state_path(version), "shards": rows}
     new_index["totals"] = {**index["totals"], **{k: v for k, v in incremental.live_totals(new_state, rows).items()
                                                   if k in ("shards", "bytes")}}
-    storage.write_bytes(shards.join_index(output), json.dumps(new_index, indent=1, sort_keys=True).encode("utf-8"))
+    storage.write_bytes(dataset.join_index(output), json.dumps(new_index, indent=1, sort_keys=True).encode("utf-8"))
     storage.remove(temp_dir)
     return new_index
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-max-samples", type=int, default=1000)
     parser.add_argument("--shard-max-bytes", type=int, default=1 << 30)
     args = parser.parse_args(argv)
-    before = shards.read_index(args.output)
+    before = dataset.read_index(args.output)
     after = compact(args.output, shards.ShardConfig(args.shard_max_samples, args.shard_max_bytes))
     print(f"compacted {before['totals']['shards']} shards into {after['totals']['shards']} "
           f"({after['totals']['samples']} live samples), dataset version {after['dataset_version']}")

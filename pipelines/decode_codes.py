@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from audiotok.transforms import shards, storage
+from audiotok.transforms import dataset, storage
 from audiotok.transforms.tokenizers import base, registry
 from audiotok.transforms.tokenizers.codecs import CodecTokenizer
 
@@ -35,7 +35,7 @@ class DecodeError(ValueError):
 
 def read_sample(shard_url: str, key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(metadata, stream name -> array) of one sample of a WebDataset shard."""
-    shards.check_key(key)
+    dataset.check_key(key)
     meta: dict[str, Any] | None = None
     arrays: dict[str, np.ndarray] = {}
     prefix = f"{key}."
@@ -60,10 +60,10 @@ def default_index_url(shard_url: str) -> str:
     parts = shard_url.rstrip("/").split("/")
     folder = "/".join(parts[:-1])
     for i in range(len(parts) - 2, -1, -1):
-        if parts[i] == shards.SHARDS_DIR:
+        if parts[i] == dataset.SHARDS_DIR:
             folder = "/".join(parts[:i])
             break
-    return storage.join(folder, shards.INDEX_NAME) if folder else shards.INDEX_NAME
+    return storage.join(folder, dataset.INDEX_NAME) if folder else dataset.INDEX_NAME
 
 
 def codec_streams(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

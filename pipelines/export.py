@@ -27,7 +27,7 @@ import re
 import sys
 from typing import Any, Mapping, Sequence
 
-from audiotok.transforms import reader, shards, storage
+from audiotok.transforms import dataset, reader, storage
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def export_lhotse_shar(output: str, out_dir: str, shard_size: int = 1000,
     _lhotse()
     from lhotse.shar import SharWriter
 
-    index = shards.read_index(output)
+    index = dataset.read_index(output)
     specs = index.get("streams", {})
     names = list(specs) if streams is None else list(streams)
     unknown = [n for n in names if n not in specs]

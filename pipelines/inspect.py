@@ -12,7 +12,7 @@ from typing import Any, Mapping, TextIO
 
 import numpy as np
 
-from audiotok.transforms import lm, reader, shards, storage
+from audiotok.transforms import dataset, lm, reader, storage
 
 
 def summary_lines(output: str, index: Mapping[str, Any], vocab: lm.VocabSpec) -> list[str]:
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     out = sys.stdout if out is None else out
     try:
-        index = shards.read_index(args.output)
+        index = dataset.read_index(args.output)
     except (FileNotFoundError, OSError, ValueError) as e:
-        print(f"audiotok inspect: cannot read {args.output}/{shards.INDEX_NAME}: {e}", file=sys.stderr)
+        print(f"audiotok inspect: cannot read {args.output}/{dataset.INDEX_NAME}: {e}", file=sys.stderr)
         return 1
     vocab = (lm.read_vocab(args.output) if storage.exists(storage.join(args.output, lm.VOCAB_NAME))
              else lm.build_vocab(index.get("streams", {})))

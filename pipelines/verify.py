@@ -45,7 +45,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from audiotok.transforms import incremental, lm, shards, storage
+from audiotok.transforms import dataset, lm, storage
 
 # Problem codes.
 INDEX_UNREADABLE = "index_unreadable"
@@ -301,7 +301,7 @@ def check_shard(output: str, row: Mapping[str, Any], specs: Mapping[str, Mapping
                 problem(SPLIT_SAMPLE, "the sample's members are not adjacent in the tar", current_key)
         seen.setdefault(current_key, set()).update(current)
         meta, arrays, problems = check_sample(current_key, current, specs, rel)
-        live = incremental.source_of_key(current_key) not in excluded
+        live = dataset.source_of_key(current_key) not in excluded
         # Superseded samples may come from the tokenizers of an earlier run.
         report.problems.extend(p for p in problems if live or p.code != FINGERPRINT_MISMATCH)
         report.keys.append(current_key)
@@ -313,7 +313,7 @@ def check_shard(output: str, row: Mapping[str, Any], specs: Mapping[str, Mapping
             duration_s = 0.0
         report.audio_s += duration_s
         report.live_audio_s += duration_s if live else 0.0
-        for name, n in shards.count_tokens(arrays, specs).items():
+        for name, n in dataset.count_tokens(arrays, specs).items():
             report.tokens[name] = report.tokens.get(name, 0) + n
             if live:
                 report.live_tokens[name] = report.live_tokens.get(name, 0) + n
@@ -340,7 +340,7 @@ def check_shard(output: str, row: Mapping[str, Any], specs: Mapping[str, Mapping
                     continue
                 key, suffix = m.group("key"), m.group("suffix")
                 try:
-                    shards.check_key(key)
+                    dataset.check_key(key)
                 except ValueError as e:
                     problem(BAD_MEMBER_NAME, str(e))
                     continue
@@ -393,13 +393,13 @@ def check_index(output: str, index: Mapping[str, Any]) -> list[Problem]:
     """
     problems: list[Problem] = []
 
-    def problem(code: str, message: str, where: str = shards.INDEX_NAME) -> None:
+    def problem(code: str, message: str, where: str = dataset.INDEX_NAME) -> None:
         problems.append(Problem(code, message, where))
 
-    if index.get("format") != shards.INDEX_FORMAT:
-        problem(INDEX_UNREADABLE, f"format {index.get('format')!r}; expected {shards.INDEX_FORMAT!r}")
-    if index.get("version") != shards.INDEX_VERSION:
-        problem(INDEX_UNREADABLE, f"version {index.get('version')!r}; this audiotok reads {shards.INDEX_VERSION}")
+    if index.get("format") != dataset.INDEX_FORMAT:
+        problem(INDEX_UNREADABLE, f"format {index.get('format')!r}; expected {dataset.INDEX_FORMAT!r}")
+    if index.get("version") != dataset.INDEX_VERSION:
+        problem(INDEX_UNREADABLE, f"version {index.get('version')!r}; this audiotok reads {dataset.INDEX_VERSION}")
     rows = index.get("shards", [])
     totals = index.get("totals", {})
     urls = [r.get("url") for r in rows]
@@ -410,7 +410,7 @@ def check_index(output: str, index: Mapping[str, Any]) -> list[Problem]:
         if not isinstance(live, int) or not isinstance(n, int) or not 0 <= live <= n \
                 or (live != n and not r.get("excluded_sources")):
             problem(INDEX_MISMATCH, f"{live} live of {n} samples, excluded sources {r.get('excluded_sources')}",
-                    r.get("url", shards.INDEX_NAME))
+                    r.get("url", dataset.INDEX_NAME))
     sums = {
         "shards": len(rows),
         "bytes": sum(int(r.get("bytes", 0)) for r in rows),
@@ -429,13 +429,13 @@ def check_index(output: str, index: Mapping[str, Any]) -> list[Problem]:
                                         f"{len(state.get('inputs', {}))}")
         except (FileNotFoundError, OSError, ValueError) as e:
             problem(MISSING_FILE, f"the state file does not read: {type(e).__name__}: {e}", index["state"])
-    shard_dir = storage.join(output, shards.SHARDS_DIR)
+    shard_dir = storage.join(output, dataset.SHARDS_DIR)
     if storage.exists(shard_dir):
         listed = {u.rstrip("/") for u in urls if u}
         for found, _ in storage.list_files(storage.join(shard_dir, "**")):
             if not found.endswith(".tar"):
                 continue
-            rel = posixpath.join(shards.SHARDS_DIR, posixpath.relpath(found.replace(os.sep, "/"),
+            rel = posixpath.join(dataset.SHARDS_DIR, posixpath.relpath(found.replace(os.sep, "/"),
                                                                       shard_dir.replace(os.sep, "/")))
             if rel not in listed:
                 problem(UNLISTED_SHARD, "a shard file the index does not list (all its samples superseded, "
@@ -496,10 +496,10 @@ def check_failures(output: str, index: Mapping[str, Any]) -> list[Problem]:
     live = dict(sorted(live.items()))
     if totals.get("failures", 0) != sum(live.values()):
         problems.append(Problem(FAILURES_MISMATCH, f"totals.failures is {totals.get('failures')}; the failure files "
-                                                   f"hold {sum(live.values())} live records", shards.INDEX_NAME))
+                                                   f"hold {sum(live.values())} live records", dataset.INDEX_NAME))
     if dict(totals.get("failures_by_reason", {})) != live:
         problems.append(Problem(FAILURES_MISMATCH, f"totals.failures_by_reason is {totals.get('failures_by_reason')}; "
-                                                   f"the failure files hold {live}", shards.INDEX_NAME))
+                                                   f"the failure files hold {live}", dataset.INDEX_NAME))
     return problems
 
 
@@ -529,9 +529,9 @@ def verify_dataset(output: str, workers: int = 4) -> Report:
     """
     report = Report(output=output)
     try:
-        index = shards.read_index(output)
+        index = dataset.read_index(output)
     except (FileNotFoundError, OSError, ValueError) as e:
-        report.problems.append(Problem(INDEX_UNREADABLE, f"{type(e).__name__}: {e}", shards.INDEX_NAME))
+        report.problems.append(Problem(INDEX_UNREADABLE, f"{type(e).__name__}: {e}", dataset.INDEX_NAME))
         return report
     report.problems += check_index(output, index)
     specs = index.get("streams", {})
@@ -556,13 +556,13 @@ def verify_dataset(output: str, workers: int = 4) -> Report:
     totals = index.get("totals", {})
     if totals.get("samples") != report.samples:
         report.problems.append(Problem(INDEX_MISMATCH, f"totals.samples is {totals.get('samples')}; the shards hold "
-                                                       f"{report.samples} live samples", shards.INDEX_NAME))
+                                                       f"{report.samples} live samples", dataset.INDEX_NAME))
     if abs(float(totals.get("audio_s", 0.0)) - live_audio_s) > 1e-3 + 1e-6 * report.samples:
         report.problems.append(Problem(INDEX_MISMATCH, f"totals.audio_s is {totals.get('audio_s')}; the shards hold "
-                                                       f"{live_audio_s:.3f} s of live audio", shards.INDEX_NAME))
+                                                       f"{live_audio_s:.3f} s of live audio", dataset.INDEX_NAME))
     if dict(totals.get("tokens", {})) != dict(sorted(live_tokens.items())):
         report.problems.append(Problem(INDEX_MISMATCH, f"totals.tokens is {totals.get('tokens')}; the shards hold "
-                                                       f"{dict(sorted(live_tokens.items()))}", shards.INDEX_NAME))
+                                                       f"{dict(sorted(live_tokens.items()))}", dataset.INDEX_NAME))
     report.problems += check_failures(output, index)
     report.problems += check_vocab(output, index)
     return report

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from audiotok.transforms import shards
+from audiotok.transforms import dataset, shards
 from audiotok.transforms.failures import Failure
 from audiotok.transforms.records import AudioRef, Sample, Segment
 from audiotok.transforms.shards import ShardConfig, ShardWriter
@@ -100,7 +100,7 @@ def write_dataset(output: str | os.PathLike, samples: Sequence[Sample], specs: S
                   max_samples: int = 1000, failures: Sequence[Failure] = ()) -> dict:
     """Writes samples (and dead letters) with ``ShardWriter`` + ``finalize``; returns the index."""
     output = str(output)
-    temp = os.path.join(output, shards.TMP_DIR, "test")
+    temp = os.path.join(output, dataset.TMP_DIR, "test")
     descriptions = describe(specs)
     written = []
     with ShardWriter(temp, ShardConfig(max_samples=max_samples), descriptions) as writer:
@@ -132,9 +132,10 @@ def example_run() -> str:
     from audiotok.transforms.tokenize import TokenizeConfig
     from audiotok.transforms.tokenizers import registry
 
-    output = tempfile.mkdtemp(prefix="audiotok-example-run-")
-    atexit.register(shutil.rmtree, output, ignore_errors=True)
-    codebook = os.path.join(output, "codebook-k32.safetensors")
+    root = tempfile.mkdtemp(prefix="audiotok-example-run-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    output = os.path.join(root, "out")  # a dataset is written only into a new or empty folder
+    codebook = os.path.join(root, "codebook-k32.safetensors")
     fit = fit_kmeans.FitConfig(spec="mfcc-kmeans[k=32]", output=codebook, max_frames=2000)
     features = registry.create(fit.spec).features([synth_speechlike(4.0, SAMPLE_RATE, seed=s)[0] for s in range(3)])
     sampled = [rf for i, f in enumerate(features) for rf in fit_kmeans.sample_frames(f"synth{i}", f, 300, fit.seed)]
@@ -171,12 +172,11 @@ def exclude_source(output: str | os.PathLike, index: dict, key: str) -> dict:
     """Marks the source of sample ``key`` superseded, as an incremental refresh would: its shard
     row gets ``excluded_sources`` and fewer ``live_samples``, the totals lose its samples.
     Rewrites and returns the index."""
-    from audiotok.transforms import incremental
 
-    source = incremental.source_of_key(key)
+    source = dataset.source_of_key(key)
     for row in index["shards"]:
         gone = [(n, d) for n, d in read_members(os.path.join(str(output), row["url"]))
-                if n.endswith(".json") and incremental.source_of_key(n.split(".")[0]) == source]
+                if n.endswith(".json") and dataset.source_of_key(n.split(".")[0]) == source]
         if not gone:
             continue
         row["excluded_sources"] = sorted({*row.get("excluded_sources", []), source})
@@ -188,6 +188,6 @@ def exclude_source(output: str | os.PathLike, index: dict, key: str) -> dict:
             for name, d in meta["streams"].items():
                 n = d["shape"][0] if d["kind"] == "vectors" else int(np.prod(d["shape"]))
                 index["totals"]["tokens"][name] -= n
-    with open(os.path.join(str(output), shards.INDEX_NAME), "w") as f:
+    with open(os.path.join(str(output), dataset.INDEX_NAME), "w") as f:
         json.dump(index, f, indent=1, sort_keys=True)
     return index

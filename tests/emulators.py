@@ -221,9 +221,9 @@ def dataset_digest(output: str) -> dict:
     import io
     import tarfile
 
-    from audiotok.transforms import shards, storage
+    from audiotok.transforms import dataset, storage
 
-    index = shards.read_index(output)
+    index = dataset.read_index(output)
     samples: dict = {}
     for row in index["shards"]:
         with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(storage.join(output, row["url"])))) as tar:

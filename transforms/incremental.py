@@ -23,21 +23,6 @@ from audiotok.transforms.records import AudioRef
 
 STATE_FORMAT = "audiotok-state"
 STATE_VERSION = 1
-STATE_DIR = "state"
-
-
-def version_name(version: int) -> str:
-    return f"v{version:06d}"
-
-
-def state_path(version: int) -> str:
-    return f"{STATE_DIR}/state-{version_name(version)}.json"
-
-
-def source_of_key(key: str) -> str:
-    """The source hash inside a sample key ``STEM-SOURCEHASH-MS``."""
-    parts = key.rsplit("-", 2)
-    return parts[1] if len(parts) == 3 else ""
 
 
 def settings_fingerprint(settings: Mapping[str, Any]) -> str:
@@ -97,7 +82,9 @@ def next_state(previous: Mapping[str, Any], version: int, fingerprint: str, list
                 entry["tokens"][name] = entry["tokens"].get(name, 0) + n
     stale: list[Mapping[str, Any]] = []
     seen: set[str] = set()
-    for ref in listed:
+    # A URI listed twice (by a pattern and a manifest line) keeps one entry: the same one
+    # whatever order the runner delivered the references in.
+    for ref in sorted(listed, key=_ref_order):
         if ref.uri in seen:
             continue
         seen.add(ref.uri)
@@ -118,6 +105,10 @@ def next_state(previous: Mapping[str, Any], version: int, fingerprint: str, list
     state["inputs"] = dict(sorted(state["inputs"].items()))
     state["deleted"] = dict(sorted(state["deleted"].items()))
     return state, stale
+
+
+def _ref_order(ref: AudioRef) -> tuple:
+    return (ref.uri, meta_hash(ref), ref.size_bytes is not None, ref.size_bytes or 0, ref.version or "")
 
 
 def live_shards(previous_rows: Iterable[Mapping[str, Any]], new_rows: Iterable[Mapping[str, Any]],
@@ -158,12 +149,6 @@ def live_totals(state: Mapping[str, Any], shard_rows: Iterable[Mapping[str, Any]
         "inputs": len(state.get("inputs", {})),
         "deleted_inputs": len(state.get("deleted", {})),
     }
-
-
-def is_live(key: str, row: Mapping[str, Any]) -> bool:
-    """Whether a sample read from a shard of the index is live (readers call this)."""
-    excluded = row.get("excluded_sources")
-    return not excluded or source_of_key(key) not in excluded
 
 
 class _SelectFn(beam.DoFn):

@@ -9,7 +9,7 @@ asks for. The others (a log-mel stream holds ~99 % of a shard's bytes) are seeke
 read, copied or decoded; packed LM rows do not even read ``KEY.json``. Arrays are made on top of
 the bytes read (no copy). The samples are grouped as webdataset's ``group_by_keys`` groups them.
 
-    from audiotok.transforms import reader, lm
+    from audiotok.transforms import lm, reader
     ds = reader.sample_dataset("gs://bucket/out")            # a torch IterableDataset
     for s in ds: s.key, s.meta, s.streams["mfcc-kmeans"]     # int16 [T]
 
@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from audiotok.transforms import lm, shards, storage
+from audiotok.transforms import dataset, lm, storage
 
 
 class ShardFormatError(ValueError):
@@ -71,7 +71,7 @@ class TokenSample:
 
 def shard_urls(output: str, index: Mapping[str, Any] | None = None) -> list[str]:
     """The shards of a dataset, as URLs (relative index entries resolved against ``output``)."""
-    index = shards.read_index(output) if index is None else index
+    index = dataset.read_index(output) if index is None else index
     urls = []
     for row in index["shards"]:
         url = row["url"]
@@ -90,15 +90,13 @@ def excluded_sources(output: str, index: Mapping[str, Any]) -> dict[str, frozens
 
 def live_only(samples: Iterable[Mapping[str, Any]],
               excluded: Mapping[str, frozenset[str]]) -> Iterator[Mapping[str, Any]]:
-    """webdataset stage: drops grouped samples of excluded sources (``incremental.is_live``)."""
+    """webdataset stage: drops grouped samples of excluded sources (``dataset.is_live``)."""
     if not excluded:
         yield from samples
         return
-    from audiotok.transforms import incremental  # only incrementally refreshed datasets need it (it imports Beam)
-
     for sample in samples:
         rows = excluded.get(sample.get("__url__", ""))
-        if not rows or incremental.is_live(sample["__key__"], {"excluded_sources": rows}):
+        if not rows or dataset.is_live(sample["__key__"], {"excluded_sources": rows}):
             yield sample
 
 
@@ -362,7 +360,7 @@ def sample_dataset(output: str, *, streams: Sequence[str] | None = None, meta: b
     """
     import webdataset as wds
 
-    index = shards.read_index(output) if index is None else index
+    index = dataset.read_index(output) if index is None else index
     return wds.DataPipeline(sample_pipeline_stages(
         shard_urls(output, index), streams=streams, meta=meta, shuffle_shards=shuffle_shards, seed=seed, split=split,
         shuffle_buffer=shuffle_buffer, excluded=excluded_sources(output, index)))
@@ -373,7 +371,7 @@ def read_samples(output: str, *, streams: Sequence[str] | None = None, urls: Seq
     """Every live sample of a dataset (or of its shards ``urls``), in shard order, in this process."""
     import webdataset as wds
 
-    index = shards.read_index(output) if index is None else index
+    index = dataset.read_index(output) if index is None else index
     urls = shard_urls(output, index) if urls is None else list(urls)
     yield from wds.DataPipeline(sample_pipeline_stages(urls, streams=streams, split=False,
                                                        excluded=excluded_sources(output, index)))
@@ -420,7 +418,7 @@ def lm_dataset(output: str, config: lm.SequenceConfig, context_len: int, *, voca
     """
     import webdataset as wds
 
-    index = shards.read_index(output) if index is None else index
+    index = dataset.read_index(output) if index is None else index
     if vocab is None:
         vocab = lm.read_vocab(output) if storage.exists(storage.join(output, lm.VOCAB_NAME)) \
             else lm.build_vocab(index["streams"])

@@ -12,29 +12,15 @@ import dataclasses
 import hashlib
 import io
 import json
-import re
 import tarfile
 import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
 import apache_beam as beam
-import numpy as np
 
-from audiotok.transforms import incremental, metrics, storage
+from audiotok.transforms import dataset, incremental, lease, metrics, storage
 from audiotok.transforms.failures import Failure
-from audiotok.transforms.records import TRANSCRIPT_FIELDS, AudioRef, Sample
-
-INDEX_NAME = "index.json"
-INDEX_FORMAT = "audiotok-dataset"
-INDEX_VERSION = 1
-SHARDS_DIR = "shards"
-FAILURES_DIR = "failures"
-TMP_DIR = "_tmp"
-
-_KEY = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
-_STREAM = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_BLOCK = 512
-
+from audiotok.transforms.records import AudioRef, Sample
 
 @dataclasses.dataclass(frozen=True)
 class ShardConfig:
@@ -57,61 +43,8 @@ class ShardConfig:
             raise ValueError(f"files_per_bucket must be >= 1. Found: {self.files_per_bucket}")
         if self.max_samples < 1:
             raise ValueError(f"max_samples must be >= 1. Found: {self.max_samples}")
-        if self.max_bytes < 4 * _BLOCK:
-            raise ValueError(f"max_bytes must be >= {4 * _BLOCK}. Found: {self.max_bytes}")
-
-
-def check_key(key: str) -> str:
-    """Returns ``key`` if it is a safe sample key; raises ValueError otherwise."""
-    if not isinstance(key, str) or not _KEY.match(key):
-        raise ValueError(f"unsafe sample key {key!r}: keys are 1-200 characters of [A-Za-z0-9_-]")
-    return key
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
-def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
-    """The tar members of one sample, metadata first, streams by name."""
-    key = check_key(sample.key)
-    members = [(f"{key}.json", json.dumps(sample.meta, sort_keys=True, ensure_ascii=False).encode("utf-8"))]
-    for name in sorted(sample.streams):
-        if not _STREAM.match(name):
-            raise ValueError(f"unsafe stream name {name!r}")
-        members.append((f"{key}.{name}.npy", npy_bytes(sample.streams[name])))
-    text = transcript_text(sample.meta)
-    if text is not None:
-        members.append((f"{key}.txt", text.encode("utf-8")))
-    return members
-
-
-def transcript_text(meta: Mapping[str, Any]) -> str | None:
-    """The text of ``KEY.txt``: the segment's share of a timed transcript (its ``text``, which
-    segmentation cut along with the audio), or None when the source had no timed transcript.
-
-    A manifest's plain ``text`` describes the whole file, not one segment, so it stays in
-    ``KEY.json`` only.
-    """
-    if any(isinstance(meta.get(f), list) for f in TRANSCRIPT_FIELDS) and isinstance(meta.get("text"), str):
-        return meta["text"]
-    return None
-
-
-def member_tar_bytes(payload_len: int) -> int:
-    """Bytes a member takes in a tar: a header block plus the payload padded to blocks."""
-    return _BLOCK + -(-payload_len // _BLOCK) * _BLOCK
-
-
-def count_tokens(streams: Mapping[str, np.ndarray], specs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
-    """Tokens per stream: K*T for codes, T for units and durations, T frames for vectors."""
-    counts = {}
-    for name, array in streams.items():
-        kind = specs.get(name, {}).get("kind")
-        counts[name] = int(array.shape[0]) if kind == "vectors" else int(array.size)
-    return counts
+        if self.max_bytes < 4 * dataset.TAR_BLOCK:
+            raise ValueError(f"max_bytes must be >= {4 * dataset.TAR_BLOCK}. Found: {self.max_bytes}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,8 +120,8 @@ class ShardWriter:
 
     def add(self, sample: Sample) -> list[WrittenFile]:
         """Adds one sample; returns the shard it closed to make room, if any."""
-        members = encode_sample(sample)
-        size = sum(member_tar_bytes(len(data)) for _, data in members)
+        members = dataset.encode_sample(sample)
+        size = sum(dataset.member_tar_bytes(len(data)) for _, data in members)
         closed = []
         if self._count and (self._count >= self.config.max_samples or self._bytes + size > self.config.max_bytes):
             closed.append(self._close_current())
@@ -201,11 +134,11 @@ class ShardWriter:
         duration_s = float(sample.meta.get("duration_s", 0.0))
         self._audio_s += duration_s
         uri = (sample.meta.get("source") or {}).get("uri", "")
-        source = self._sources.setdefault(incremental.source_of_key(sample.key),
+        source = self._sources.setdefault(dataset.source_of_key(sample.key),
                                           {"uri": uri, "samples": 0, "audio_s": 0.0, "tokens": {}})
         source["samples"] += 1
         source["audio_s"] = round(source["audio_s"] + duration_s, 6)
-        for name, n in count_tokens(sample.streams, self.stream_specs).items():
+        for name, n in dataset.count_tokens(sample.streams, self.stream_specs).items():
             self._tokens[name] = self._tokens.get(name, 0) + n
             source["tokens"][name] = source["tokens"].get(name, 0) + n
         self._first_key = sample.key if self._first_key is None else min(self._first_key, sample.key)
@@ -240,7 +173,7 @@ class ShardWriter:
     def _close_current(self) -> WrittenFile:
         self._tar.close()
         self._file.close()
-        total = self._bytes + 2 * _BLOCK  # the end-of-archive blocks
+        total = self._bytes + 2 * dataset.TAR_BLOCK  # the end-of-archive blocks
         written = WrittenFile(
             kind="shard", temp_url=self._url, first_key=self._first_key or "", samples=self._count,
             bytes=_padded_archive_size(total), audio_s=round(self._audio_s, 6), tokens=dict(self._tokens),
@@ -277,16 +210,58 @@ class RunPlan:
     Attributes:
         version: this run's dataset version (shards go under ``shards/vNNNNNN/``).
         fingerprint: the settings fingerprint inputs are compared with.
-        previous_state: URL of the last published state file, or None for a fresh dataset.
+        previous_state: URL of the last published state file, or None for a fresh dataset
+            (or one replaced by ``--overwrite``).
+        index_generation: the generation of the index the run planned from (None: there was
+            none); the run publishes only if it is still the live one.
+        lease_owner: the run that holds the dataset's lease; publishing checks it still does.
+        release_lease: whether publishing releases the lease (a job launched without waiting).
     """
 
     version: int = 1
     fingerprint: str = ""
     previous_state: str | None = None
+    index_generation: str | None = None
+    lease_owner: str | None = None
+    release_lease: bool = False
 
 
 def _load_json(url: str | None, default: dict) -> dict:
     return json.loads(storage.read_bytes(url)) if url else default
+
+
+class IndexChanged(storage.PreconditionFailed):
+    """The live index is no longer the one the run planned from: another writer published."""
+
+
+def check_publishable(output: str, plan: RunPlan) -> bytes | None:
+    """Checks, before anything is renamed into place, that the run still holds the dataset's
+    lease and that the live index is still the one it planned from; returns that index's bytes.
+
+    Raises:
+        lease.LeaseLost, IndexChanged: nothing may be published.
+    """
+    if plan.lease_owner:
+        lease.check_owner(output, plan.lease_owner)
+    try:
+        data, generation = storage.read_versioned(dataset.join_index(output))
+    except FileNotFoundError:
+        data, generation = None, None
+    if generation != plan.index_generation:
+        raise IndexChanged(f"{dataset.join_index(output)} changed since this run planned from it (another run "
+                           "published meanwhile): nothing was published; run --incremental again")
+    return data
+
+
+def publish_index(output: str, index: Mapping[str, Any], plan: RunPlan) -> None:
+    """Writes the index in one atomic write, only over the index the run planned from."""
+    try:
+        storage.write_atomic(dataset.join_index(output), json.dumps(index, indent=1, sort_keys=True).encode("utf-8"),
+                             if_generation=plan.index_generation, if_absent=plan.index_generation is None)
+    except storage.PreconditionFailed as e:
+        raise IndexChanged(f"{dataset.join_index(output)} changed while this run published (another run published "
+                           f"meanwhile): this run's version {plan.version} is not live; run --incremental "
+                           "again") from e
 
 
 def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_info: Mapping[str, Any],
@@ -294,21 +269,32 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
     """Publishes a run: temp files renamed to final names, the state, then the index, last.
 
     Final names follow the order of each file's first key, so they do not depend on which
-    worker finished first. When the run changes nothing, nothing is written.
+    worker finished first. When the run changes nothing, nothing is written. Nothing is
+    renamed unless the run still holds the lease and the index is the one it planned from;
+    the index is replaced only if it still is (compare-and-swap on its generation).
 
     Returns:
         The live index.
     """
+    try:
+        return _finalize(output, temp_dir, written, run_info, plan, listed, selected)
+    finally:
+        if plan.release_lease and plan.lease_owner:
+            lease.release_if_owner(output, plan.lease_owner)
+
+
+def _finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_info: Mapping[str, Any],
+              plan: RunPlan, listed: Iterable[AudioRef], selected: Iterable[str]) -> dict:
     files = sorted(written, key=lambda w: (w.kind, w.first_key, w.temp_url))
     shards = [w for w in files if w.kind == "shard"]
     fails = [w for w in files if w.kind == "failures"]
     previous_state = _load_json(plan.previous_state, incremental.empty_state())
-    previous_index = (json.loads(storage.read_bytes(join_index(output)))
-                      if plan.previous_state and storage.exists(join_index(output)) else {})
-    vname = incremental.version_name(plan.version)
+    planned = check_publishable(output, plan)
+    previous_index = json.loads(planned) if plan.previous_state and planned is not None else {}
+    vname = dataset.version_name(plan.version)
     new_rows, shard_sources = [], {}
     for i, w in enumerate(shards):
-        rel = f"{SHARDS_DIR}/{vname}/shard-{i:06d}.tar"
+        rel = f"{dataset.SHARDS_DIR}/{vname}/shard-{i:06d}.tar"
         storage.rename(w.temp_url, storage.join(output, rel))
         new_rows.append({"url": rel, "samples": w.samples, "bytes": w.bytes, "audio_s": w.audio_s,
                          "tokens": dict(sorted(w.tokens.items()))})
@@ -316,7 +302,7 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
     failure_rows = list(previous_index.get("failures", []))
     failure_counts: dict[str, int] = {}
     for i, w in enumerate(fails):
-        rel = f"{FAILURES_DIR}/{vname}/failures-{i:06d}.jsonl"
+        rel = f"{dataset.FAILURES_DIR}/{vname}/failures-{i:06d}.jsonl"
         storage.rename(w.temp_url, storage.join(output, rel))
         failure_rows.append({"url": rel, "records": w.samples, "reasons": dict(sorted(w.reasons.items()))})
         for uri, n in w.sources.items():
@@ -330,19 +316,19 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
     rows = incremental.live_shards(previous_index.get("shards", []), new_rows, stale)
     totals = incremental.live_totals(state, rows)
     totals["failures"], totals["failures_by_reason"] = _live_failures(output, failure_rows, state, plan.version)
-    storage.write_bytes(storage.join(output, incremental.state_path(plan.version)),
-                        json.dumps(state, indent=1, sort_keys=True).encode("utf-8"))
+    storage.write_atomic(storage.join(output, dataset.state_path(plan.version)),
+                         json.dumps(state, indent=1, sort_keys=True).encode("utf-8"))
     index = {
-        "format": INDEX_FORMAT,
-        "version": INDEX_VERSION,
+        "format": dataset.INDEX_FORMAT,
+        "version": dataset.INDEX_VERSION,
         "dataset_version": plan.version,
-        "state": incremental.state_path(plan.version),
+        "state": dataset.state_path(plan.version),
         **run_info,
         "totals": totals,
         "shards": rows,
         "failures": failure_rows,
     }
-    storage.write_bytes(join_index(output), json.dumps(index, indent=1, sort_keys=True).encode("utf-8"))
+    publish_index(output, index, plan)
     return index
 
 
@@ -365,21 +351,12 @@ def _live_failures(output: str, failure_rows: Sequence[Mapping[str, Any]], state
 def _remove_temp(output: str, temp_dir: str) -> None:
     try:
         storage.remove(temp_dir)
-        tmp_root = storage.join(output, TMP_DIR)
+        tmp_root = storage.join(output, dataset.TMP_DIR)
         fs, path = storage.filesystem(tmp_root)
         if fs.exists(path) and not fs.ls(path):
             fs.rm(path, recursive=True)
     except OSError:
         pass  # an orphan temp folder is harmless: nothing reads _tmp/
-
-
-def join_index(output: str) -> str:
-    return storage.join(output, INDEX_NAME)
-
-
-def read_index(output: str) -> dict:
-    """Reads ``OUTPUT/index.json``."""
-    return json.loads(storage.read_bytes(storage.join(output, INDEX_NAME)))
 
 
 # ---------------------------------------------------------------------------- Beam
@@ -395,7 +372,7 @@ def num_buckets(n_inputs: int, files_per_bucket: int) -> int:
 
 def bucket_of(key: str, buckets: int) -> int:
     """The shard group of a sample: by its source, so a file's segments stay together."""
-    source = incremental.source_of_key(key) or hashlib.sha1(key.encode()).hexdigest()[:10]
+    source = dataset.source_of_key(key) or hashlib.sha1(key.encode()).hexdigest()[:10]
     try:
         return int(source, 16) % buckets
     except ValueError:
@@ -455,7 +432,7 @@ class WriteDataset(beam.PTransform):
         self.stream_specs = dict(stream_specs)
         self.run_info = dict(run_info)
         self.plan = plan
-        self.temp_dir = storage.join(output, TMP_DIR, run_id or uuid.uuid4().hex)
+        self.temp_dir = storage.join(output, dataset.TMP_DIR, run_id or uuid.uuid4().hex)
 
     def expand(self, inputs):
         n_selected = inputs["selected"] | "CountSelected" >> beam.combiners.Count.Globally()

@@ -17,7 +17,7 @@ import tiny_models  # noqa: E402
 from audio_fixtures import synth_speechlike  # noqa: E402
 
 from audiotok.pipelines import decode_codes  # noqa: E402
-from audiotok.transforms import shards  # noqa: E402
+from audiotok.transforms import dataset as layout  # noqa: E402
 from audiotok.transforms.records import AudioRef, Segment  # noqa: E402
 from audiotok.transforms.tokenize import tokenize_batch  # noqa: E402
 from audiotok.transforms.tokenizers import registry  # noqa: E402
@@ -39,15 +39,15 @@ def dataset(tmp_path_factory):
                         sample_rate=24000, audio=synth_speechlike(s, 24000, seed=i)[0])
                 for i, s in enumerate((1.3, 0.7))]
     out = root / "out"
-    (out / shards.SHARDS_DIR).mkdir(parents=True)
-    shard = out / shards.SHARDS_DIR / "shard-000000.tar"
+    (out / layout.SHARDS_DIR).mkdir(parents=True)
+    shard = out / layout.SHARDS_DIR / "shard-000000.tar"
     with tarfile.open(shard, "w") as tar:
         for sample in tokenize_batch(tokenizers, segments):
-            for name, data in shards.encode_sample(sample):
+            for name, data in layout.encode_sample(sample):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    (out / shards.INDEX_NAME).write_text(json.dumps({"tokenizers": [t.describe() for t in tokenizers]}))
+    (out / layout.INDEX_NAME).write_text(json.dumps({"tokenizers": [t.describe() for t in tokenizers]}))
     return {"shard": str(shard), "model": model, "out": out, "segments": segments, "root": root}
 
 

@@ -104,7 +104,7 @@ def test_lhotse_reads_the_example_run(tmp_path):
     out = fx.example_run()
     export.export_lhotse_shar(out, str(tmp_path / "shar"))
     cuts = list(lhotse.CutSet.from_shar(in_dir=str(tmp_path / "shar")))
-    expected = _members_by_key(out, reader.shards.read_index(out))
+    expected = _members_by_key(out, reader.dataset.read_index(out))
     assert len(cuts) == len(expected) > 0
     for cut in cuts:
         units = cut.load_mfcc_kmeans()

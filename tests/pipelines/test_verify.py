@@ -12,7 +12,7 @@ import pytest
 
 from audiotok.pipelines import verify
 import dataset_fixtures as fx
-from audiotok.transforms import lm, shards
+from audiotok.transforms import dataset, lm
 from audiotok.transforms.failures import Failure
 
 
@@ -35,7 +35,7 @@ def _codes(report: verify.Report) -> set[str]:
 
 
 def _rewrite_index(out, index) -> None:
-    (out / shards.INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True))
+    (out / dataset.INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True))
 
 
 def _shard(out, index, i=0):
@@ -66,7 +66,7 @@ def test_truncated_shard(tmp_path, capsys):
     shard.write_bytes(data[: len(data) // 2])
     report = verify.verify_dataset(str(out))
     assert {verify.TAR_CORRUPT, verify.SIZE_MISMATCH, verify.INDEX_MISMATCH} <= _codes(report)
-    assert {p.where for p in report.problems} == {index["shards"][1]["url"], shards.INDEX_NAME}
+    assert {p.where for p in report.problems} == {index["shards"][1]["url"], dataset.INDEX_NAME}
     assert verify.main([str(out)]) == 1
     printed = capsys.readouterr().out
     assert "problem(s)" in printed and "tar_corrupt: shards/v000001/shard-000001.tar" in printed
@@ -107,7 +107,7 @@ def test_duplicated_key_across_shards(tmp_path, capsys):
     fx.write_members(_shard(out, index, 1), second + dup)
     # The index agrees: the duplicate is counted everywhere, so that only the key is wrong.
     meta = json.loads(dup[0][1])
-    counts = shards.count_tokens({n.split(".")[1]: np.load(io.BytesIO(d)) for n, d in dup[1:]}, index["streams"])
+    counts = dataset.count_tokens({n.split(".")[1]: np.load(io.BytesIO(d)) for n, d in dup[1:]}, index["streams"])
     row, totals = index["shards"][1], index["totals"]
     row["samples"] += 1
     row["live_samples"] += 1
@@ -208,9 +208,9 @@ def test_arrays_against_their_declarations_and_specs(tmp_path):
     k0, k1, k2 = (_key(listed, i) for i in range(3))
     members = dict(listed)
     codec = np.load(io.BytesIO(members[f"{k0}.codec.npy"]))
-    members[f"{k0}.codec.npy"] = shards.npy_bytes(codec + 1)  # 1024: out of range
+    members[f"{k0}.codec.npy"] = dataset.npy_bytes(codec + 1)  # 1024: out of range
     units = np.load(io.BytesIO(members[f"{k1}.units.npy"]))
-    members[f"{k1}.units.npy"] = shards.npy_bytes(units.astype(np.int32))
+    members[f"{k1}.units.npy"] = dataset.npy_bytes(units.astype(np.int32))
     meta2 = json.loads(members[f"{k2}.json"])
     del members[f"{k2}.fbank.npy"]
     meta2["streams"]["units"]["shape"] = [3]
@@ -246,7 +246,7 @@ def test_the_example_run_verifies():
     out = fx.example_run()
     report = verify.verify_dataset(out)
     assert report.ok(), verify.format_report(report)
-    assert report.samples == shards.read_index(out)["totals"]["samples"] > 0
+    assert report.samples == dataset.read_index(out)["totals"]["samples"] > 0
 
 
 def test_superseded_samples_do_not_count(tmp_path):
@@ -272,5 +272,5 @@ def test_a_sample_from_another_tokenizer(tmp_path):
     _sync_index_bytes(out, index)
     problems = verify.verify_dataset(str(out)).errors()
     assert [(p.code, p.key) for p in problems] == [(verify.FINGERPRINT_MISMATCH, meta["key"])]
-    fx.exclude_source(out, json.loads((out / shards.INDEX_NAME).read_text()), meta["key"])
+    fx.exclude_source(out, json.loads((out / dataset.INDEX_NAME).read_text()), meta["key"])
     assert verify.verify_dataset(str(out)).ok(strict=True)  # superseded samples may be older

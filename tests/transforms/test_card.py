@@ -10,7 +10,7 @@ import pytest
 
 from audiotok.pipelines import card as card_cli
 import dataset_fixtures as fx
-from audiotok.transforms import card, lm, reader, shards
+from audiotok.transforms import card, dataset, lm, reader
 from audiotok.transforms.failures import Failure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -161,7 +161,7 @@ def test_the_example_run_has_a_card():
 
     out = Path(out)
     stats = json.loads((out / card.STATS_NAME).read_text())
-    index = shards.read_index(str(out))
+    index = dataset.read_index(str(out))
     assert stats["dataset"]["samples"] == index["totals"]["samples"] == len(list(reader.read_samples(str(out))))
     assert set(stats["sources"]["by_source"]) == {"a", "b"}
     units = stats["streams"]["mfcc-kmeans"]["codebooks"][0]

@@ -12,7 +12,7 @@ import webdataset as wds
 from audio_fixtures import synth_speechlike, write_audio
 from audiotok.pipelines import tokenize as job
 from audiotok.runners import profiles
-from audiotok.transforms import incremental, shards, storage
+from audiotok.transforms import dataset, incremental, shards, storage
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.segment import SegmentConfig
 from audiotok.transforms.tokenize import TokenizeConfig
@@ -38,7 +38,7 @@ def live_keys(out: Path) -> list[str]:
     keys = []
     for row in index["shards"]:
         for sample in wds.WebDataset(str(out / row["url"]), shardshuffle=False):
-            if incremental.is_live(sample["__key__"], row):
+            if dataset.is_live(sample["__key__"], row):
                 keys.append(sample["__key__"])
     return keys
 
@@ -143,19 +143,19 @@ def test_crash_before_publishing_then_rerun(tmp_path, monkeypatch):
     make_corpus(inp, 3)
     run(config(inp, out))
     write_audio(inp / "f09.flac", synth_speechlike(1.5, 16000, seed=9), 16000, "flac")
-    real_write = storage.write_bytes
+    real_write = storage.write_atomic
 
-    def crash_on_index(url, data):
+    def crash_on_index(url, data, **kw):
         if url.endswith("index.json"):
             raise OSError("killed")
-        return real_write(url, data)
+        return real_write(url, data, **kw)
 
-    monkeypatch.setattr(storage, "write_bytes", crash_on_index)
+    monkeypatch.setattr(storage, "write_atomic", crash_on_index)
     with pytest.raises(Exception, match="killed"):
         run(config(inp, out, incremental=True))
     assert (out / "shards" / "v000002").exists()  # renamed, but never published
     assert json.loads((out / "index.json").read_text())["dataset_version"] == 1
-    monkeypatch.setattr(storage, "write_bytes", real_write)
+    monkeypatch.setattr(storage, "write_atomic", real_write)
     index, counters, _ = run(config(inp, out, incremental=True))
     assert counters["files_ok"] == 1 and index["dataset_version"] == 2
     keys = live_keys(out)
@@ -184,11 +184,23 @@ def test_next_state_and_live_rows_pure():
     assert list(state["inputs"]) == ["a"] and list(state["deleted"]) == ["b"]
     rows = incremental.live_shards(rows_v1, [], stale)
     assert rows[0]["excluded_sources"] == ["bbbb"] and rows[0]["live_samples"] == 2
-    assert incremental.is_live("x-aaaa-000", rows[0]) and not incremental.is_live("x-bbbb-000", rows[0])
+    assert dataset.is_live("x-aaaa-000", rows[0]) and not dataset.is_live("x-bbbb-000", rows[0])
     assert incremental.live_totals(state, rows)["samples"] == 2
     assert incremental.needs_processing(AudioRef("a", 2, "m1"), prev["inputs"]["a"], "fp") == "changed"
     assert incremental.needs_processing(AudioRef("a", 1, "m1"), prev["inputs"]["a"], "fp2") == "settings"
     assert incremental.needs_processing(AudioRef("a", 1, "m1"), prev["inputs"]["a"], "fp") is None
+
+
+def test_next_state_is_the_same_whatever_order_the_references_arrive_in():
+    """A file matched by a pattern and named by a manifest line is listed twice under one URI;
+    runners deliver the listing in any order (Flink did not follow the in-process one)."""
+    from audiotok.transforms.records import AudioRef
+
+    listed = [AudioRef("a", 10, "m1"), AudioRef("a", None, None, {"id": "x"}), AudioRef("b", 5, "m2")]
+    states = [incremental.next_state(incremental.empty_state(), 1, "fp", order, ["a", "b"], {}, {})[0]
+              for order in (listed, listed[::-1], [listed[1], listed[2], listed[0]])]
+    assert states[0] == states[1] == states[2]
+    assert states[0]["inputs"]["a"]["size"] == 10
 
 
 def test_compact_rewrites_live_samples_only(tmp_path):

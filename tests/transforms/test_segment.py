@@ -8,7 +8,7 @@ import pytest
 from audiotok.transforms import segment
 from audiotok.transforms.records import AudioRef, Decoded
 from audiotok.transforms.segment import SegmentConfig, fixed_windows
-from audiotok.transforms.shards import check_key
+from audiotok.transforms.dataset import check_key
 
 
 def test_exact_multiple_has_no_tail():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from audiotok.transforms import shards
+from audiotok.transforms import dataset, shards
 from audiotok.transforms.failures import Failure
 from audiotok.transforms.records import AudioRef, Sample
 from audiotok.transforms.shards import ShardConfig, ShardWriter
@@ -40,7 +40,7 @@ def write_all(tmp_path, samples, config):
 
 
 def test_encode_sample_members():
-    members = shards.encode_sample(make_sample(1))
+    members = dataset.encode_sample(make_sample(1))
     names = [n for n, _ in members]
     key = make_sample(1).key
     assert names == [f"{key}.json", f"{key}.mel.npy", f"{key}.units.npy"]
@@ -56,7 +56,7 @@ def test_rolls_by_count(tmp_path):
 
 
 def test_rolls_by_bytes(tmp_path):
-    one = sum(shards.member_tar_bytes(len(d)) for _, d in shards.encode_sample(make_sample(0)))
+    one = sum(dataset.member_tar_bytes(len(d)) for _, d in dataset.encode_sample(make_sample(0)))
     written = write_all(tmp_path, [make_sample(i) for i in range(7)], ShardConfig(max_samples=100,
                                                                                      max_bytes=3 * one + 100))
     assert [w.samples for w in written] == [3, 3, 1]

@@ -1,0 +1,160 @@
+"""The dataset on disk, as trainers and tools read it: names, keys, the index, sample encoding.
+
+An audiotok dataset is a folder (any fsspec URL)::
+
+    .audiotok                       the marker: written first, so only audiotok datasets are ever written to
+    index.json                      the live dataset: settings, streams, totals, shard rows (written last)
+    shards/vNNNNNN/shard-NNNNNN.tar WebDataset shards: KEY.json, KEY.<stream>.npy, KEY.txt per sample
+    failures/vNNNNNN/*.jsonl        dead-letter records
+    state/state-vNNNNNN.json        per-input bookkeeping for incremental refreshes
+
+A sample key is ``STEM-SOURCEHASH-MS``; a refresh never rewrites a shard, it excludes the samples
+of superseded inputs by their source hash (``excluded_sources`` of a shard row: :func:`is_live`).
+
+This module imports neither Beam nor torch: the reader, the vocabulary, ``verify``, ``inspect``
+and the card's statistics build on it in a trainer's environment.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from audiotok.transforms import storage
+from audiotok.transforms.records import TRANSCRIPT_FIELDS, Sample
+
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "audiotok-dataset"
+INDEX_VERSION = 1
+SHARDS_DIR = "shards"
+FAILURES_DIR = "failures"
+TMP_DIR = "_tmp"
+STATE_DIR = "state"
+MARKER_NAME = ".audiotok"
+
+# Names the project gives to what it writes per dataset version, and to its temporary files:
+# the only names clean-up and garbage collection ever delete.
+_VERSION_DIR = re.compile(r"^v(\d{6,})$")
+_VERSIONED_FILE = re.compile(r"^(?:state|retired)-v(\d{6,})\.json$")
+_TEMP_FILE = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+
+_KEY = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+_STREAM = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TAR_BLOCK = 512
+
+
+def version_name(version: int) -> str:
+    return f"v{version:06d}"
+
+
+def state_path(version: int) -> str:
+    return f"{STATE_DIR}/state-{version_name(version)}.json"
+
+
+def retired_path(version: int) -> str:
+    """The list of files that version ``version`` stopped referencing (for garbage collection)."""
+    return f"{STATE_DIR}/retired-{version_name(version)}.json"
+
+
+def version_of_name(folder: str, name: str) -> int | None:
+    """The dataset version of an entry the project writes under ``folder`` (``shards``,
+    ``failures``: ``vNNNNNN`` folders; ``state``: ``state-vNNNNNN.json``, ``retired-vNNNNNN.json``),
+    or None for any other name."""
+    pattern = _VERSIONED_FILE if folder == STATE_DIR else _VERSION_DIR
+    m = pattern.match(name)
+    return int(m.group(1)) if m else None
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary file of an atomic write (a run killed mid-write leaves one)."""
+    return bool(_TEMP_FILE.match(name))
+
+
+def marker_bytes() -> bytes:
+    return json.dumps({"format": INDEX_FORMAT}, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def is_marker(data: bytes) -> bool:
+    """Whether ``data`` is the content of an audiotok dataset's marker."""
+    try:
+        return json.loads(data).get("format") == INDEX_FORMAT
+    except (ValueError, AttributeError):
+        return False
+
+
+def source_of_key(key: str) -> str:
+    """The source hash inside a sample key ``STEM-SOURCEHASH-MS``."""
+    parts = key.rsplit("-", 2)
+    return parts[1] if len(parts) == 3 else ""
+
+
+def check_key(key: str) -> str:
+    """Returns ``key`` if it is a safe sample key; raises ValueError otherwise."""
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise ValueError(f"unsafe sample key {key!r}: keys are 1-200 characters of [A-Za-z0-9_-]")
+    return key
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
+    """The tar members of one sample, metadata first, streams by name."""
+    key = check_key(sample.key)
+    members = [(f"{key}.json", json.dumps(sample.meta, sort_keys=True, ensure_ascii=False).encode("utf-8"))]
+    for name in sorted(sample.streams):
+        if not _STREAM.match(name):
+            raise ValueError(f"unsafe stream name {name!r}")
+        members.append((f"{key}.{name}.npy", npy_bytes(sample.streams[name])))
+    text = transcript_text(sample.meta)
+    if text is not None:
+        members.append((f"{key}.txt", text.encode("utf-8")))
+    return members
+
+
+def transcript_text(meta: Mapping[str, Any]) -> str | None:
+    """The text of ``KEY.txt``: the segment's share of a timed transcript (its ``text``, which
+    segmentation cut along with the audio), or None when the source had no timed transcript.
+
+    A manifest's plain ``text`` describes the whole file, not one segment, so it stays in
+    ``KEY.json`` only.
+    """
+    if any(isinstance(meta.get(f), list) for f in TRANSCRIPT_FIELDS) and isinstance(meta.get("text"), str):
+        return meta["text"]
+    return None
+
+
+def member_tar_bytes(payload_len: int) -> int:
+    """Bytes a member takes in a tar: a header block plus the payload padded to blocks."""
+    return TAR_BLOCK + -(-payload_len // TAR_BLOCK) * TAR_BLOCK
+
+
+def count_tokens(streams: Mapping[str, np.ndarray], specs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Tokens per stream: K*T for codes, T for units and durations, T frames for vectors."""
+    counts = {}
+    for name, array in streams.items():
+        kind = specs.get(name, {}).get("kind")
+        counts[name] = int(array.shape[0]) if kind == "vectors" else int(array.size)
+    return counts
+
+
+def join_index(output: str) -> str:
+    return storage.join(output, INDEX_NAME)
+
+
+def read_index(output: str) -> dict:
+    """Reads ``OUTPUT/index.json``."""
+    return json.loads(storage.read_bytes(storage.join(output, INDEX_NAME)))
+
+
+def is_live(key: str, row: Mapping[str, Any]) -> bool:
+    """Whether a sample read from a shard of the index is live (readers call this)."""
+    excluded = row.get("excluded_sources")
+    return not excluded or source_of_key(key) not in excluded
