@@ -68,11 +68,13 @@ def spurious(found: list[tuple[float, float]], truth: list[tuple[float, float]],
 
 
 def measure() -> dict:
-    from audiotok.transforms import streaming
+    from audiotok.transforms.decode import DecodeConfig, decode_ref, resample
+    from audiotok.transforms.records import AudioRef
     from audiotok.transforms.vad import VAD_RATE
 
     clips = speech_clips()
-    speech = [streaming.read_all(str(clip.path), VAD_RATE) for clip in clips]
+    decoded = [decode_ref(AudioRef(str(clip.path)), DecodeConfig(isolation="none")) for clip in clips]
+    speech = [resample(d.audio, d.sample_rate, VAD_RATE) for d in decoded]
     report: dict = {"alone": [], "between_pauses": {}, "synthetic": {}}
     for i, (clip, x) in enumerate(zip(clips, speech)):
         audio, truth = clips_between_pauses([x], [0.5 + 0.3 * i, 1.0 + 0.2 * i], 0.002, seed=i)

@@ -14,7 +14,7 @@ from audiotok.runners import profiles
 from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.match import DEFAULT_EXCLUDE, MatchConfig
 from audiotok.transforms.segment import SEGMENTERS, SegmentConfig
-from audiotok.transforms.streaming import DEFAULT_CHUNK_S
+from audiotok.transforms.decode import DEFAULT_CHUNK_S
 from audiotok.transforms.vad import VadConfig
 from audiotok.transforms.shards import ShardConfig
 from audiotok.transforms.tokenize import TokenizeConfig
@@ -144,6 +144,9 @@ class TokenizeOptions(InputOptions):
         g.add_argument("--incremental", action="store_true",
                        help="refresh the dataset in --output: process only new and changed inputs (and all of them "
                             "when the settings changed), exclude deleted ones, publish a new version")
+        g.add_argument("--wait-for-lock", dest="wait_for_lock_s", type=float, default=0.0, metavar="S",
+                       help="when another run is writing --output, wait up to S seconds for it to finish "
+                            "(default 0: refuse at once)")
         g.add_argument("--files-per-bucket", dest="files_per_bucket", type=int, default=64,
                        help="inputs per shard group: each group is sorted and written by one worker, which makes "
                             "shards reproducible (default 64)")

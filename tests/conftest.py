@@ -18,6 +18,8 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: integration tests (emulators, runners); still run in CI")
+    config.addinivalue_line("markers", "spark_flink: the job on Spark and Flink job servers (Java, Maven, root); "
+                            "still run in CI")
 
 
 @pytest.fixture(scope="session")

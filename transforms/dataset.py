@@ -2,6 +2,7 @@
 
 An audiotok dataset is a folder (any fsspec URL)::
 
+    .audiotok                       the marker: written first, so only audiotok datasets are ever written to
     index.json                      the live dataset: settings, streams, totals, shard rows (written last)
     shards/vNNNNNN/shard-NNNNNN.tar WebDataset shards: KEY.json, KEY.<stream>.npy, KEY.txt per sample
     failures/vNNNNNN/*.jsonl        dead-letter records
@@ -33,6 +34,13 @@ SHARDS_DIR = "shards"
 FAILURES_DIR = "failures"
 TMP_DIR = "_tmp"
 STATE_DIR = "state"
+MARKER_NAME = ".audiotok"
+
+# Names the project gives to what it writes per dataset version, and to its temporary files:
+# the only names clean-up and garbage collection ever delete.
+_VERSION_DIR = re.compile(r"^v(\d{6,})$")
+_VERSIONED_FILE = re.compile(r"^(?:state|retired)-v(\d{6,})\.json$")
+_TEMP_FILE = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _STREAM = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -45,6 +53,37 @@ def version_name(version: int) -> str:
 
 def state_path(version: int) -> str:
     return f"{STATE_DIR}/state-{version_name(version)}.json"
+
+
+def retired_path(version: int) -> str:
+    """The list of files that version ``version`` stopped referencing (for garbage collection)."""
+    return f"{STATE_DIR}/retired-{version_name(version)}.json"
+
+
+def version_of_name(folder: str, name: str) -> int | None:
+    """The dataset version of an entry the project writes under ``folder`` (``shards``,
+    ``failures``: ``vNNNNNN`` folders; ``state``: ``state-vNNNNNN.json``, ``retired-vNNNNNN.json``),
+    or None for any other name."""
+    pattern = _VERSIONED_FILE if folder == STATE_DIR else _VERSION_DIR
+    m = pattern.match(name)
+    return int(m.group(1)) if m else None
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary file of an atomic write (a run killed mid-write leaves one)."""
+    return bool(_TEMP_FILE.match(name))
+
+
+def marker_bytes() -> bytes:
+    return json.dumps({"format": INDEX_FORMAT}, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def is_marker(data: bytes) -> bool:
+    """Whether ``data`` is the content of an audiotok dataset's marker."""
+    try:
+        return json.loads(data).get("format") == INDEX_FORMAT
+    except (ValueError, AttributeError):
+        return False
 
 
 def source_of_key(key: str) -> str:

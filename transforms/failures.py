@@ -33,6 +33,8 @@ TIMEOUT = "timeout"  # decoding took longer than the per-file limit
 DECODER_CRASH = "decoder_crash"  # the decoder process died (segfault, abort, killed)
 READ_ERROR = "read_error"  # the storage could not be read
 BAD_NAME = "bad_name"  # a file name that metadata cannot carry (not UTF-8)
+NOT_A_FILE = "not_a_file"  # a FIFO, device or socket: reading it may block forever
+KEY_COLLISION = "key_collision"  # another input's samples would get the same keys
 BAD_MANIFEST = "bad_manifest"  # a manifest line that is not a valid record
 TOKENIZER_ERROR = "tokenizer_error"  # a tokenizer failed on a segment
 OUT_OF_MEMORY = "out_of_memory"
@@ -40,7 +42,7 @@ OUT_OF_MEMORY = "out_of_memory"
 REASONS: tuple[str, ...] = (
     EMPTY, TRUNCATED, UNSUPPORTED_FORMAT, HEADER_MISMATCH, DECODE_ERROR, NON_FINITE, OUT_OF_RANGE,
     SILENT, CLIPPED, TOO_SHORT, TOO_LONG, BAD_SAMPLE_RATE, TOO_MANY_CHANNELS, TIMEOUT, DECODER_CRASH,
-    READ_ERROR, BAD_NAME, BAD_MANIFEST, TOKENIZER_ERROR, OUT_OF_MEMORY,
+    READ_ERROR, BAD_NAME, NOT_A_FILE, KEY_COLLISION, BAD_MANIFEST, TOKENIZER_ERROR, OUT_OF_MEMORY,
 )
 
 _MAX_MESSAGE_CHARS = 2000

@@ -82,7 +82,9 @@ def next_state(previous: Mapping[str, Any], version: int, fingerprint: str, list
                 entry["tokens"][name] = entry["tokens"].get(name, 0) + n
     stale: list[Mapping[str, Any]] = []
     seen: set[str] = set()
-    for ref in listed:
+    # A URI listed twice (by a pattern and a manifest line) keeps one entry: the same one
+    # whatever order the runner delivered the references in.
+    for ref in sorted(listed, key=_ref_order):
         if ref.uri in seen:
             continue
         seen.add(ref.uri)
@@ -103,6 +105,10 @@ def next_state(previous: Mapping[str, Any], version: int, fingerprint: str, list
     state["inputs"] = dict(sorted(state["inputs"].items()))
     state["deleted"] = dict(sorted(state["deleted"].items()))
     return state, stale
+
+
+def _ref_order(ref: AudioRef) -> tuple:
+    return (ref.uri, meta_hash(ref), ref.size_bytes is not None, ref.size_bytes or 0, ref.version or "")
 
 
 def live_shards(previous_rows: Iterable[Mapping[str, Any]], new_rows: Iterable[Mapping[str, Any]],

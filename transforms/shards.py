@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import apache_beam as beam
 
-from audiotok.transforms import dataset, incremental, metrics, storage
+from audiotok.transforms import dataset, incremental, lease, metrics, storage
 from audiotok.transforms.failures import Failure
 from audiotok.transforms.records import AudioRef, Sample
 
@@ -210,16 +210,58 @@ class RunPlan:
     Attributes:
         version: this run's dataset version (shards go under ``shards/vNNNNNN/``).
         fingerprint: the settings fingerprint inputs are compared with.
-        previous_state: URL of the last published state file, or None for a fresh dataset.
+        previous_state: URL of the last published state file, or None for a fresh dataset
+            (or one replaced by ``--overwrite``).
+        index_generation: the generation of the index the run planned from (None: there was
+            none); the run publishes only if it is still the live one.
+        lease_owner: the run that holds the dataset's lease; publishing checks it still does.
+        release_lease: whether publishing releases the lease (a job launched without waiting).
     """
 
     version: int = 1
     fingerprint: str = ""
     previous_state: str | None = None
+    index_generation: str | None = None
+    lease_owner: str | None = None
+    release_lease: bool = False
 
 
 def _load_json(url: str | None, default: dict) -> dict:
     return json.loads(storage.read_bytes(url)) if url else default
+
+
+class IndexChanged(storage.PreconditionFailed):
+    """The live index is no longer the one the run planned from: another writer published."""
+
+
+def check_publishable(output: str, plan: RunPlan) -> bytes | None:
+    """Checks, before anything is renamed into place, that the run still holds the dataset's
+    lease and that the live index is still the one it planned from; returns that index's bytes.
+
+    Raises:
+        lease.LeaseLost, IndexChanged: nothing may be published.
+    """
+    if plan.lease_owner:
+        lease.check_owner(output, plan.lease_owner)
+    try:
+        data, generation = storage.read_versioned(dataset.join_index(output))
+    except FileNotFoundError:
+        data, generation = None, None
+    if generation != plan.index_generation:
+        raise IndexChanged(f"{dataset.join_index(output)} changed since this run planned from it (another run "
+                           "published meanwhile): nothing was published; run --incremental again")
+    return data
+
+
+def publish_index(output: str, index: Mapping[str, Any], plan: RunPlan) -> None:
+    """Writes the index in one atomic write, only over the index the run planned from."""
+    try:
+        storage.write_atomic(dataset.join_index(output), json.dumps(index, indent=1, sort_keys=True).encode("utf-8"),
+                             if_generation=plan.index_generation, if_absent=plan.index_generation is None)
+    except storage.PreconditionFailed as e:
+        raise IndexChanged(f"{dataset.join_index(output)} changed while this run published (another run published "
+                           f"meanwhile): this run's version {plan.version} is not live; run --incremental "
+                           "again") from e
 
 
 def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_info: Mapping[str, Any],
@@ -227,17 +269,28 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
     """Publishes a run: temp files renamed to final names, the state, then the index, last.
 
     Final names follow the order of each file's first key, so they do not depend on which
-    worker finished first. When the run changes nothing, nothing is written.
+    worker finished first. When the run changes nothing, nothing is written. Nothing is
+    renamed unless the run still holds the lease and the index is the one it planned from;
+    the index is replaced only if it still is (compare-and-swap on its generation).
 
     Returns:
         The live index.
     """
+    try:
+        return _finalize(output, temp_dir, written, run_info, plan, listed, selected)
+    finally:
+        if plan.release_lease and plan.lease_owner:
+            lease.release_if_owner(output, plan.lease_owner)
+
+
+def _finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_info: Mapping[str, Any],
+              plan: RunPlan, listed: Iterable[AudioRef], selected: Iterable[str]) -> dict:
     files = sorted(written, key=lambda w: (w.kind, w.first_key, w.temp_url))
     shards = [w for w in files if w.kind == "shard"]
     fails = [w for w in files if w.kind == "failures"]
     previous_state = _load_json(plan.previous_state, incremental.empty_state())
-    previous_index = (json.loads(storage.read_bytes(dataset.join_index(output)))
-                      if plan.previous_state and storage.exists(dataset.join_index(output)) else {})
+    planned = check_publishable(output, plan)
+    previous_index = json.loads(planned) if plan.previous_state and planned is not None else {}
     vname = dataset.version_name(plan.version)
     new_rows, shard_sources = [], {}
     for i, w in enumerate(shards):
@@ -263,8 +316,8 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
     rows = incremental.live_shards(previous_index.get("shards", []), new_rows, stale)
     totals = incremental.live_totals(state, rows)
     totals["failures"], totals["failures_by_reason"] = _live_failures(output, failure_rows, state, plan.version)
-    storage.write_bytes(storage.join(output, dataset.state_path(plan.version)),
-                        json.dumps(state, indent=1, sort_keys=True).encode("utf-8"))
+    storage.write_atomic(storage.join(output, dataset.state_path(plan.version)),
+                         json.dumps(state, indent=1, sort_keys=True).encode("utf-8"))
     index = {
         "format": dataset.INDEX_FORMAT,
         "version": dataset.INDEX_VERSION,
@@ -275,7 +328,7 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
         "shards": rows,
         "failures": failure_rows,
     }
-    storage.write_bytes(dataset.join_index(output), json.dumps(index, indent=1, sort_keys=True).encode("utf-8"))
+    publish_index(output, index, plan)
     return index
 
 

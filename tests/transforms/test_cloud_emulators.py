@@ -154,3 +154,39 @@ def test_credentials_never_reach_outputs_or_logs(s3, tmp_path):
     assert DUMMY_SECRET_KEY not in logs
     for name, data in written.items():
         assert DUMMY_SECRET_KEY.encode() not in data, f"the secret is in {name}"
+
+
+def test_atomic_writes_with_preconditions(store, monkeypatch):
+    """One conditional PUT per publish: If-None-Match / If-Match on S3 (moto enforces them),
+    ifGenerationMatch on GCS (gcp-storage-emulator accepts and ignores it: the requests are checked)."""
+    from audiotok.transforms import storage
+
+    server, bucket = store
+    sent = []
+    if not isinstance(server, MotoS3):
+        import gcsfs
+
+        real_call = gcsfs.GCSFileSystem.call
+
+        def recording_call(self, method, path, *args, **kwargs):
+            if "/upload/" in path:
+                sent.append(kwargs.get("ifGenerationMatch"))
+            return real_call(self, method, path, *args, **kwargs)
+
+        monkeypatch.setattr(gcsfs.GCSFileSystem, "call", recording_call)
+    url = f"{bucket}/atomic/index.json"
+    storage.write_atomic(url, b"v1", if_absent=True)
+    first = storage.generation(url)
+    assert first and storage.read_versioned(url) == (b"v1", first)
+    storage.write_atomic(url, b"v2", if_generation=first)
+    assert storage.read_bytes(url) == b"v2" and storage.generation(url) != first
+    if isinstance(server, MotoS3):
+        with pytest.raises(storage.PreconditionFailed):
+            storage.write_atomic(url, b"v3", if_absent=True)
+        with pytest.raises(storage.PreconditionFailed):
+            storage.write_atomic(url, b"v3", if_generation=first)
+        assert storage.read_bytes(url) == b"v2"
+    else:
+        assert sent == ["0", first]
+    storage.remove(f"{bucket}/atomic")
+    assert storage.generation(url) is None

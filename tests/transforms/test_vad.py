@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from audio_fixtures import clips_between_pauses, speech_clips, speech_with_pauses
-from audiotok.transforms import streaming, vad
+from audiotok.transforms import vad
+from audiotok.transforms.decode import DecodeConfig, decode_ref, resample
+from audiotok.transforms.records import AudioRef
 from audiotok.transforms.segment import SegmentConfig, speech_intervals
 from audiotok.transforms.vad import VAD_RATE, VadConfig
 
@@ -178,7 +180,11 @@ def test_padding_and_merging_widen_but_never_overlap():
 def speech_at_vad_rate() -> list[np.ndarray]:
     """The speech fixtures (tests/data/speech: espeak-ng sentences in four formats, speech from
     their first sample to their last), decoded at 16 kHz."""
-    return [streaming.read_all(str(clip.path), VAD_RATE) for clip in speech_clips()]
+    out = []
+    for clip in speech_clips():
+        decoded = decode_ref(AudioRef(str(clip.path)), DecodeConfig(isolation="none"))
+        out.append(resample(decoded.audio, decoded.sample_rate, VAD_RATE))
+    return out
 
 
 @pytest.mark.parametrize("segmenter", ["energy", "vad"])
