@@ -21,7 +21,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from audiotok.pipelines import fit_kmeans
-from audiotok.pipelines import options as opts
 from audiotok.runners import profiles
 from audiotok.transforms import card, dataset, failures, incremental, lease, lm, metrics, shards, storage
 from audiotok.transforms.decode import DecodeConfig
@@ -43,7 +42,23 @@ EXIT_BUSY = 75
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    """Everything one tokenize run needs (built from flags by the CLI, or directly in code)."""
+    """Everything one tokenize run needs (built from flags by the CLI, or directly in code).
+
+    Attributes:
+        output: the dataset folder (any fsspec URL).
+        match, decode, segment, tokenize, shards: the stages' settings.
+        overwrite: replace an existing dataset in ``output`` (otherwise an existing one is
+            refused).
+        incremental: refresh the dataset in ``output``: process only new and changed inputs (and
+            all of them when the settings changed), exclude deleted ones, publish a new version.
+        kmeans_max_frames: frames sampled to fit a k-means codebook on the fly, for a k-means
+            tokenizer given no codebook.
+        max_failure_fraction: after writing the dataset and its failures, fail the run when more
+            than this fraction of the inputs has a dead-letter record (a sign of
+            misconfiguration; 1: never).
+        wait_for_lock_s: when another run is writing ``output``, wait up to this many seconds
+            for it to finish (0: refuse at once).
+    """
 
     output: str
     match: MatchConfig
@@ -523,21 +538,17 @@ def print_tokenizer_help(out=None) -> None:
 
 def main(argv: list[str] | None = None, wait: bool = True) -> int:
     """``audiotok tokenize``; with ``wait=False`` it returns once the job is submitted."""
+    from audiotok.pipelines import options as opts  # the flags are built from this module's JobConfig
+
     args, beam_args = opts.parse(opts.TokenizeOptions, list(sys.argv[1:] if argv is None else argv),
                                  prog="audiotok tokenize")
     if args.tokenizer.strip() == "help":
         print_tokenizer_help()
         return 0
-    if not args.input and not args.manifest:
-        raise SystemExit("audiotok tokenize: give --input PATTERN or --manifest URL")
     if not args.output:
         raise SystemExit("audiotok tokenize: give --output URL")
     try:
-        config = JobConfig(
-            output=args.output, match=opts.match_config(args), decode=opts.decode_config(args),
-            segment=opts.segment_config(args), tokenize=opts.tokenize_config(args), shards=opts.shard_config(args),
-            overwrite=args.overwrite, incremental=args.incremental, kmeans_max_frames=args.kmeans_max_frames,
-            max_failure_fraction=args.max_failure_fraction, wait_for_lock_s=args.wait_for_lock_s)
+        config = opts.job_config(args)
         beam_options = profiles.pipeline_options(args.profile, beam_args)
     except ValueError as e:
         raise SystemExit(f"audiotok tokenize: {e}") from None

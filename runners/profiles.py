@@ -205,6 +205,9 @@ def _job_server_jar(runner: str, flag: str, local: bool, given: Flags, **coords)
 
 _DATAFLOW = ("--runner=DataflowRunner",)
 
+# What --profile is when not given.
+DEFAULT_PROFILE = "direct"
+
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile("direct", "in this process (default)", ("--runner=FnApiRunner",)),
     Profile("direct-multiprocess", "two local worker processes",
