@@ -199,7 +199,8 @@ class ProcessDecoder:
                 if header.get("unexpected"):
                     logger.warning("decoder bug on %s: %s", failures.redact(failures.printable(ref.uri)),
                                    failures.redact(str(header.get("traceback", ""))))
-                raise AudiotokError(reason, str(header.get("message", "")), ref.uri)
+                raise AudiotokError(reason, str(header.get("message", "")), ref.uri,
+                                    transient=header.get("transient") is True)
             samples = self._receive_samples(conn, header)
             self.max_rss_mb = max(self.max_rss_mb, header["max_rss_mb"])
         except _ChildTimeout:
@@ -314,7 +315,7 @@ def serve(conn, config: DecodeConfig, environ: dict[str, str] | None = None) -> 
                       "source_format": str(decoded.source_format), "notes": [str(n) for n in notes],
                       "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         except AudiotokError as e:
-            header = {"ok": False, "reason": e.reason, "message": e.message}
+            header = {"ok": False, "reason": e.reason, "message": e.message, "transient": e.transient}
         except MemoryError:
             header = {"ok": False, "reason": failures.OUT_OF_MEMORY, "message": "out of memory while decoding"}
         except Exception as e:  # a bug: still one record, with the traceback for the log

@@ -247,3 +247,41 @@ def test_a_fifo_is_refused_when_listed_and_never_opened(tmp_path):
     assert sorted(r["uri"].rsplit("/", 1)[1] for r in records) == ["piped.wav", "y.wav", "z.wav"]
     assert all("FIFO" in r["message"] and r["stage"] == "match" for r in records)
     assert_verifies(out)
+
+
+# ------------------------------------------------------------------ refreshes that change nothing
+
+
+def test_a_refresh_with_nothing_new_publishes_nothing_and_carries_failures(tmp_path):
+    """Dead letters that name no input (a pattern matching nothing, a bad manifest line, a bad
+    file name) and those of unchanged inputs are carried, not repeated; a refresh that finds
+    nothing new writes nothing."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 2)
+    (inp / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt " + bytes(range(200)))
+    write_audio(inp / "a::b.flac", synth_speechlike(1.0, 16000, seed=5), 16000, "flac")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"uri": str(inp / "f00.flac")}) + "\nnot json\n")
+    cfg = dict(match=MatchConfig(patterns=(f"{inp}/*", f"{tmp_path}/missing/*"), manifests=(str(manifest),)),
+               max_failure_fraction=1.0)
+    first, _, _ = run(config(inp, out, **cfg))
+    expected = {"bad_manifest": 1, "bad_name": 1, "read_error": 1}
+    by_reason = first["totals"]["failures_by_reason"]
+    assert by_reason.pop("unsupported_format", 0) + by_reason.pop("decode_error", 0) + by_reason.pop(
+        "truncated", 0) == 1 and by_reason == expected
+    before = sha_tree(out)
+    index, counters, _ = run(config(inp, out, incremental=True, **cfg))
+    assert index["dataset_version"] == 1 and sha_tree(out) == before
+    write_audio(inp / "f05.flac", synth_speechlike(1.2, 16000, seed=55), 16000, "flac")
+    index, counters, _ = run(config(inp, out, incremental=True, **cfg))
+    assert index["dataset_version"] == 2 and counters["files_ok"] == 1
+    assert index["totals"]["failures"] == first["totals"]["failures"]  # carried, counted once
+    new_rows = [r for r in index["failures"] if r["url"].startswith("failures/v000002/")]
+    assert new_rows == []  # nothing to repeat
+    assert_verifies(out)
+    (tmp_path / "missing").mkdir()  # the pattern matches now: its dead letter no longer counts
+    write_audio(tmp_path / "missing" / "m.flac", synth_speechlike(1.2, 16000, seed=56), 16000, "flac")
+    index, counters, _ = run(config(inp, out, incremental=True, **cfg))
+    assert index["dataset_version"] == 3 and "read_error" not in index["totals"]["failures_by_reason"]
+    assert index["totals"]["failures"] == first["totals"]["failures"] - 1
+    assert_verifies(out)
