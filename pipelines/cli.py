@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "card": ("audiotok.pipelines.card", "(re)write a dataset's card: README.md, stats.json, plots"),
     "export": ("audiotok.pipelines.export", "copy a dataset to another format (lhotse-shar)"),
     "compact": ("audiotok.pipelines.compact", "rewrite a dataset's live samples into fresh full shards"),
+    "gc": ("audiotok.pipelines.gc", "delete the files only replaced dataset versions need (after a grace period)"),
 }
 
 

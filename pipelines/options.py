@@ -147,6 +147,10 @@ class TokenizeOptions(InputOptions):
         g.add_argument("--wait-for-lock", dest="wait_for_lock_s", type=float, default=0.0, metavar="S",
                        help="when another run is writing --output, wait up to S seconds for it to finish "
                             "(default 0: refuse at once)")
+        g.add_argument("--gc-grace-s", dest="gc_grace_s", type=float, default=7 * 24 * 3600.0, metavar="S",
+                       help="after publishing, delete the files of versions replaced more than S seconds ago "
+                            "(readers holding an older index keep working until then; default 7 days; -1: never; "
+                            "see audiotok gc)")
         g.add_argument("--files-per-bucket", dest="files_per_bucket", type=int, default=64,
                        help="inputs per shard group: each group is sorted and written by one worker, which makes "
                             "shards reproducible (default 64)")

@@ -154,6 +154,14 @@ def read_index(output: str) -> dict:
     return json.loads(storage.read_bytes(storage.join(output, INDEX_NAME)))
 
 
+def referenced_files(index: Mapping[str, Any]) -> set[str]:
+    """The files (relative to the dataset) an index names: its shards, failure files and state."""
+    files = {row["url"] for row in index.get("shards", [])} | {row["url"] for row in index.get("failures", [])}
+    if index.get("state"):
+        files.add(index["state"])
+    return files
+
+
 def failure_is_live(uri: str, run: int | None, state: Mapping[str, Any], version: int) -> bool:
     """Whether a dead-letter record still counts: ``uri``'s record written by run ``run`` (the
     version of its ``failures/vNNNNNN/`` file), given the live ``state`` of dataset ``version``.

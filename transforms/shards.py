@@ -346,8 +346,19 @@ def _finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_in
         "shards": rows,
         "failures": failure_rows,
     }
+    record_retired(output, json.loads(planned) if planned is not None else {}, index, plan.version)
     publish_index(output, index, plan)
     return index
+
+
+def record_retired(output: str, before: Mapping[str, Any], after: Mapping[str, Any], version: int) -> None:
+    """Writes ``state/retired-vNNNNNN.json``: the files the live index ``before`` named and
+    version ``version`` (index ``after``) no longer does. Readers holding ``before`` still read
+    them; ``audiotok gc`` deletes them once version ``version`` is older than its grace period."""
+    retired = sorted(dataset.referenced_files(before) - dataset.referenced_files(after))
+    if retired:
+        storage.write_atomic(storage.join(output, dataset.retired_path(version)),
+                             json.dumps({"version": version, "retired": retired}, indent=1).encode("utf-8"))
 
 
 def _live_failures(output: str, failure_rows: Sequence[Mapping[str, Any]], state: Mapping[str, Any],

@@ -359,6 +359,21 @@ def makedirs(url: str) -> None:
         fs.makedirs(path, exist_ok=True)
 
 
+def list_folder(url: str) -> list[tuple[str, str]]:
+    """(URL, name) of each entry directly in a folder (files and folders); [] when there is none."""
+    fs, path = filesystem(url)
+    try:
+        found = retrying(lambda: fs.ls(path, detail=False), f"listing {url}")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for entry in found:
+        entry = entry.rstrip("/")
+        if entry != path.rstrip("/"):
+            out.append((unstrip(fs, url, entry), entry.rsplit("/", 1)[-1]))
+    return out
+
+
 def list_files(url_pattern: str) -> Iterator[tuple[str, dict]]:
     """Yields (url, info) for each file matching a glob pattern (``**`` recurses).
 
@@ -377,6 +392,30 @@ def list_files(url_pattern: str) -> Iterator[tuple[str, dict]]:
         if info.get("type") == "directory":
             continue
         yield unstrip(fs, url_pattern, found), info
+
+
+def modified_time(url: str) -> float | None:
+    """When an object was last written (Unix time), or None when it does not exist."""
+    fs, path = filesystem(url)
+    try:
+        info = retrying(lambda: fs.info(path), f"looking up {url}")
+    except FileNotFoundError:
+        return None
+    for key in ("mtime", "LastModified", "updated", "timeCreated", "created"):
+        value = info.get(key)
+        if value in (None, ""):
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            from datetime import datetime
+
+            return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+    return None
 
 
 def version_marker(info: dict) -> str | None:

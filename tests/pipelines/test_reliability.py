@@ -287,3 +287,52 @@ def test_a_refresh_with_nothing_new_publishes_nothing_and_carries_failures(tmp_p
     assert index["dataset_version"] == 3 and "read_error" not in index["totals"]["failures_by_reason"]
     assert index["totals"]["failures"] == first["totals"]["failures"] - 1
     assert_verifies(out)
+
+
+# ------------------------------------------------------------------ --overwrite, and old versions' files
+
+
+def read_all(out: Path, index: dict) -> int:
+    """Reads every sample an index names (as a trainer holding that index would)."""
+    urls = [str(out / row["url"]) for row in index["shards"]]
+    return sum(1 for _ in wds.WebDataset(urls, shardshuffle=False))
+
+
+def test_overwrite_writes_the_new_version_first_and_old_readers_keep_reading(tmp_path, capsys):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 3)
+    old_index, _, _ = run(config(inp, out))
+    old_samples = read_all(out, old_index)
+    new_inp = tmp_path / "in2"
+    make_corpus(new_inp, 2, seed=20)
+    new_index, _, _ = run(config(new_inp, out, overwrite=True))
+    assert new_index["dataset_version"] == 2 and new_index["totals"]["inputs"] == 2
+    assert all(r["url"].startswith("shards/v000002/") for r in new_index["shards"])
+    assert read_all(out, old_index) == old_samples  # the replaced version is still whole
+    assert_verifies(out)
+    retired = json.loads((out / dataset.retired_path(2)).read_text())["retired"]
+    assert sorted(retired) == sorted(dataset.referenced_files(old_index))
+    assert cli.main(["gc", str(out)]) == 0  # within the grace period: nothing goes
+    assert all((out / rel).exists() for rel in retired)
+    assert cli.main(["gc", str(out), "--older-than", "0", "--dry-run"]) == 0
+    assert all((out / rel).exists() for rel in retired)
+    assert cli.main(["gc", str(out), "--older-than", "0"]) == 0
+    assert not any((out / rel).exists() for rel in retired) and not (out / dataset.retired_path(2)).exists()
+    assert not (out / "shards" / "v000001").exists()
+    report = verify.verify_dataset(str(out))
+    assert report.ok(strict=True), verify.format_report(report, strict=True)  # no file left that no index names
+    assert read_all(out, new_index) == new_index["totals"]["samples"]
+
+
+def test_refreshes_retire_superseded_files_and_gc_keeps_what_is_live(tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 3)
+    shard_cfg = shards.ShardConfig(max_samples=2, files_per_bucket=1)
+    run(config(inp, out, shards=shard_cfg, gc_grace_s=0))
+    (inp / "f00.flac").unlink()  # its shard's samples are all superseded
+    index, _, _ = run(config(inp, out, incremental=True, shards=shard_cfg, gc_grace_s=0))
+    assert_verifies(out)
+    on_disk = {str(p.relative_to(out)) for p in (out / "shards").rglob("*.tar")}
+    assert on_disk == {r["url"] for r in index["shards"]}  # grace 0: the retired shard went at once
+    assert sorted(p.name for p in (out / "state").iterdir()) == ["state-v000002.json"]
+    assert len(live_keys(out)) == index["totals"]["samples"]
