@@ -85,11 +85,12 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"(?i)(?P<keep>\bbearer\s+)[A-Za-z0-9._~+/=-]+"), r"\g<keep>" + _MASK),
     (re.compile(r"(?i)(?P<keep>\bauthorization['\"]?\s*[:=]\s*['\"]?)[^'\"\n]+"), r"\g<keep>" + _MASK),
     # key = value, "key": "value" (config files, JSON credentials, reprs)
-    (re.compile(r"(?i)(?P<keep>\b(?:aws_secret_access_key|aws_session_token|secret_access_key|secret_key|"
+    # (not a path: 'refusing pipe:cat /etc/passwd: ...' names a file, it holds no password)
+    (re.compile(r"(?i)(?P<keep>(?<![/\\.])\b(?:aws_secret_access_key|aws_session_token|secret_access_key|secret_key|"
                 r"session_token|client_secret|refresh_token|access_token|private_key|password|passwd)"
                 r"['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\g<keep>" + _MASK),
     # secret: value / api-key=value in free text (exception messages echoing a configuration)
-    (re.compile(r"(?i)(?P<keep>\b[\w-]*(?:secret|password|passwd|token|api[_-]?key|access[_-]?key(?:[_-]?id)?)\b"
+    (re.compile(r"(?i)(?P<keep>(?<![/\\.\w-])[\w-]*(?:secret|password|passwd|token|api[_-]?key|access[_-]?key(?:[_-]?id)?)\b"
                 r"\s*[=:]\s*)(?!\*\*\*)[^\s&,;'\"]+"), r"\g<keep>" + _MASK),
 )
 

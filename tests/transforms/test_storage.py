@@ -330,3 +330,15 @@ def test_a_read_that_breaks_mid_object_resumes_at_its_offset(monkeypatch):
     assert head == payload[:1000] and middle == payload[5000:75_000] and tail == payload[-10:]
     assert state["reads"] > 4
     storage.remove("memory://audiotok-retry")
+
+
+def test_redact_leaves_a_path_named_like_a_secret_alone():
+    """A pipe: refusal names /etc/passwd: a path, not a password; the message stays readable."""
+    from audiotok.transforms.failures import Failure
+
+    with pytest.raises(ValueError) as e:
+        storage.check_url("pipe:cat /etc/passwd")
+    assert storage.redact(str(e.value)) == str(e.value)
+    assert "only storage URLs" in Failure("m.jsonl:3", "bad_manifest", str(e.value)).message
+    assert storage.redact("password: hunter22") == "password: ***"
+    assert storage.redact("db_password=abc123 token: xyz") == "db_password=*** token: ***"
