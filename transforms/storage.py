@@ -49,6 +49,11 @@ READ_BLOCK_BYTES = 4 * 1024 * 1024
 # chunks must be multiples of 256 KiB).
 WRITE_BLOCK_BYTES = 8 * 1024 * 1024
 
+# botocore's own retries, kept short: :func:`retrying` retries transient errors with backoff for
+# the run's whole retry budget, and botocore's legacy mode (5 attempts, up to ~15 s) under each of
+# our attempts made every read of an unreachable endpoint stall.
+S3_CLIENT_CONFIG = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60}
+
 GCS_PROTOCOLS = frozenset({"gs", "gcs"})
 S3_PROTOCOLS = frozenset({"s3", "s3a"})
 
@@ -212,7 +217,7 @@ def storage_options(protocol: str, environ: Mapping[str, str] | None = None) -> 
         return {}
     if protocol in S3_PROTOCOLS:
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-        return {"endpoint_url": endpoint} if endpoint else {}
+        return {**({"endpoint_url": endpoint} if endpoint else {}), "config_kwargs": dict(S3_CLIENT_CONFIG)}
     return {}
 
 

@@ -52,10 +52,10 @@ def test_storage_options_follow_the_environment():
         "endpoint_url": "http://localhost:9023", "token": "anon"}
     assert storage.storage_options("gcs", {"STORAGE_EMULATOR_HOST": "default"}) == {}
     assert storage.storage_options("s3", {"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"}) == {
-        "endpoint_url": "http://127.0.0.1:5000"}
+        "endpoint_url": "http://127.0.0.1:5000", "config_kwargs": storage.S3_CLIENT_CONFIG}
     # the service-specific variable wins, as in botocore
-    assert storage.storage_options("s3", {"AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_S3": "http://b"}) == {
-        "endpoint_url": "http://b"}
+    assert storage.storage_options("s3", {"AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_S3": "http://b"})[
+        "endpoint_url"] == "http://b"
     assert storage.storage_options("file", {"AWS_ENDPOINT_URL": "http://a"}) == {}
 
 
