@@ -1,6 +1,6 @@
 """Fit a k-means codebook from a corpus: ``audiotok fit-kmeans``.
 
-match -> decode -> resample -> segment -> features -> deterministic frame sample -> k-means
+match -> decode -> segment -> resample -> features -> deterministic frame sample -> k-means
 -> one codebook file (safetensors). Works for any k-means tokenizer: the features are the
 tokenizer's own (MFCC for ``mfcc-kmeans``, SSL layers for the others).
 
@@ -23,7 +23,7 @@ import numpy as np
 from audiotok.pipelines import options as opts
 from audiotok.runners import profiles
 from audiotok.transforms import metrics, storage
-from audiotok.transforms.decode import DecodeConfig
+from audiotok.transforms.decode import DecodeConfig, resample
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.read import ReadSegments
 from audiotok.transforms.records import Segment
@@ -89,7 +89,9 @@ class _FeatureSampleFn(beam.DoFn):
         self._tok: KMeansTokenizer = loaded_tokenizers(self._config.spec, self._config.device)[0]
 
     def process(self, segment: Segment) -> Iterator[tuple[int, np.ndarray]]:
-        feats = self._tok.features([segment.audio])[0]
+        # From the source rate straight to the tokenizer's, as the tokenize job does.
+        audio = resample(segment.audio, segment.sample_rate, self._tok.sample_rate)
+        feats = self._tok.features([audio])[0]
         metrics.counter("kmeans_frames_seen").inc(int(feats.shape[0]))
         yield from sample_frames(segment.key, feats, self._config.frames_per_segment, self._config.seed)
 
@@ -123,8 +125,7 @@ def write_codebook(sampled: Sequence[tuple[int, np.ndarray]], config: FitConfig)
 
 def build(p: beam.Pipeline, match: MatchConfig, decode: DecodeConfig, segment: SegmentConfig, fit: FitConfig):
     """Adds the fitting steps to ``p``; returns the PCollection with the codebook's URL."""
-    tok = fit.tokenizer()
-    read = p | "ReadSegments" >> ReadSegments(match, decode, tok.sample_rate, segment)
+    read = p | "ReadSegments" >> ReadSegments(match, decode, segment)
     return (read["segments"]
             | "FeatureSample" >> beam.ParDo(_FeatureSampleFn(fit))
             | "KeepLowestRanks" >> beam.combiners.Top.Smallest(fit.max_frames, key=lambda rf: rf[0])
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("audiotok fit-kmeans: give --input or --manifest")
     if not args.output:
         raise SystemExit("audiotok fit-kmeans: give --output (the codebook file to write)")
-    fit = FitConfig(spec=args.tokenizer, output=args.output, max_frames=args.max_frames,
+    fit = FitConfig(spec=registry.absolute_locations(args.tokenizer), output=args.output, max_frames=args.max_frames,
                     frames_per_segment=args.frames_per_segment, seed=args.seed, device=args.device)
     url = run(opts.match_config(args), opts.decode_config(args), opts.segment_config(args), fit,
               profiles.pipeline_options(args.profile, beam_args))

@@ -14,7 +14,7 @@ from audiotok.runners import profiles
 from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.match import DEFAULT_EXCLUDE, MatchConfig
 from audiotok.transforms.segment import SEGMENTERS, SegmentConfig
-from audiotok.transforms.streaming import DEFAULT_CHUNK_S
+from audiotok.transforms.decode import DEFAULT_CHUNK_S
 from audiotok.transforms.vad import VadConfig
 from audiotok.transforms.shards import ShardConfig
 from audiotok.transforms.tokenize import TokenizeConfig

@@ -1,7 +1,7 @@
 """The main job: audio files in, WebDataset token shards out.
 
-match -> decode -> resample -> segment -> tokenize -> write shards (temp, then finalize)
--> index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
+match -> decode -> segment (at each source's rate) -> tokenize (each tokenizer resamples to
+its own rate) -> write shards (temp, then finalize) -> index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
 ``audiotok tokenize ...``.
 """
 
@@ -14,7 +14,6 @@ import os
 import posixpath
 import sys
 import time
-import uuid
 from typing import Any
 
 import apache_beam as beam
@@ -32,7 +31,8 @@ from audiotok.transforms.read import ReadSegments
 from audiotok.transforms.segment import SegmentConfig
 from audiotok.transforms.shards import ShardConfig, WriteDataset
 from audiotok.transforms.tokenize import TokenizeConfig, TokenizeSegments, stream_descriptions
-from audiotok.transforms.tokenizers import registry
+from audiotok.transforms.tokenizers import registry, weights
+from audiotok.transforms.tokenizers.base import Tokenizer
 from audiotok.transforms.tokenizers.spectral import KMeansTokenizer
 
 logger = logging.getLogger(__name__)
@@ -80,16 +80,42 @@ class TooManyFailures(RuntimeError):
         self.index, self.counters, self.wall_s = index, counters, wall_s
 
 
+def dataset_url(url: str, output: str) -> str:
+    """How the index names a file the run read (a codebook, a checkpoint folder): relative to the
+    dataset root when it lies inside it, else its absolute URL (``file:///...`` for a local
+    path), so the index never depends on the directory the job was started from."""
+    local, target = storage.is_local(url), storage.absolute(url).rstrip("/")
+    out_local, root = storage.is_local(output), storage.absolute(output).rstrip("/")
+    if local == out_local:
+        if local and os.path.commonpath([target, root]) == root and target != root:
+            return os.path.relpath(target, root).replace(os.sep, "/")
+        if not local and target.startswith(root + "/"):
+            return target[len(root) + 1:]
+    return "file://" + target if local else target
+
+
+def describe_for_index(tok: Tokenizer, output: str) -> dict[str, Any]:
+    """``tok.describe()`` with its codebook and checkpoint named as :func:`dataset_url` says
+    (a Hugging Face Hub id stays as it is)."""
+    described = tok.describe()
+    config = dict(described["config"])
+    for field in ("codebook", "model"):
+        value = config.get(field)
+        if value and not (field == "model" and weights.location_kind(value) == "hub"):
+            config[field] = dataset_url(value, output)
+    return {**described, "config": config}
+
+
 def run_info(config: JobConfig) -> dict[str, Any]:
-    """What the index records about the run (no wall-clock values: reruns stay identical)."""
+    """What the index records about the run (no wall-clock values, nothing that depends on the
+    directory the job was started from: reruns stay identical)."""
     tokenizers = config.tokenize.tokenizers()
     return {
-        "tokenizers": [t.describe() for t in tokenizers],
+        "tokenizers": [describe_for_index(t, config.output) for t in tokenizers],
         "streams": stream_descriptions(tokenizers),
         "settings": {
             "decode": dataclasses.asdict(config.decode),
             "segment": dataclasses.asdict(config.segment),
-            "sample_rate": config.tokenize.sample_rate(),
             "shards": dataclasses.asdict(config.shards),
         },
     }
@@ -100,7 +126,6 @@ def settings(config: JobConfig) -> dict[str, Any]:
     return {
         "decode": config.decode.content_settings(),
         "segment": dataclasses.asdict(config.segment),
-        "sample_rate": config.tokenize.sample_rate(),
         "tokenizers": [t.fingerprint() for t in config.tokenize.tokenizers()],
     }
 
@@ -109,8 +134,7 @@ def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = Non
     """Adds the whole job to ``p``; returns the PCollection holding the published index."""
     plan = plan or shards.RunPlan(fingerprint=incremental.settings_fingerprint(settings(config)))
     select = incremental.SelectChanged(plan.previous_state, plan.fingerprint) if plan.previous_state else None
-    read = p | "ReadSegments" >> ReadSegments(
-        config.match, config.decode, config.tokenize.sample_rate(), config.segment, select=select)
+    read = p | "ReadSegments" >> ReadSegments(config.match, config.decode, config.segment, select=select)
     tokenized = read["segments"] | "Tokenize" >> TokenizeSegments(config.tokenize)
     all_failures = (read["failures"], tokenized.failures) | "AllFailures" >> beam.Flatten()
     info = run_info(config)
@@ -270,7 +294,8 @@ def with_fitted_codebooks(config: JobConfig, beam_options: PipelineOptions) -> J
     for spec in registry.split_specs(config.tokenize.specs):
         tok = registry.create(spec)
         if isinstance(tok, KMeansTokenizer) and not tok.config.codebook:
-            url = storage.join(config.output, CODEBOOKS_DIR, f"{tok.name}-k{tok.config.k}.safetensors")
+            url = storage.absolute(storage.join(config.output, CODEBOOKS_DIR,
+                                                f"{tok.name}-k{tok.config.k}.safetensors"))
             if config.incremental and storage.exists(url):
                 # A refresh keeps the dataset's codebook: refitting would change every unit.
                 spec = _with_option(spec, "codebook", url)
@@ -292,7 +317,16 @@ def with_fitted_codebooks(config: JobConfig, beam_options: PipelineOptions) -> J
 def _with_option(spec: str, key: str, value: str) -> str:
     name, options = registry.parse_spec(spec)
     options[key] = value
-    return name + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
+    return registry.format_spec(name, options)
+
+
+def with_absolute_locations(config: JobConfig) -> JobConfig:
+    """``config`` with its tokenizers' local checkpoints and codebooks named by absolute paths
+    (the specs travel to workers, whose working directory may be another)."""
+    specs = registry.absolute_locations(config.tokenize.specs)
+    if specs == config.tokenize.specs:
+        return config
+    return dataclasses.replace(config, tokenize=dataclasses.replace(config.tokenize, specs=specs))
 
 
 def launch(config: JobConfig, beam_options: PipelineOptions, held: lease.Lease | None = None
@@ -312,7 +346,7 @@ def launch(config: JobConfig, beam_options: PipelineOptions, held: lease.Lease |
     check_local_device(config.tokenize.device, beam_options)
     owned = held or claim_output(config, held_by="job")
     try:
-        config = with_fitted_codebooks(config, beam_options)
+        config = with_fitted_codebooks(with_absolute_locations(config), beam_options)
         plan = plan_run(config, owner=owned.owner, release_lease=held is None)
         p = beam.Pipeline(options=beam_options)
         build(p, config, plan=plan, run_id=owned.owner)

@@ -89,7 +89,9 @@ def next_state(previous: Mapping[str, Any], version: int, fingerprint: str, list
                 entry["tokens"][name] = entry["tokens"].get(name, 0) + n
     stale: list[Mapping[str, Any]] = []
     seen: set[str] = set()
-    for ref in listed:
+    # A URI listed twice (by a pattern and a manifest line) keeps one entry: the same one
+    # whatever order the runner delivered the references in.
+    for ref in sorted(listed, key=_ref_order):
         if ref.uri in seen:
             continue
         seen.add(ref.uri)
@@ -146,6 +148,10 @@ def carry_unlisted(previous: Mapping[str, Any], records: Iterable[Mapping[str, A
             unlisted[uri] = {"run": version, "records": summary}
             new.extend(found)
     return unlisted, new
+
+
+def _ref_order(ref: AudioRef) -> tuple:
+    return (ref.uri, meta_hash(ref), ref.size_bytes is not None, ref.size_bytes or 0, ref.version or "")
 
 
 def live_shards(previous_rows: Iterable[Mapping[str, Any]], new_rows: Iterable[Mapping[str, Any]],

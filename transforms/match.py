@@ -147,11 +147,13 @@ def input_identity(uri: str) -> str:
 
 
 def resolve_uri(uri: str, manifest_url: str) -> str:
-    """Makes a manifest entry's URI absolute (relative to the manifest's folder)."""
+    """Makes a manifest entry's URI absolute (relative to the manifest's folder; a local one
+    independent of the working directory, so a file has one URI wherever the job starts)."""
     if "://" in uri or uri.startswith("/"):
         return uri
     base = manifest_url.rsplit("/", 1)[0] if "/" in manifest_url else "."
-    return storage.join(base, uri)
+    joined = storage.join(base, uri)
+    return storage.absolute(joined) if storage.protocol_of(joined) == "" else joined
 
 
 def parse_manifest_line(line: str, manifest_url: str, line_no: int) -> AudioRef:

@@ -242,6 +242,20 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(url, **options)
 
 
+def is_local(url: str) -> bool:
+    """Whether ``url`` is a path on this machine (a plain path or ``file://``)."""
+    return protocol_of(url) in ("", "file", "local")
+
+
+def absolute(url: str) -> str:
+    """``url`` made independent of the working directory: a local path or ``file://`` URL
+    becomes an absolute path (``~`` expanded, ``..`` resolved); other URLs are returned as they are."""
+    if not is_local(url):
+        return url
+    path = url.split("://", 1)[1] if "://" in url else url
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def join(base: str, *parts: str) -> str:
     """Joins path parts onto a local path or URL."""
     if "://" in base:
@@ -383,8 +397,12 @@ def list_folder(url: str) -> list[tuple[str, str]]:
 def list_files(url_pattern: str) -> Iterator[tuple[str, dict]]:
     """Yields (url, info) for each file matching a glob pattern (``**`` recurses).
 
-    A pattern without glob characters that names a directory matches every file below it.
+    A pattern without glob characters that names a directory matches every file below it. A
+    relative local pattern is made absolute first (``..`` resolved), so a file has one URL
+    whatever directory it was listed from.
     """
+    if protocol_of(url_pattern) == "":
+        url_pattern = absolute(url_pattern)
     fs, path = filesystem(url_pattern)
     if not any(c in path for c in "*?["):
         if retrying(lambda: fs.isdir(path), f"looking up {url_pattern}"):

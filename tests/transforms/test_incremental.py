@@ -191,6 +191,18 @@ def test_next_state_and_live_rows_pure():
     assert incremental.needs_processing(AudioRef("a", 1, "m1"), prev["inputs"]["a"], "fp") is None
 
 
+def test_next_state_is_the_same_whatever_order_the_references_arrive_in():
+    """A file matched by a pattern and named by a manifest line is listed twice under one URI;
+    runners deliver the listing in any order (Flink did not follow the in-process one)."""
+    from audiotok.transforms.records import AudioRef
+
+    listed = [AudioRef("a", 10, "m1"), AudioRef("a", None, None, {"id": "x"}), AudioRef("b", 5, "m2")]
+    states = [incremental.next_state(incremental.empty_state(), 1, "fp", order, ["a", "b"], {}, {})[0]
+              for order in (listed, listed[::-1], [listed[1], listed[2], listed[0]])]
+    assert states[0] == states[1] == states[2]
+    assert states[0]["inputs"]["a"]["size"] == 10
+
+
 def test_compact_rewrites_live_samples_only(tmp_path):
     from audiotok.pipelines import compact
 

@@ -18,7 +18,7 @@ from audiotok.transforms.failures import AudiotokError
 from audiotok.transforms.records import AudioRef
 
 TIMEOUT_S = 1.5
-FAULTS = DecodeConfig(isolation="process", timeout_s=TIMEOUT_S, decoder="hostile_corpus:fault_kinds")
+FAULTS = DecodeConfig(isolation="process", timeout_s=TIMEOUT_S, decoder="hostile_corpus:FaultKinds")
 
 
 @pytest.fixture(scope="module")
@@ -105,18 +105,20 @@ def test_a_bad_decoder_path_fails_loudly():
     d = isolation.ProcessDecoder(DecodeConfig(decoder="no_such_module_here:decode"))
     with pytest.raises(RuntimeError, match="ModuleNotFoundError"):
         d.decode(AudioRef("/nonexistent.wav"))
-    with pytest.raises(ValueError, match="module:function"):
+    with pytest.raises(RuntimeError, match="not a FileDecoder subclass"):
+        isolation.ProcessDecoder(DecodeConfig(decoder="json:dumps")).decode(AudioRef("/nonexistent.wav"))
+    with pytest.raises(ValueError, match="module:Class"):
         DecodeConfig(decoder="not a path")
 
 
 def test_answers_are_checked_not_trusted():
     good = {"ok": True, "samples": 10, "sample_rate": 16000, "source_sample_rate": 16000, "source_channels": 1,
             "source_format": "wav", "notes": [], "max_rss_mb": 1.0}
-    isolation._check_header(good, DecodeConfig())
+    isolation._check_whole(good, DecodeConfig())
     for bad in ({"samples": -1}, {"samples": 1 << 40}, {"samples": "10"}, {"sample_rate": 0},
                 {"notes": ["../x"]}, {"notes": "x"}, {"source_format": None}, {"max_rss_mb": "1"}):
         with pytest.raises(isolation._ProtocolError):
-            isolation._check_header({**good, **bad}, DecodeConfig())
+            isolation._check_whole({**good, **bad}, DecodeConfig())
 
 
 def test_decode_stage_under_beam_turns_faults_into_records(files):
