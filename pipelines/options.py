@@ -255,6 +255,7 @@ JOB_FLAGS = (
     Flag("--overwrite", JobConfig, "overwrite"),
     Flag("--incremental", JobConfig, "incremental"),
     Flag("--wait-for-lock", JobConfig, "wait_for_lock_s", metavar="S"),
+    Flag("--gc-grace-s", JobConfig, "gc_grace_s", metavar="S"),
     Flag("--kmeans-max-frames", JobConfig, "kmeans_max_frames"),
     Flag("--max-failure-fraction", JobConfig, "max_failure_fraction"),
 )

@@ -125,10 +125,13 @@ class _DecodeFn(beam.DoFn):
 
     @staticmethod
     def _failed(ref: AudioRef, e: Exception):
-        if not isinstance(e, AudiotokError):
+        failure = Failure.from_error(ref.uri, e, "decode")
+        if failure.transient:
+            logger.warning("could not read %s (the storage may be unavailable; the next --incremental tries "
+                           "again): %s", failure.uri, " ".join(failure.message.split())[:300])
+        elif not isinstance(e, AudiotokError):
             logger.warning("unexpected %s decoding %s (a bug: please report it): %s", type(e).__name__,
                            failures.redact(failures.printable(ref.uri)), failures.redact(str(e)))
-        failure = Failure.from_error(ref.uri, e, "decode")
         metrics.failure(failure.reason, "decode")
         yield beam.pvalue.TaggedOutput("failures", failure)
 

@@ -52,6 +52,11 @@ READ_BLOCKS = 3
 # chunks must be multiples of 256 KiB).
 WRITE_BLOCK_BYTES = 8 * 1024 * 1024
 
+# botocore's own retries, kept short: :func:`retrying` retries transient errors with backoff for
+# the run's whole retry budget, and botocore's legacy mode (5 attempts, up to ~15 s) under each of
+# our attempts made every read of an unreachable endpoint stall.
+S3_CLIENT_CONFIG = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60}
+
 GCS_PROTOCOLS = frozenset({"gs", "gcs"})
 S3_PROTOCOLS = frozenset({"s3", "s3a"})
 
@@ -88,11 +93,12 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"(?i)(?P<keep>\bbearer\s+)[A-Za-z0-9._~+/=-]+"), r"\g<keep>" + _MASK),
     (re.compile(r"(?i)(?P<keep>\bauthorization['\"]?\s*[:=]\s*['\"]?)[^'\"\n]+"), r"\g<keep>" + _MASK),
     # key = value, "key": "value" (config files, JSON credentials, reprs)
-    (re.compile(r"(?i)(?P<keep>\b(?:aws_secret_access_key|aws_session_token|secret_access_key|secret_key|"
+    # (not a path: 'refusing pipe:cat /etc/passwd: ...' names a file, it holds no password)
+    (re.compile(r"(?i)(?P<keep>(?<![/\\.])\b(?:aws_secret_access_key|aws_session_token|secret_access_key|secret_key|"
                 r"session_token|client_secret|refresh_token|access_token|private_key|password|passwd)"
                 r"['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\g<keep>" + _MASK),
     # secret: value / api-key=value in free text (exception messages echoing a configuration)
-    (re.compile(r"(?i)(?P<keep>\b[\w-]*(?:secret|password|passwd|token|api[_-]?key|access[_-]?key(?:[_-]?id)?)\b"
+    (re.compile(r"(?i)(?P<keep>(?<![/\\.\w-])[\w-]*(?:secret|password|passwd|token|api[_-]?key|access[_-]?key(?:[_-]?id)?)\b"
                 r"\s*[=:]\s*)(?!\*\*\*)[^\s&,;'\"]+"), r"\g<keep>" + _MASK),
 )
 
@@ -214,7 +220,7 @@ def storage_options(protocol: str, environ: Mapping[str, str] | None = None) -> 
         return {}
     if protocol in S3_PROTOCOLS:
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-        return {"endpoint_url": endpoint} if endpoint else {}
+        return {**({"endpoint_url": endpoint} if endpoint else {}), "config_kwargs": dict(S3_CLIENT_CONFIG)}
     return {}
 
 
@@ -384,6 +390,21 @@ def makedirs(url: str) -> None:
         fs.makedirs(path, exist_ok=True)
 
 
+def list_folder(url: str) -> list[tuple[str, str]]:
+    """(URL, name) of each entry directly in a folder (files and folders); [] when there is none."""
+    fs, path = filesystem(url)
+    try:
+        found = retrying(lambda: fs.ls(path, detail=False), f"listing {url}")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for entry in found:
+        entry = entry.rstrip("/")
+        if entry != path.rstrip("/"):
+            out.append((unstrip(fs, url, entry), entry.rsplit("/", 1)[-1]))
+    return out
+
+
 def list_files(url_pattern: str) -> Iterator[tuple[str, dict]]:
     """Yields (url, info) for each file matching a glob pattern (``**`` recurses).
 
@@ -406,6 +427,30 @@ def list_files(url_pattern: str) -> Iterator[tuple[str, dict]]:
         if info.get("type") == "directory":
             continue
         yield unstrip(fs, url_pattern, found), info
+
+
+def modified_time(url: str) -> float | None:
+    """When an object was last written (Unix time), or None when it does not exist."""
+    fs, path = filesystem(url)
+    try:
+        info = retrying(lambda: fs.info(path), f"looking up {url}")
+    except FileNotFoundError:
+        return None
+    for key in ("mtime", "LastModified", "updated", "timeCreated", "created"):
+        value = info.get(key)
+        if value in (None, ""):
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            from datetime import datetime
+
+            return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+    return None
 
 
 def version_marker(info: dict) -> str | None:
