@@ -286,8 +286,10 @@ _is_local = is_local_fs
 def local_path(url: str) -> str | None:
     """The operating system's path of ``url`` when it names a local file (a plain path or
     ``file://``), else None."""
+    if "::" in url or ("://" in url and protocol_of(url) not in ("file", "local")):
+        return None  # another store, or a scheme fsspec does not know (nothing local to name)
     fs, path = filesystem(url)
-    return path if _is_local(fs) and "::" not in url else None
+    return path if _is_local(fs) else None
 
 
 @contextlib.contextmanager
