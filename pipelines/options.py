@@ -233,6 +233,7 @@ DECODE_FLAGS = (
     Flag("--clipping-fraction", DecodeConfig, "clipping_fraction"),
     Flag("--decode-isolation", DecodeConfig, "isolation", choices=policy.CHOICES["isolation"]),
     Flag("--decode-timeout-s", DecodeConfig, "timeout_s", zero_is_none=True),
+    Flag("--decoder-processes", DecodeConfig, "decoder_processes"),
 )
 
 TOKENIZE_FLAGS = (
@@ -258,6 +259,7 @@ JOB_FLAGS = (
     Flag("--overwrite", JobConfig, "overwrite"),
     Flag("--incremental", JobConfig, "incremental"),
     Flag("--wait-for-lock", JobConfig, "wait_for_lock_s", metavar="S"),
+    Flag("--gc-grace-s", JobConfig, "gc_grace_s", metavar="S"),
     Flag("--kmeans-max-frames", JobConfig, "kmeans_max_frames"),
     Flag("--max-failure-fraction", JobConfig, "max_failure_fraction"),
 )

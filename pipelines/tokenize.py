@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from audiotok.pipelines import fit_kmeans
+from audiotok.pipelines import gc
 from audiotok.runners import profiles
 from audiotok.transforms import card, dataset, failures, incremental, lease, lm, metrics, shards, storage
 from audiotok.transforms.decode import DecodeConfig
@@ -58,6 +59,9 @@ class JobConfig:
             misconfiguration; 1: never).
         wait_for_lock_s: when another run is writing ``output``, wait up to this many seconds
             for it to finish (0: refuse at once).
+        gc_grace_s: after publishing, delete the files of versions replaced more than this many
+            seconds ago (readers holding an older index keep working until then; -1: never; see
+            ``audiotok gc``).
     """
 
     output: str
@@ -71,6 +75,7 @@ class JobConfig:
     kmeans_max_frames: int = 200_000
     max_failure_fraction: float = 0.5
     wait_for_lock_s: float = 0.0
+    gc_grace_s: float = gc.DEFAULT_GRACE_S
 
     def __post_init__(self) -> None:
         storage.check_url(self.output)
@@ -184,7 +189,7 @@ def plan_run(config: JobConfig, owner: str | None = None, release_lease: bool = 
         version = int(index.get("dataset_version", 0)) + 1
         previous = (storage.join(config.output, index["state"])
                     if config.incremental and not config.overwrite and index.get("state") else None)
-    clean_unpublished(config.output, version)
+    gc.clean_unpublished(config.output, version)
     return shards.RunPlan(version=version, fingerprint=fingerprint, previous_state=previous,
                           index_generation=generation, lease_owner=owner, release_lease=release_lease)
 
@@ -192,43 +197,6 @@ def plan_run(config: JobConfig, owner: str | None = None, release_lease: bool = 
 def already_a_dataset(output: str) -> str:
     return (f"{output} already holds a dataset ({dataset.INDEX_NAME}); pass --incremental to refresh it or "
             "--overwrite to replace it")
-
-
-def clean_unpublished(output: str, version: int) -> None:
-    """Removes what runs of ``version`` or later left behind without publishing it: their
-    version folders and state files, the temporary folders of runs, and the temporary files
-    of interrupted atomic writes. Only names the project writes are ever removed."""
-    for folder in (dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.STATE_DIR):
-        for entry, name in _entries(storage.join(output, folder)):
-            found = dataset.version_of_name(folder, name)
-            if (found is not None and found >= version) or dataset.is_temp_name(name):
-                storage.remove(entry)
-    for entry, name in _entries(storage.join(output, dataset.TMP_DIR)):
-        if _is_run_id(name):
-            storage.remove(entry)
-    for folder in ("", card.PLOTS_DIR):
-        for entry, name in _entries(storage.join(output, folder) if folder else output):
-            if dataset.is_temp_name(name):
-                storage.remove(entry)
-
-
-def _is_run_id(name: str) -> bool:
-    return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
-
-
-def _entries(url: str) -> list[tuple[str, str]]:
-    """(URL, name) of what a folder holds; nothing when it does not exist."""
-    fs, path = storage.filesystem(url)
-    try:
-        found = storage.retrying(lambda: fs.ls(path, detail=False), f"listing {url}")
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    out = []
-    for entry in found:
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if entry.rstrip("/") != path.rstrip("/"):
-            out.append((storage.unstrip(fs, url, entry.rstrip("/")), name))
-    return out
 
 
 # ------------------------------------------------------------------ the output, checked before anything runs
@@ -296,7 +264,7 @@ def output_state(output: str) -> str:
     fs, path = storage.filesystem(output)
     if storage.retrying(lambda: fs.isfile(path), f"looking up {output}"):
         raise SystemExit(f"--output {output} is a file, not a folder: refusing to write there")
-    names = sorted(name for _, name in _entries(output))
+    names = sorted(name for _, name in storage.list_folder(output))
     if not names:
         return "empty"
     if dataset.INDEX_NAME in names:
@@ -443,6 +411,11 @@ def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[st
         held.check()  # the vocabulary and the card describe the index this run published
         lm.write_vocab(config.output, index)
         card.write_card(config.output, index, max_shards=card.RUN_MAX_SHARDS)
+        if config.gc_grace_s >= 0:
+            removed = gc.collect_garbage(config.output, config.gc_grace_s)
+            if removed:
+                logger.info("deleted %d file(s) of versions replaced more than %.0f s ago", len(removed),
+                            config.gc_grace_s)
     wall_s = time.monotonic() - start
     problem = check_failure_fraction(config, index, counters)
     if problem:

@@ -452,17 +452,16 @@ def _run_of(url: str) -> int | None:
 def check_failures(output: str, index: Mapping[str, Any]) -> list[Problem]:
     """Dead-letter files against their index rows, and the live failure totals.
 
-    A record is live when the state's entry for its input was written by the run of the
-    record's file, or when its input is not in the state and the file is this version's
-    (the rule ``audiotok.transforms.shards`` publishes totals by).
+    A record is live by :func:`audiotok.transforms.dataset.failure_is_live` (the rule the
+    totals are published by).
     """
     problems: list[Problem] = []
-    state_inputs: dict[str, Any] | None = None
+    state: dict[str, Any] | None = None
     if index.get("state"):
         try:
-            state_inputs = json.loads(storage.read_bytes(storage.join(output, index["state"]))).get("inputs", {})
+            state = json.loads(storage.read_bytes(storage.join(output, index["state"])))
         except (FileNotFoundError, OSError, ValueError):
-            state_inputs = None  # reported by check_index
+            state = None  # reported by check_index
     live: dict[str, int] = {}
     for row in index.get("failures", []):
         rel = row.get("url", "")
@@ -485,9 +484,7 @@ def check_failures(output: str, index: Mapping[str, Any]) -> list[Problem]:
                 problems.append(Problem(FAILURES_MISMATCH, f"line {i + 1} is not a failure record ({e})", rel))
                 continue
             reasons[rec["reason"]] = reasons.get(rec["reason"], 0) + 1
-            entry = state_inputs.get(rec["uri"]) if state_inputs is not None else None
-            if state_inputs is None or (entry is not None and entry.get("run") == run) or \
-                    (entry is None and run == index.get("dataset_version")):
+            if state is None or dataset.failure_is_live(rec["uri"], run, state, index.get("dataset_version")):
                 live[rec["reason"]] = live.get(rec["reason"], 0) + 1
         if "reasons" in row and dict(row["reasons"]) != dict(sorted(reasons.items())):
             problems.append(Problem(FAILURES_MISMATCH, f"holds reasons {dict(sorted(reasons.items()))}; the index "

@@ -56,7 +56,7 @@ class Case:
         expect: ``ok``, or the reason code of its dead-letter record.
         stage: the stage that writes the record (``match``, ``decode``, ``segment``).
         sparse_bytes: for huge files: total size, written as a header plus a hole.
-        needs_faults: only meaningful with ``faulty_decoder``.
+        needs_faults: only meaningful with ``FaultyDecoder``.
     """
 
     name: bytes

@@ -154,6 +154,30 @@ def read_index(output: str) -> dict:
     return json.loads(storage.read_bytes(storage.join(output, INDEX_NAME)))
 
 
+def referenced_files(index: Mapping[str, Any]) -> set[str]:
+    """The files (relative to the dataset) an index names: its shards, failure files and state."""
+    files = {row["url"] for row in index.get("shards", [])} | {row["url"] for row in index.get("failures", [])}
+    if index.get("state"):
+        files.add(index["state"])
+    return files
+
+
+def failure_is_live(uri: str, run: int | None, state: Mapping[str, Any], version: int) -> bool:
+    """Whether a dead-letter record still counts: ``uri``'s record written by run ``run`` (the
+    version of its ``failures/vNNNNNN/`` file), given the live ``state`` of dataset ``version``.
+
+    It counts when it is from the run that last processed a live input, from the run that last
+    failed to read a pending input (``pending``: a transient failure), from the run that last
+    changed the records of something that is no input (``unlisted``: a pattern, a manifest
+    line, a refused file), or, for anything else, from this version.
+    """
+    for field in ("pending", "unlisted", "inputs"):
+        entry = state.get(field, {}).get(uri)
+        if entry is not None:
+            return entry.get("run") == run
+    return run == version
+
+
 def is_live(key: str, row: Mapping[str, Any]) -> bool:
     """Whether a sample read from a shard of the index is live (readers call this)."""
     excluded = row.get("excluded_sources")

@@ -56,6 +56,15 @@ def redact(text: str, uri: str | None = None) -> str:
     return storage.redact(text, uri=uri)
 
 
+def is_transient(error: BaseException | None) -> bool:
+    """:func:`audiotok.transforms.storage.is_transient` (False for None)."""
+    if error is None:
+        return False
+    from audiotok.transforms import storage
+
+    return storage.is_transient(error)
+
+
 def printable(text: str) -> str:
     """``text`` as valid UTF-8: bytes that are not (file names read with ``surrogateescape``)
     become ``\\xNN`` escapes, so JSON writers never fail on them."""
@@ -71,15 +80,27 @@ def printable(text: str) -> str:
 
 
 class AudiotokError(Exception):
-    """An input that cannot be processed, with a reason code from :data:`REASONS`."""
+    """An input that cannot be processed, with a reason code from :data:`REASONS`.
 
-    def __init__(self, reason: str, message: str, uri: str | None = None):
+    ``transient``: the cause may pass (the storage was unreachable, throttled, timing out):
+    the input is not counted as processed and the next refresh tries it again. Unless given,
+    it is read off the error's cause (``raise AudiotokError(...) from storage_error``).
+    """
+
+    def __init__(self, reason: str, message: str, uri: str | None = None, transient: bool | None = None):
         if reason not in REASONS:
             raise ValueError(f"unknown failure reason {reason!r}; known: {', '.join(REASONS)}")
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.uri = uri
+        self._transient = transient
+
+    @property
+    def transient(self) -> bool:
+        if self._transient is not None:
+            return self._transient
+        return self.reason in (READ_ERROR, TIMEOUT) and is_transient(self.__cause__)
 
     def __str__(self) -> str:
         where = f" ({self.uri})" if self.uri else ""
@@ -99,6 +120,7 @@ class Failure:
     stage: str = ""
     start_s: float | None = None
     end_s: float | None = None
+    transient: bool = False
 
     def __post_init__(self) -> None:
         raw_uri = str(self.uri)
@@ -107,15 +129,18 @@ class Failure:
 
     @classmethod
     def from_error(cls, uri: str, error: BaseException, stage: str, **where: Any) -> "Failure":
+        transient = False
         if isinstance(error, AudiotokError):
-            reason, message = error.reason, error.message
+            reason, message, transient = error.reason, error.message, error.transient
         elif isinstance(error, MemoryError):
             reason, message = OUT_OF_MEMORY, "out of memory"
+        elif is_transient(error):  # a storage error that escaped as itself
+            reason, message, transient = READ_ERROR, f"{type(error).__name__}: {error}", True
         else:
             reason = DECODE_ERROR if stage == "decode" else TOKENIZER_ERROR
             message = f"{type(error).__name__}: {error}"
-        return cls(uri=uri, reason=reason, message=message, stage=stage, **where)
+        return cls(uri=uri, reason=reason, message=message, stage=stage, transient=transient, **where)
 
     def to_json(self) -> str:
-        record = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v != ""}
+        record = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v != "" and v is not False}
         return json.dumps(record, ensure_ascii=False, sort_keys=True)

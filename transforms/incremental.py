@@ -52,7 +52,8 @@ def empty_state() -> dict[str, Any]:
 
 def next_state(previous: Mapping[str, Any], version: int, fingerprint: str, listed: Iterable[AudioRef],
                selected: Iterable[str], shard_sources: Mapping[str, Mapping[str, Mapping[str, Any]]],
-               failure_counts: Mapping[str, int]) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
+               failure_counts: Mapping[str, int], transient: Iterable[str] = ()
+               ) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
     """The state after a run, and the previous entries whose samples are no longer live.
 
     Args:
@@ -63,11 +64,17 @@ def next_state(previous: Mapping[str, Any], version: int, fingerprint: str, list
         selected: URIs that were (re)processed this run.
         shard_sources: final shard URL -> source hash -> {"uri", "samples", "audio_s", "tokens"}.
         failure_counts: URI -> dead-letter records this run.
+        transient: selected URIs with a transient failure (the storage was unavailable): not
+            processed. They keep their previous entry (or get none), whatever samples they
+            gave this run are not live, and they are listed in ``pending`` so the next
+            refresh tries them again.
     """
     state = {**empty_state(), "dataset_version": version, "settings_fingerprint": fingerprint,
              "deleted": copy.deepcopy(dict(previous.get("deleted", {})))}
     prev_inputs = previous.get("inputs", {})
-    selected = set(selected)
+    transient = set(transient)
+    selected = set(selected) - transient
+    pending: dict[str, Any] = {}
     per_uri: dict[str, dict[str, Any]] = {}
     for shard, sources in sorted(shard_sources.items()):
         for source, stats in sorted(sources.items()):
@@ -98,13 +105,49 @@ def next_state(previous: Mapping[str, Any], version: int, fingerprint: str, list
                 stale.append(prev_inputs[ref.uri])
         elif ref.uri in prev_inputs:
             state["inputs"][ref.uri] = copy.deepcopy(prev_inputs[ref.uri])
+        if ref.uri in transient:
+            pending[ref.uri] = {"run": version}
+            if ref.uri in per_uri:
+                stale.append(per_uri[ref.uri])
     for uri, entry in prev_inputs.items():
         if uri not in seen:
             state["deleted"][uri] = {"run": version}
             stale.append(entry)
     state["inputs"] = dict(sorted(state["inputs"].items()))
     state["deleted"] = dict(sorted(state["deleted"].items()))
+    if pending:
+        state["pending"] = dict(sorted(pending.items()))
     return state, stale
+
+
+def carry_unlisted(previous: Mapping[str, Any], records: Iterable[Mapping[str, Any]], version: int
+                   ) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
+    """Dead letters that name no input (a pattern matching nothing, a bad manifest line, a
+    file refused when listed) come back every run; those that are the same as last run's
+    are carried, not repeated.
+
+    Args:
+        previous: the last published state's ``unlisted``: URI -> {"run", "records": [[reason, message], ...]}.
+        records: this run's match-stage records (dicts with ``uri``, ``reason``, ``message``).
+        version: this run's dataset version.
+
+    Returns:
+        (this run's ``unlisted``, the records to publish: those of URIs whose records changed).
+    """
+    by_uri: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        by_uri.setdefault(record["uri"], []).append(record)
+    unlisted: dict[str, Any] = {}
+    new: list[Mapping[str, Any]] = []
+    for uri, found in sorted(by_uri.items()):
+        summary = sorted([r["reason"], r.get("message", "")] for r in found)
+        before = previous.get(uri)
+        if before is not None and before.get("records") == summary:
+            unlisted[uri] = copy.deepcopy(dict(before))
+        else:
+            unlisted[uri] = {"run": version, "records": summary}
+            new.extend(found)
+    return unlisted, new
 
 
 def _ref_order(ref: AudioRef) -> tuple:

@@ -7,8 +7,9 @@ and optionally a timed transcript (``words``: [{start, end, word}] or ``segments
 worker, and the references are then spread over the workers.
 
 Every input is read once: references are de-duplicated by URI before anything is decoded
-(the first occurrence wins: patterns in the order given, then manifests, each in its own
-order; the others are counted as ``inputs_duplicate``). Entries that are not regular files
+(the first occurrence wins: manifests in the order given, each line by line, then patterns;
+a manifest entry carries more than a listing does. The others are counted as
+``inputs_duplicate``.) Entries that are not regular files
 (FIFOs, devices, sockets: a read could block forever) are refused when they are listed.
 """
 
@@ -190,7 +191,7 @@ def parse_manifest_line(line: str, manifest_url: str, line_no: int) -> AudioRef:
 
 
 class _ExpandPattern(beam.DoFn):
-    """(pattern index, pattern) -> ((0, pattern index, position), AudioRef) for each file listed."""
+    """(pattern index, pattern) -> ((1, pattern index, position), AudioRef) for each file listed."""
 
     def __init__(self, exclude: Sequence[str]):
         self._exclude = tuple(exclude)
@@ -209,7 +210,7 @@ class _ExpandPattern(beam.DoFn):
                 metrics.failure(e.reason, "match")
                 yield beam.pvalue.TaggedOutput("failures", Failure.from_error(url, e, "match"))
                 continue
-            yield (0, index, n), ref_from_listing(url, info)
+            yield (1, index, n), ref_from_listing(url, info)
         metrics.counter("files_matched").inc(n)
         if n == 0:
             metrics.failure(failures.READ_ERROR, "match")
@@ -218,7 +219,7 @@ class _ExpandPattern(beam.DoFn):
 
 
 class _ReadManifest(beam.DoFn):
-    """(manifest index, URL) -> ((1, manifest index, line number), AudioRef) for each good line."""
+    """(manifest index, URL) -> ((0, manifest index, line number), AudioRef) for each good line."""
 
     def process(self, numbered: tuple[int, str]):
         index, manifest_url = numbered
@@ -232,7 +233,7 @@ class _ReadManifest(beam.DoFn):
                         ref = parse_manifest_line(line, manifest_url, line_no)
                         metrics.counter("files_matched").inc()
                         check_regular_file(ref.uri)
-                        yield (1, index, line_no), ref
+                        yield (0, index, line_no), ref
                     except AudiotokError as e:
                         metrics.failure(e.reason, "match")
                         yield beam.pvalue.TaggedOutput("failures", Failure.from_error(e.uri, e, "match"))

@@ -43,7 +43,7 @@ CHOICES = {
     "isolation": ("process", "none"),
 }
 # Fields that change how decoding runs, not what it produces.
-_EXECUTION_FIELDS = ("isolation", "timeout_s")
+_EXECUTION_FIELDS = ("isolation", "timeout_s", "decoder_processes")
 DEFAULT_DECODER = "audiotok.transforms.decode:FileDecoder"
 _DECODER_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -73,6 +73,8 @@ class DecodeConfig:
         timeout_s: time limit of one decoder request (a whole file, a long file's plan, or a
             stretch's decoding time); None: none. In-process it is checked between chunks;
             with process isolation a hung decoder is killed.
+        decoder_processes: with process isolation, decoder processes per decoding thread: as many
+            inputs are decoded at a time, alongside the thread's own work on those already decoded.
         decoder: ``module:Class`` of the decoder, a :class:`audiotok.transforms.decode.FileDecoder`
             (or a subclass: custom decoders, fault injection in tests).
     """
@@ -91,6 +93,7 @@ class DecodeConfig:
     clipping_fraction: float = 0.01
     isolation: str = "process"
     timeout_s: float | None = 300.0
+    decoder_processes: int = 1
     decoder: str = DEFAULT_DECODER
 
     def __post_init__(self) -> None:
@@ -112,6 +115,8 @@ class DecodeConfig:
             raise ValueError(f"clipping_fraction must be in (0, 1]. Found: {self.clipping_fraction}")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive. Found: {self.timeout_s}")
+        if not 1 <= self.decoder_processes <= 64:
+            raise ValueError(f"decoder_processes must be in [1, 64]. Found: {self.decoder_processes}")
         if not _DECODER_PATH.match(self.decoder):
             raise ValueError(f"decoder must be 'module:Class'. Found: {self.decoder!r}")
 

@@ -14,9 +14,11 @@ decoder start-up the 2.5 s of importing Beam.
 
 from __future__ import annotations
 
+import collections
 import logging
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 
 from audiotok.transforms import failures, metrics, segment
 from audiotok.transforms.decode import DecodeConfig, Plan, SplitConfig
@@ -64,6 +66,10 @@ class ReadSegments(beam.PTransform):
 
 
 class _DecodeFn(beam.DoFn):
+    """Opens each input in the decoder; with process isolation, ``decoder_processes`` inputs are
+    in flight at a time, so the decoders work while this thread runs the steps fused after this
+    one on the inputs already decoded. What is in flight when the bundle ends comes out then."""
+
     def __init__(self, config: DecodeConfig, split: SplitConfig | None):
         self._config, self._split = config, split
 
@@ -71,22 +77,41 @@ class _DecodeFn(beam.DoFn):
         from audiotok.transforms import isolation
 
         self._progress = Progress("decoded")
-        self._decoder = isolation.make_decoder(self._config, self._split)
+        count = self._config.decoder_processes if self._config.isolation == "process" else 1
+        self._decoders = [isolation.make_decoder(self._config, self._split) for _ in range(count)]
+
+    def start_bundle(self) -> None:
+        self._in_flight: collections.deque = collections.deque()  # (decoder, ref), oldest first
 
     def process(self, ref: AudioRef):
+        if len(self._in_flight) == len(self._decoders):
+            yield from self._finish_oldest()
+        decoder = next(d for d in self._decoders if not d.busy)
         try:
-            opened = self._decoder.open(ref)
+            decoder.submit(ref)
+        except AudiotokError as e:
+            yield from self._failed(ref, e)
+            return
+        self._in_flight.append((decoder, ref))
+
+    def finish_bundle(self):
+        while self._in_flight:
+            for out in self._finish_oldest():
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+                else:
+                    yield GlobalWindows.windowed_value(out)
+
+    def _finish_oldest(self):
+        decoder, ref = self._in_flight.popleft()
+        try:
+            opened = decoder.collect()
             items = segment.work_items(ref, opened) if isinstance(opened, Plan) else None
         except Exception as e:  # every failure is a record, never a failed bundle
-            if not isinstance(e, AudiotokError):
-                logger.warning("unexpected %s decoding %s (a bug: please report it): %s", type(e).__name__,
-                               failures.redact(failures.printable(ref.uri)), failures.redact(str(e)))
-            failure = Failure.from_error(ref.uri, e, "decode")
-            metrics.failure(failure.reason, "decode")
-            yield beam.pvalue.TaggedOutput("failures", failure)
+            yield from self._failed(ref, e)
             return
-        if getattr(self._decoder, "max_rss_mb", 0):
-            metrics.distribution("decoder_max_rss_mb").update(int(self._decoder.max_rss_mb))
+        if getattr(decoder, "max_rss_mb", 0):
+            metrics.distribution("decoder_max_rss_mb").update(int(decoder.max_rss_mb))
         if items is not None:
             yield from self._planned(ref, opened, items)
             return
@@ -97,6 +122,18 @@ class _DecodeFn(beam.DoFn):
         metrics.counter("audio_ms").inc(int(round(decoded.duration_s * 1000)))
         self._progress.add(decoded.duration_s)
         yield decoded
+
+    @staticmethod
+    def _failed(ref: AudioRef, e: Exception):
+        failure = Failure.from_error(ref.uri, e, "decode")
+        if failure.transient:
+            logger.warning("could not read %s (the storage may be unavailable; the next --incremental tries "
+                           "again): %s", failure.uri, " ".join(failure.message.split())[:300])
+        elif not isinstance(e, AudiotokError):
+            logger.warning("unexpected %s decoding %s (a bug: please report it): %s", type(e).__name__,
+                           failures.redact(failures.printable(ref.uri)), failures.redact(str(e)))
+        metrics.failure(failure.reason, "decode")
+        yield beam.pvalue.TaggedOutput("failures", failure)
 
     def _planned(self, ref: AudioRef, plan: Plan, items: list):
         for note in plan.notes:
@@ -110,8 +147,7 @@ class _DecodeFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("items", item)
 
     def teardown(self) -> None:
-        decoder = getattr(self, "_decoder", None)
-        if decoder is not None:
+        for decoder in getattr(self, "_decoders", ()):
             decoder.close()
 
 

@@ -62,6 +62,9 @@ class WrittenFile:
         reasons: failure reason -> count (failures files only).
         sources: for shards, source hash -> {"uri", "samples", "audio_s", "tokens"};
             for failures files, URI -> records.
+        stage: ``match`` for a failures file of match-stage records only (they name no
+            processed input; finalize carries those that repeat last run's).
+        transient: URIs with a transient failure record (failures files only).
     """
 
     kind: str
@@ -73,6 +76,8 @@ class WrittenFile:
     tokens: Mapping[str, int] = dataclasses.field(default_factory=dict)
     reasons: Mapping[str, int] = dataclasses.field(default_factory=dict)
     sources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    stage: str = ""
+    transient: tuple[str, ...] = ()
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -189,18 +194,23 @@ def _padded_archive_size(n: int) -> int:
     return -(-n // record) * record
 
 
-def write_failures_file(temp_dir: str, failures: Sequence[Failure]) -> WrittenFile:
+def write_failures_file(temp_dir: str, failures: Sequence[Failure], stage: str = "") -> WrittenFile:
     """Writes dead-letter records, one JSON line each, to a temp file."""
     url = storage.join(temp_dir, f"{uuid.uuid4().hex}.jsonl")
     data = "".join(f.to_json() + "\n" for f in failures).encode("utf-8")
     storage.write_bytes(url, data)
+    return _failures_file(url, [json.loads(f.to_json()) for f in failures], len(data), stage)
+
+
+def _failures_file(url: str, records: Sequence[Mapping[str, Any]], size: int, stage: str = "") -> WrittenFile:
     reasons: dict[str, int] = {}
     uris: dict[str, int] = {}
-    for f in failures:
-        reasons[f.reason] = reasons.get(f.reason, 0) + 1
-        uris[f.uri] = uris.get(f.uri, 0) + 1
-    return WrittenFile(kind="failures", temp_url=url, first_key=min((f.uri for f in failures), default=""),
-                       samples=len(failures), bytes=len(data), reasons=reasons, sources=uris)
+    for r in records:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        uris[r["uri"]] = uris.get(r["uri"], 0) + 1
+    return WrittenFile(kind="failures", temp_url=url, first_key=min((r["uri"] for r in records), default=""),
+                       samples=len(records), bytes=size, reasons=reasons, sources=uris, stage=stage,
+                       transient=tuple(sorted({r["uri"] for r in records if r.get("transient")})))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,10 +297,13 @@ def _finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_in
               plan: RunPlan, listed: Iterable[AudioRef], selected: Iterable[str]) -> dict:
     files = sorted(written, key=lambda w: (w.kind, w.first_key, w.temp_url))
     shards = [w for w in files if w.kind == "shard"]
-    fails = [w for w in files if w.kind == "failures"]
+    fails = [w for w in files if w.kind == "failures" and w.stage != "match"]
     previous_state = _load_json(plan.previous_state, incremental.empty_state())
     planned = check_publishable(output, plan)
     previous_index = json.loads(planned) if plan.previous_state and planned is not None else {}
+    unlisted, repeated = _carry_match_failures(
+        [w for w in files if w.kind == "failures" and w.stage == "match"], previous_state, plan.version)
+    fails += repeated
     vname = dataset.version_name(plan.version)
     new_rows, shard_sources = [], {}
     for i, w in enumerate(shards):
@@ -301,16 +314,21 @@ def _finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_in
         shard_sources[rel] = w.sources
     failure_rows = list(previous_index.get("failures", []))
     failure_counts: dict[str, int] = {}
+    transient: set[str] = set()
     for i, w in enumerate(fails):
         rel = f"{dataset.FAILURES_DIR}/{vname}/failures-{i:06d}.jsonl"
         storage.rename(w.temp_url, storage.join(output, rel))
         failure_rows.append({"url": rel, "records": w.samples, "reasons": dict(sorted(w.reasons.items()))})
         for uri, n in w.sources.items():
             failure_counts[uri] = failure_counts.get(uri, 0) + n
+        transient.update(w.transient)
     state, stale = incremental.next_state(previous_state, plan.version, plan.fingerprint, listed, selected,
-                                          shard_sources, failure_counts)
+                                          shard_sources, failure_counts, transient)
+    if unlisted:
+        state["unlisted"] = unlisted
     _remove_temp(output, temp_dir)
-    unchanged = not shards and not fails and not stale and state["inputs"] == previous_state.get("inputs", {})
+    unchanged = not shards and not fails and not stale and all(
+        state.get(field, {}) == previous_state.get(field, {}) for field in ("inputs", "pending", "unlisted"))
     if unchanged and previous_index:
         return previous_index  # a refresh that changes nothing writes nothing
     rows = incremental.live_shards(previous_index.get("shards", []), new_rows, stale)
@@ -328,24 +346,55 @@ def _finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_in
         "shards": rows,
         "failures": failure_rows,
     }
+    record_retired(output, json.loads(planned) if planned is not None else {}, index, plan.version)
     publish_index(output, index, plan)
     return index
 
 
+def record_retired(output: str, before: Mapping[str, Any], after: Mapping[str, Any], version: int) -> None:
+    """Writes ``state/retired-vNNNNNN.json``: the files the live index ``before`` named and
+    version ``version`` (index ``after``) no longer does. Readers holding ``before`` still read
+    them; ``audiotok gc`` deletes them once version ``version`` is older than its grace period."""
+    retired = sorted(dataset.referenced_files(before) - dataset.referenced_files(after))
+    if retired:
+        storage.write_atomic(storage.join(output, dataset.retired_path(version)),
+                             json.dumps({"version": version, "retired": retired}, indent=1).encode("utf-8"))
+
+
 def _live_failures(output: str, failure_rows: Sequence[Mapping[str, Any]], state: Mapping[str, Any],
                    version: int) -> tuple[int, dict[str, int]]:
-    """Dead letters that still count: those of live inputs from the run that processed them,
-    and this run's records that name no input (a pattern matching nothing, a bad manifest line)."""
-    live = state.get("inputs", {})
+    """Dead letters that still count (:func:`audiotok.transforms.dataset.failure_is_live`)."""
     reasons: dict[str, int] = {}
     for row in failure_rows:
         run = int(row["url"].split("/")[1].lstrip("v"))
         for line in storage.read_bytes(storage.join(output, row["url"])).decode("utf-8").splitlines():
             record = json.loads(line)
-            entry = live.get(record.get("uri"))
-            if (entry is not None and entry.get("run") == run) or (entry is None and run == version):
+            if dataset.failure_is_live(record.get("uri"), run, state, version):
                 reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
     return sum(reasons.values()), dict(sorted(reasons.items()))
+
+
+def _carry_match_failures(files: Sequence[WrittenFile], previous_state: Mapping[str, Any], version: int
+                          ) -> tuple[dict[str, Any], list[WrittenFile]]:
+    """This run's match-stage dead letters against last run's: the state's ``unlisted``, and
+    failures files (temp) holding only the records that changed (the rest are carried)."""
+    records = []
+    for w in files:
+        records += [json.loads(line) for line in storage.read_bytes(w.temp_url).decode("utf-8").splitlines()
+                    if line.strip()]
+    unlisted, new = incremental.carry_unlisted(previous_state.get("unlisted", {}), records, version)
+    out = []
+    if new and files:
+        url = files[0].temp_url.rsplit(".", 1)[0] + "-changed.jsonl"
+        for i in range(0, len(new), FAILURES_PER_FILE):
+            chunk = new[i:i + FAILURES_PER_FILE]
+            data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in chunk).encode("utf-8")
+            part = url.replace("-changed.jsonl", f"-changed-{i // FAILURES_PER_FILE}.jsonl")
+            storage.write_bytes(part, data)
+            out.append(_failures_file(part, chunk, len(data)))
+    for w in files:
+        storage.remove(w.temp_url)
+    return unlisted, out
 
 
 def _remove_temp(output: str, temp_dir: str) -> None:
@@ -410,10 +459,10 @@ def _failure_order(f: Failure) -> tuple:
 
 
 def _write_failure_files(group, temp_dir: str):
-    _, records = group
+    stage, records = group
     ordered = sorted(records, key=_failure_order)
     for i in range(0, len(ordered), FAILURES_PER_FILE):
-        yield write_failures_file(temp_dir, ordered[i:i + FAILURES_PER_FILE])
+        yield write_failures_file(temp_dir, ordered[i:i + FAILURES_PER_FILE], stage)
 
 
 class WriteDataset(beam.PTransform):
@@ -443,7 +492,7 @@ class WriteDataset(beam.PTransform):
                   | "GroupByBucket" >> beam.GroupByKey()
                   | "WriteTempShards" >> beam.ParDo(_WriteBucketFn(self.temp_dir, self.config, self.stream_specs)))
         fails = (inputs["failures"]
-                 | "KeyFailures" >> beam.Map(lambda f: (0, f))
+                 | "KeyFailures" >> beam.Map(lambda f: ("match" if f.stage == "match" else "", f))
                  | "GroupFailures" >> beam.GroupByKey()
                  | "WriteTempFailures" >> beam.FlatMap(_write_failure_files, self.temp_dir))
         listed = inputs["listed"] | "AllListed" >> beam.combiners.ToList()

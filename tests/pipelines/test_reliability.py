@@ -201,9 +201,11 @@ def test_an_input_listed_twice_is_read_once(tmp_path, capsys):
     assert "6 listed more than once (read once)" in capsys.readouterr().err
     keys = live_keys(out)
     assert len(keys) == len(set(keys)) == 1 + 2 + 2  # 1.0 s, 1.3 s, 1.6 s in 1 s segments
-    uris = sorted({json.loads(s["json"])["source"]["uri"] for s in wds.WebDataset(
-        [str(out / r["url"]) for r in json.loads((out / "index.json").read_text())["shards"]], shardshuffle=False)})
-    assert uris == [f"{inp}/f00.flac", f"{inp}/f01.flac", f"{inp}/f02.flac"]  # the patterns came first
+    metas = {json.loads(s["json"])["source"]["uri"]: json.loads(s["json"]) for s in wds.WebDataset(
+        [str(out / r["url"]) for r in json.loads((out / "index.json").read_text())["shards"]], shardshuffle=False)}
+    # Manifests come first, line by line; then the patterns.
+    assert set(metas) == {f"{inp}/f00.flac", f"{inp}/f01.flac", f"{tmp_path}/in/./f02.flac"}
+    assert "text" not in metas[f"{inp}/f01.flac"]
     assert (out / "README.md").exists()
     assert_verifies(out)
 
@@ -247,3 +249,90 @@ def test_a_fifo_is_refused_when_listed_and_never_opened(tmp_path):
     assert sorted(r["uri"].rsplit("/", 1)[1] for r in records) == ["piped.wav", "y.wav", "z.wav"]
     assert all("FIFO" in r["message"] and r["stage"] == "match" for r in records)
     assert_verifies(out)
+
+
+# ------------------------------------------------------------------ refreshes that change nothing
+
+
+def test_a_refresh_with_nothing_new_publishes_nothing_and_carries_failures(tmp_path):
+    """Dead letters that name no input (a pattern matching nothing, a bad manifest line, a bad
+    file name) and those of unchanged inputs are carried, not repeated; a refresh that finds
+    nothing new writes nothing."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 2)
+    (inp / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt " + bytes(range(200)))
+    write_audio(inp / "a::b.flac", synth_speechlike(1.0, 16000, seed=5), 16000, "flac")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"uri": str(inp / "f00.flac")}) + "\nnot json\n")
+    cfg = dict(match=MatchConfig(patterns=(f"{inp}/*", f"{tmp_path}/missing/*"), manifests=(str(manifest),)),
+               max_failure_fraction=1.0)
+    first, _, _ = run(config(inp, out, **cfg))
+    expected = {"bad_manifest": 1, "bad_name": 1, "read_error": 1}
+    by_reason = first["totals"]["failures_by_reason"]
+    assert by_reason.pop("unsupported_format", 0) + by_reason.pop("decode_error", 0) + by_reason.pop(
+        "truncated", 0) == 1 and by_reason == expected
+    before = sha_tree(out)
+    index, counters, _ = run(config(inp, out, incremental=True, **cfg))
+    assert index["dataset_version"] == 1 and sha_tree(out) == before
+    write_audio(inp / "f05.flac", synth_speechlike(1.2, 16000, seed=55), 16000, "flac")
+    index, counters, _ = run(config(inp, out, incremental=True, **cfg))
+    assert index["dataset_version"] == 2 and counters["files_ok"] == 1
+    assert index["totals"]["failures"] == first["totals"]["failures"]  # carried, counted once
+    new_rows = [r for r in index["failures"] if r["url"].startswith("failures/v000002/")]
+    assert new_rows == []  # nothing to repeat
+    assert_verifies(out)
+    (tmp_path / "missing").mkdir()  # the pattern matches now: its dead letter no longer counts
+    write_audio(tmp_path / "missing" / "m.flac", synth_speechlike(1.2, 16000, seed=56), 16000, "flac")
+    index, counters, _ = run(config(inp, out, incremental=True, **cfg))
+    assert index["dataset_version"] == 3 and "read_error" not in index["totals"]["failures_by_reason"]
+    assert index["totals"]["failures"] == first["totals"]["failures"] - 1
+    assert_verifies(out)
+
+
+# ------------------------------------------------------------------ --overwrite, and old versions' files
+
+
+def read_all(out: Path, index: dict) -> int:
+    """Reads every sample an index names (as a trainer holding that index would)."""
+    urls = [str(out / row["url"]) for row in index["shards"]]
+    return sum(1 for _ in wds.WebDataset(urls, shardshuffle=False))
+
+
+def test_overwrite_writes_the_new_version_first_and_old_readers_keep_reading(tmp_path, capsys):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 3)
+    old_index, _, _ = run(config(inp, out))
+    old_samples = read_all(out, old_index)
+    new_inp = tmp_path / "in2"
+    make_corpus(new_inp, 2, seed=20)
+    new_index, _, _ = run(config(new_inp, out, overwrite=True))
+    assert new_index["dataset_version"] == 2 and new_index["totals"]["inputs"] == 2
+    assert all(r["url"].startswith("shards/v000002/") for r in new_index["shards"])
+    assert read_all(out, old_index) == old_samples  # the replaced version is still whole
+    assert_verifies(out)
+    retired = json.loads((out / dataset.retired_path(2)).read_text())["retired"]
+    assert sorted(retired) == sorted(dataset.referenced_files(old_index))
+    assert cli.main(["gc", str(out)]) == 0  # within the grace period: nothing goes
+    assert all((out / rel).exists() for rel in retired)
+    assert cli.main(["gc", str(out), "--older-than", "0", "--dry-run"]) == 0
+    assert all((out / rel).exists() for rel in retired)
+    assert cli.main(["gc", str(out), "--older-than", "0"]) == 0
+    assert not any((out / rel).exists() for rel in retired) and not (out / dataset.retired_path(2)).exists()
+    assert not (out / "shards" / "v000001").exists()
+    report = verify.verify_dataset(str(out))
+    assert report.ok(strict=True), verify.format_report(report, strict=True)  # no file left that no index names
+    assert read_all(out, new_index) == new_index["totals"]["samples"]
+
+
+def test_refreshes_retire_superseded_files_and_gc_keeps_what_is_live(tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 3)
+    shard_cfg = shards.ShardConfig(max_samples=2, files_per_bucket=1)
+    run(config(inp, out, shards=shard_cfg, gc_grace_s=0))
+    (inp / "f00.flac").unlink()  # its shard's samples are all superseded
+    index, _, _ = run(config(inp, out, incremental=True, shards=shard_cfg, gc_grace_s=0))
+    assert_verifies(out)
+    on_disk = {str(p.relative_to(out)) for p in (out / "shards").rglob("*.tar")}
+    assert on_disk == {r["url"] for r in index["shards"]}  # grace 0: the retired shard went at once
+    assert sorted(p.name for p in (out / "state").iterdir()) == ["state-v000002.json"]
+    assert len(live_keys(out)) == index["totals"]["samples"]

@@ -144,6 +144,8 @@ def test_job_server_run_writes_what_the_in_process_run_writes(runs, name, step):
         same_tokens = dataset_digest(_output(plan, step, name)) == dataset_digest(_output(plan, step, REFERENCE))
         pytest.fail(f"files that differ from the in-process run: {differ} (tokens the same: {same_tokens})")
     assert _compared(got["counters"]) == _compared(want["counters"])
+    if name == "spark-worker-pool":
+        assert got["worker_processes"] >= 1  # the SDK workers were the pool's processes, not this one's threads
 
 
 def test_the_compared_runs_cover_dead_letters_codecs_and_a_refresh(runs):

@@ -52,10 +52,10 @@ def test_storage_options_follow_the_environment():
         "endpoint_url": "http://localhost:9023", "token": "anon"}
     assert storage.storage_options("gcs", {"STORAGE_EMULATOR_HOST": "default"}) == {}
     assert storage.storage_options("s3", {"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"}) == {
-        "endpoint_url": "http://127.0.0.1:5000"}
+        "endpoint_url": "http://127.0.0.1:5000", "config_kwargs": storage.S3_CLIENT_CONFIG}
     # the service-specific variable wins, as in botocore
-    assert storage.storage_options("s3", {"AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_S3": "http://b"}) == {
-        "endpoint_url": "http://b"}
+    assert storage.storage_options("s3", {"AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_S3": "http://b"})[
+        "endpoint_url"] == "http://b"
     assert storage.storage_options("file", {"AWS_ENDPOINT_URL": "http://a"}) == {}
 
 
@@ -330,3 +330,15 @@ def test_a_read_that_breaks_mid_object_resumes_at_its_offset(monkeypatch):
     assert head == payload[:1000] and middle == payload[5000:75_000] and tail == payload[-10:]
     assert state["reads"] > 4
     storage.remove("memory://audiotok-retry")
+
+
+def test_redact_leaves_a_path_named_like_a_secret_alone():
+    """A pipe: refusal names /etc/passwd: a path, not a password; the message stays readable."""
+    from audiotok.transforms.failures import Failure
+
+    with pytest.raises(ValueError) as e:
+        storage.check_url("pipe:cat /etc/passwd")
+    assert storage.redact(str(e.value)) == str(e.value)
+    assert "only storage URLs" in Failure("m.jsonl:3", "bad_manifest", str(e.value)).message
+    assert storage.redact("password: hunter22") == "password: ***"
+    assert storage.redact("db_password=abc123 token: xyz") == "db_password=*** token: ***"
