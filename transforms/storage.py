@@ -383,9 +383,12 @@ def list_folder(url: str) -> list[tuple[str, str]]:
     """(URL, name) of each entry directly in a folder (files and folders); [] when there is none."""
     fs, path = filesystem(url)
     try:
-        found = retrying(lambda: fs.ls(path, detail=False), f"listing {url}")
+        found = retrying(lambda: fs.ls(path, detail=False, refresh=True), f"listing {url}")
     except (FileNotFoundError, NotADirectoryError):
         return []
+    finally:
+        # Other processes (a job's workers) write here next; a cached listing would hide their files.
+        fs.invalidate_cache(path)
     out = []
     for entry in found:
         entry = entry.rstrip("/")
@@ -635,6 +638,11 @@ class _RetryingReader(io.RawIOBase):
     @property
     def size(self) -> int | None:
         return getattr(self._file, "size", None)
+
+    @property
+    def file(self) -> IO[bytes] | None:
+        """The store's file object currently open (replaced after a failed read)."""
+        return self._file
 
     def readable(self) -> bool:
         return True
