@@ -2,10 +2,18 @@
 
 An audiotok dataset is a folder (any fsspec URL)::
 
-    index.json                      the live dataset: settings, streams, totals, shard rows (written last)
-    shards/vNNNNNN/shard-NNNNNN.tar WebDataset shards: KEY.json, KEY.<stream>.npy, KEY.txt per sample
-    failures/vNNNNNN/*.jsonl        dead-letter records
-    state/state-vNNNNNN.json        per-input bookkeeping for incremental refreshes
+    index.json                              the live dataset: settings, streams, totals, and the part
+                                            files below (written last, one small object)
+    shards/vNNNNNN/shard-BBBBBB-NNNN.tar    WebDataset shards: KEY.json, KEY.<stream>.npy, KEY.txt per sample
+    index/vNNNNNN/rows-PPPPP.json           shard rows (url, counts, excluded sources) and failure-file rows
+    state/vNNNNNN/state-PPPPP.jsonl         per-input bookkeeping for incremental refreshes, one line per input
+    failures/vNNNNNN/failures-PPPPP.jsonl   dead-letter records
+
+Whatever the size of the corpus, ``index.json`` stays small: the shard rows and the per-input state
+live in part files. An input, a shard and a failure file belong to part ``P`` by a hash of their
+URL (:func:`slot_of`, :func:`part_of`), so the parts are written in parallel and a refresh joins
+each part of the listing with the same part of the previous state. :func:`shard_rows` and
+:func:`failure_rows` read the rows whatever the layout (index version 1 held them inline).
 
 A sample key is ``STEM-SOURCEHASH-MS``; a refresh never rewrites a shard, it excludes the samples
 of superseded inputs by their source hash (``excluded_sources`` of a shard row: :func:`is_live`).
@@ -16,10 +24,11 @@ and the card's statistics build on it in a trainer's environment.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -28,11 +37,18 @@ from audiotok.transforms.records import TRANSCRIPT_FIELDS, Sample
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "audiotok-dataset"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+# Index versions this module reads: 1 named every shard and failure file inline and kept the state in
+# one file; 2 names part files.
+READABLE_INDEX_VERSIONS = (1, 2)
 SHARDS_DIR = "shards"
 FAILURES_DIR = "failures"
 TMP_DIR = "_tmp"
 STATE_DIR = "state"
+ROWS_DIR = "index"
+# Hash slots of keys (input URIs, shard and failure-file URLs); a part holds a contiguous range of them,
+# so a dataset may change its number of parts between versions.
+SLOTS = 4096
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _STREAM = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -44,7 +60,46 @@ def version_name(version: int) -> str:
 
 
 def state_path(version: int) -> str:
+    """The single state file of index version 1 (read when such a dataset is refreshed)."""
     return f"{STATE_DIR}/state-{version_name(version)}.json"
+
+
+def state_part_path(version: int, part: int) -> str:
+    return f"{STATE_DIR}/{version_name(version)}/state-{part:05d}.jsonl"
+
+
+def rows_part_path(version: int, part: int) -> str:
+    return f"{ROWS_DIR}/{version_name(version)}/rows-{part:05d}.json"
+
+
+def failures_part_path(version: int, part: int) -> str:
+    return f"{FAILURES_DIR}/{version_name(version)}/failures-{part:05d}.jsonl"
+
+
+def shard_path(version: int, bucket: int, seq: int) -> str:
+    """A shard's name: its group (bucket) of source files and its place within the group."""
+    return f"{SHARDS_DIR}/{version_name(version)}/shard-{bucket:06d}-{seq:04d}.tar"
+
+
+def slot_of(key: str) -> int:
+    """The hash slot of an input URI or a file URL, in ``[0, SLOTS)``; stable across processes."""
+    digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:4], "big") % SLOTS
+
+
+def part_of(slot: int, parts: int) -> int:
+    """The part (of ``parts``) holding ``slot``: parts are contiguous ranges of slots."""
+    return slot * parts // SLOTS
+
+
+def part_slots(part: int, parts: int) -> range:
+    """The slots of ``part`` (of ``parts``)."""
+    return range(-(-part * SLOTS // parts), -(-(part + 1) * SLOTS // parts))
+
+
+def order_key(key: str) -> tuple[int, str]:
+    """The order of lines in every part file and listing run: by slot, then by key."""
+    return slot_of(key), key
 
 
 def source_of_key(key: str) -> str:
@@ -113,6 +168,74 @@ def join_index(output: str) -> str:
 def read_index(output: str) -> dict:
     """Reads ``OUTPUT/index.json``."""
     return json.loads(storage.read_bytes(storage.join(output, INDEX_NAME)))
+
+
+def layout(index: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The part files an index names (``parts``, ``state``, ``rows``), or None for index version 1."""
+    return index.get("layout") if index.get("version", 1) >= 2 else None
+
+
+def read_rows_part(output: str, rel: str) -> dict[str, list[dict]]:
+    """One rows part: ``{"shards": [...], "failures": [...]}``, each sorted by url."""
+    data = json.loads(storage.read_bytes(storage.join(output, rel)))
+    return {"shards": list(data.get("shards", [])), "failures": list(data.get("failures", []))}
+
+
+def _rows(output: str, index: Mapping[str, Any] | None, kind: str) -> Iterator[dict]:
+    index = read_index(output) if index is None else index
+    parts = layout(index)
+    if parts is None:
+        yield from index.get(kind, [])
+        return
+    rows: list[dict] = []
+    for rel in parts.get("rows", []):
+        if rel:
+            rows.extend(read_rows_part(output, rel)[kind])
+    yield from sorted(rows, key=lambda r: r["url"])
+
+
+def shard_rows(output: str, index: Mapping[str, Any] | None = None) -> Iterator[dict]:
+    """The live shard rows of a dataset, by url, whatever the index's layout.
+
+    Each row: ``url`` (relative to ``output``), ``samples``, ``live_samples``, ``bytes``,
+    ``audio_s``, ``tokens``, and ``excluded_sources`` when a refresh superseded some of its
+    samples (:func:`is_live`).
+    """
+    return _rows(output, index, "shards")
+
+
+def failure_rows(output: str, index: Mapping[str, Any] | None = None) -> Iterator[dict]:
+    """The dead-letter files of a dataset (every version's), by url: ``url``, ``records``, ``reasons``."""
+    return _rows(output, index, "failures")
+
+
+def read_jsonl(output: str, rel: str) -> Iterator[str]:
+    """The non-empty lines of a JSON-lines file of the dataset, streamed."""
+    with storage.open_input(storage.join(output, rel)) as f:
+        for raw in f:
+            line = raw.decode("utf-8").strip()
+            if line:
+                yield line
+
+
+def state_entries(output: str, index: Mapping[str, Any] | None = None) -> Iterator[tuple[str, dict]]:
+    """``(uri, entry)`` for every input the state records, whatever the layout; deleted inputs
+    come as entries holding only ``deleted`` (the version that noticed)."""
+    index = read_index(output) if index is None else index
+    parts = layout(index)
+    if parts is None:
+        if not index.get("state"):
+            return
+        state = json.loads(storage.read_bytes(storage.join(output, index["state"])))
+        yield from state.get("inputs", {}).items()
+        for uri, info in state.get("deleted", {}).items():
+            yield uri, {"deleted": int(info.get("run", 0))}
+        return
+    for rel in parts.get("state", []):
+        if rel:
+            for line in read_jsonl(output, rel):
+                entry = json.loads(line)
+                yield entry.pop("uri"), entry
 
 
 def is_live(key: str, row: Mapping[str, Any]) -> bool:

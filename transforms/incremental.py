@@ -1,28 +1,48 @@
 """The dataset's state across runs: what was processed, what changed, what is live.
 
-Every run publishes a new dataset version: its shards under ``shards/vNNNNNN/``, a state
-file ``state/state-vNNNNNN.json`` (per input: size, the store's version marker, the
-settings fingerprint, and where its samples went), then ``index.json`` last, in one
-write. Shards are never rewritten: samples of inputs that changed or disappeared are
-excluded from the live index by their source hash (``excluded_sources`` of a shard row;
-the hash is the middle part of every key ``STEM-SOURCEHASH-MS``). ``compact`` rewrites
-a dataset into fresh full shards.
+Every run publishes a new dataset version: its shards under ``shards/vNNNNNN/``, the state as
+part files ``state/vNNNNNN/state-PPPPP.jsonl`` (one line per input: size, the store's version
+marker, the settings fingerprint, and where its samples went), then ``index.json`` last, in
+one small write. Shards are never rewritten: samples of inputs that changed or disappeared are
+excluded from the live index by their source hash (``excluded_sources`` of a shard row; the
+hash is the middle part of every key ``STEM-SOURCEHASH-MS``). ``compact`` rewrites a dataset
+into fresh full shards.
+
+Nothing here holds the whole corpus in one place. Inputs are spread over ``parts`` by a hash
+of their URI (``dataset.slot_of``): the listing is written as sorted runs
+(:func:`write_run`), each part of the previous state is joined with the same part of every
+run (:func:`merge_inputs`, streamed: both sides are sorted by ``dataset.order_key``), and each
+part of the next state is written by one worker (:func:`finish_part`). A part's join writes a
+draft of its next state (unchanged entries verbatim, selected inputs pending their samples)
+under the run's temp folder, so the runner only ever carries the inputs that changed.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
+import heapq
+import itertools
 import json
-from typing import Any, Iterable, Mapping
+import math
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 
-from audiotok.transforms import metrics, storage
+from audiotok.transforms import dataset, metrics, storage
 from audiotok.transforms.records import AudioRef
 
 STATE_FORMAT = "audiotok-state"
-STATE_VERSION = 1
+STATE_VERSION = 2
+
+# Inputs per state part a run aims at (a part is joined, and written, by one worker).
+TARGET_INPUTS_PER_PART = 50_000
+# Selected inputs per element spread over the workers: few enough that one element's audio is
+# a fair share of work, many enough that the runner carries few elements.
+SELECT_BATCH_INPUTS = 32
+SELECT_BATCH_BYTES = 256 << 20
+
+PENDING = "pending"  # marks a draft line whose input is being processed this run
 
 
 def settings_fingerprint(settings: Mapping[str, Any]) -> str:
@@ -45,70 +65,370 @@ def needs_processing(ref: AudioRef, entry: Mapping[str, Any] | None, fingerprint
     return None
 
 
-def empty_state() -> dict[str, Any]:
-    return {"format": STATE_FORMAT, "format_version": STATE_VERSION, "dataset_version": 0, "inputs": {},
-            "deleted": {}}
+def choose_parts(n_inputs: int, previous_parts: int = 0) -> int:
+    """How many state parts a run with ``n_inputs`` listed inputs uses: a power of two near
+    ``n_inputs / TARGET_INPUTS_PER_PART``. The previous layout is kept unless it is far off (a
+    refresh that changes nothing must not rewrite the state just to re-partition it)."""
+    if previous_parts and (n_inputs <= 4 * TARGET_INPUTS_PER_PART * previous_parts) and (
+            previous_parts == 1 or n_inputs * 8 >= TARGET_INPUTS_PER_PART * previous_parts):
+        return previous_parts
+    want = max(1, math.ceil(n_inputs / TARGET_INPUTS_PER_PART))
+    return min(dataset.SLOTS, 1 << (want - 1).bit_length())
 
 
-def next_state(previous: Mapping[str, Any], version: int, fingerprint: str, listed: Iterable[AudioRef],
-               selected: Iterable[str], shard_sources: Mapping[str, Mapping[str, Mapping[str, Any]]],
-               failure_counts: Mapping[str, int]) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
-    """The state after a run, and the previous entries whose samples are no longer live.
+# ---------------------------------------------------------------------------- lines
+
+
+def ref_line(ref: AudioRef) -> str:
+    """An input as one JSON line (listing runs, selected batches)."""
+    record: dict[str, Any] = {"uri": ref.uri, "size": ref.size_bytes, "version": ref.version}
+    if ref.meta:
+        record["meta"] = dict(ref.meta)
+    return json.dumps(record, sort_keys=True)
+
+
+def ref_from_line(line: str) -> AudioRef:
+    record = json.loads(line)
+    return AudioRef(uri=record["uri"], size_bytes=record.get("size"), version=record.get("version"),
+                    meta=record.get("meta") or {})
+
+
+def entry_line(uri: str, entry: Mapping[str, Any]) -> str:
+    """A state line: the input's URI and its entry."""
+    return json.dumps({"uri": uri, **entry}, sort_keys=True)
+
+
+def uri_of_line(line: str) -> str:
+    return json.loads(line)["uri"]
+
+
+# ---------------------------------------------------------------------------- listing runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A file of JSON lines sorted by ``dataset.order_key`` of their URI: one lister's inputs
+    (``kind="listed"``), or a previous state carried over from index version 1 (``"previous"``).
+
+    Attributes:
+        url: where it is.
+        kind: ``listed`` or ``previous``.
+        count: lines.
+        size: bytes.
+        slots: ``(slot, byte offset of the slot's first line)`` for each slot present, ascending.
+    """
+
+    url: str
+    kind: str
+    count: int
+    size: int
+    slots: tuple[tuple[int, int], ...]
+
+    def ranges(self, parts: int) -> Iterator[tuple[int, int, int]]:
+        """``(part, start, end)``: the bytes of the run that belong to each part present."""
+        bounds = [*self.slots, (dataset.SLOTS, self.size)]
+        current, start = None, 0
+        for (slot, offset), _ in zip(bounds, bounds[1:]):
+            part = dataset.part_of(slot, parts)
+            if part != current:
+                if current is not None:
+                    yield current, start, offset
+                current, start = part, offset
+        if current is not None:
+            yield current, start, self.size
+
+
+def write_run(url: str, kind: str, lines: Iterable[tuple[str, str]]) -> Run:
+    """Writes ``(uri, line)`` pairs as a run (sorted by the URI's order key, then the line)."""
+    ordered = sorted(((dataset.order_key(uri), line) for uri, line in lines))
+    offsets: list[tuple[int, int]] = []
+    chunks, size = [], 0
+    for (slot, _), line in ordered:
+        if not offsets or offsets[-1][0] != slot:
+            offsets.append((slot, size))
+        data = (line + "\n").encode("utf-8")
+        chunks.append(data)
+        size += len(data)
+    storage.write_bytes(url, b"".join(chunks))
+    return Run(url=url, kind=kind, count=len(ordered), size=size, slots=tuple(offsets))
+
+
+def read_lines(url: str, start: int, end: int) -> list[str]:
+    """The lines in bytes ``[start, end)`` of a run."""
+    return [line for line in storage.read_range(url, start, end).decode("utf-8").split("\n") if line]
+
+
+# ---------------------------------------------------------------------------- the join
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What a run does with one input of a part.
+
+    ``kind``: ``carry`` (unchanged: its previous line goes on verbatim), ``select`` (processed
+    this run, for ``reason``), ``delete`` (listed no more), ``keep_deleted`` (deleted earlier,
+    still absent), ``skip`` (listed, not selected, never processed: not recorded).
+    ``previous``: the input's previous entry when it had one (its samples become stale when the
+    input is selected or deleted).
+    """
+
+    kind: str
+    uri: str
+    ref: AudioRef | None = None
+    line: str | None = None
+    previous: Mapping[str, Any] | None = None
+    reason: str | None = None
+    duplicates: int = 0
+
+
+def merge_inputs(listed: Iterable[str], previous: Iterable[str],
+                 select: Callable[[AudioRef, Mapping[str, Any] | None], str | None]) -> Iterator[Decision]:
+    """Joins one part of the listing with the same part of the previous state.
 
     Args:
-        previous: the last published state.
-        version: this run's dataset version.
-        fingerprint: this run's settings fingerprint.
-        listed: every input matched this run.
-        selected: URIs that were (re)processed this run.
-        shard_sources: final shard URL -> source hash -> {"uri", "samples", "audio_s", "tokens"}.
-        failure_counts: URI -> dead-letter records this run.
+        listed: ref lines (:func:`ref_line`) sorted by ``dataset.order_key`` of their URI; an
+            input listed twice (overlapping patterns, a manifest naming it twice) counts once,
+            as its first line.
+        previous: state lines of the part, sorted the same way.
+        select: why an input must be processed given its previous entry (None: it need not).
+
+    Yields:
+        One :class:`Decision` per URI, in order.
     """
-    state = {**empty_state(), "dataset_version": version, "settings_fingerprint": fingerprint,
-             "deleted": copy.deepcopy(dict(previous.get("deleted", {})))}
-    prev_inputs = previous.get("inputs", {})
-    selected = set(selected)
-    per_uri: dict[str, dict[str, Any]] = {}
-    for shard, sources in sorted(shard_sources.items()):
-        for source, stats in sorted(sources.items()):
-            entry = per_uri.setdefault(stats["uri"], {"sources": [], "shards": {}, "samples": 0, "audio_s": 0.0,
-                                                      "tokens": {}})
-            if source not in entry["sources"]:
-                entry["sources"].append(source)
-            entry["shards"][shard] = entry["shards"].get(shard, 0) + stats["samples"]
-            entry["samples"] += stats["samples"]
-            entry["audio_s"] = round(entry["audio_s"] + stats["audio_s"], 6)
-            for name, n in stats["tokens"].items():
-                entry["tokens"][name] = entry["tokens"].get(name, 0) + n
-    stale: list[Mapping[str, Any]] = []
-    seen: set[str] = set()
-    for ref in listed:
-        if ref.uri in seen:
+    keyed_listed = ((dataset.order_key(uri_of_line(line)), line) for line in listed)
+    groups = itertools.groupby(keyed_listed, key=lambda kl: kl[0])
+    keyed_previous = ((dataset.order_key(uri_of_line(line)), line) for line in previous)
+    prev = next(keyed_previous, None)
+    for key, group in groups:
+        lines = [line for _, line in group]
+        while prev is not None and prev[0] < key:
+            yield _absent(prev[1])
+            prev = next(keyed_previous, None)
+        ref = ref_from_line(lines[0])
+        entry, line = None, None
+        if prev is not None and prev[0] == key:
+            line = prev[1]
+            entry = json.loads(line)
+            prev = next(keyed_previous, None)
+        deleted = entry is not None and "deleted" in entry
+        reason = select(ref, None if deleted else entry)
+        if reason:
+            yield Decision("select", ref.uri, ref=ref, previous=None if deleted else entry, reason=reason,
+                           duplicates=len(lines) - 1)
+        elif entry is not None:
+            yield Decision("keep_deleted" if deleted else "carry", ref.uri, ref=ref, line=line,
+                           duplicates=len(lines) - 1)
+        else:
+            yield Decision("skip", ref.uri, ref=ref, duplicates=len(lines) - 1)
+    while prev is not None:
+        yield _absent(prev[1])
+        prev = next(keyed_previous, None)
+
+
+def _absent(line: str) -> Decision:
+    entry = json.loads(line)
+    if "deleted" in entry:
+        return Decision("keep_deleted", entry["uri"], line=line)
+    return Decision("delete", entry["uri"], previous=entry)
+
+
+def draft_line(decision: Decision, version: int, fingerprint: str) -> str | None:
+    """The line a decision leaves in the part's draft (None: the input is not recorded)."""
+    if decision.kind in ("carry", "keep_deleted"):
+        return decision.line
+    if decision.kind == "delete":
+        return entry_line(decision.uri, {"deleted": version})
+    if decision.kind == "select":
+        ref = decision.ref
+        return entry_line(ref.uri, {"size": ref.size_bytes, "version": ref.version, "meta": meta_hash(ref),
+                                    "fingerprint": fingerprint, "run": version, PENDING: True})
+    return None
+
+
+def stale_exclusions(entry: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str, ...], int]]:
+    """``(shard url, source hashes, samples)`` of a superseded entry: what its shards' rows lose."""
+    sources = tuple(entry.get("sources", []))
+    for shard, n in sorted(entry.get("shards", {}).items()):
+        yield shard, sources, int(n)
+
+
+@dataclasses.dataclass
+class JoinedPart:
+    """One part's join (:func:`join_part`).
+
+    Attributes:
+        draft: the lines of the part's next state, selected inputs pending.
+        summary: the summary of the lines that are final already (all but the pending ones).
+        selected: the inputs to process.
+        stale: ``(shard url, sources, samples)`` no longer live.
+        changed: whether the part's state must be written (otherwise ``reuse`` is it).
+        reuse: the previous part file that is this part's state ("" for none), when unchanged.
+        counters: ``inputs_<why>`` -> inputs.
+    """
+
+    draft: list[str]
+    summary: dict[str, Any]
+    selected: list[AudioRef]
+    stale: list[tuple[str, tuple[str, ...], int]]
+    changed: bool
+    reuse: str | None
+    counters: dict[str, int]
+
+
+def join_part(listed: Iterable[str], previous: Iterable[str],
+              select: Callable[[AudioRef, Mapping[str, Any] | None], str | None], version: int, fingerprint: str,
+              part: int, parts: int, prev: "Previous | None") -> JoinedPart:
+    """Joins one part of the listing with the previous state (:func:`merge_inputs`) into the
+    part's draft, its inputs to process and the samples they supersede."""
+    # A first run always publishes; a refresh rewrites a part that changed, and every part when
+    # the layout changes (another number of parts, or the one state file of index version 1).
+    reuse = prev.reusable(part, parts) if prev is not None else None
+    joined = JoinedPart([], empty_summary(), [], [], reuse is None, None, {})
+    for d in merge_inputs(listed, previous, select):
+        counter = {"carry": "inputs_unchanged", "delete": "inputs_deleted", "select": f"inputs_{d.reason}"}.get(d.kind)
+        for name, n in ((counter, 1), ("inputs_duplicate", d.duplicates)):
+            if name and n:
+                joined.counters[name] = joined.counters.get(name, 0) + n
+        if d.kind in ("select", "delete"):
+            joined.changed = True
+            joined.stale.extend(stale_exclusions(d.previous or {}))
+        line = draft_line(d, version, fingerprint)
+        if line is None:
             continue
-        seen.add(ref.uri)
-        if ref.uri in selected:
-            produced = per_uri.get(ref.uri, {"sources": [], "shards": {}, "samples": 0, "audio_s": 0.0, "tokens": {}})
-            state["inputs"][ref.uri] = {
-                "size": ref.size_bytes, "version": ref.version, "meta": meta_hash(ref), "fingerprint": fingerprint,
-                "run": version, "failures": int(failure_counts.get(ref.uri, 0)), **produced}
-            state["deleted"].pop(ref.uri, None)
-            if ref.uri in prev_inputs:
-                stale.append(prev_inputs[ref.uri])
-        elif ref.uri in prev_inputs:
-            state["inputs"][ref.uri] = copy.deepcopy(prev_inputs[ref.uri])
-    for uri, entry in prev_inputs.items():
-        if uri not in seen:
-            state["deleted"][uri] = {"run": version}
-            stale.append(entry)
-    state["inputs"] = dict(sorted(state["inputs"].items()))
-    state["deleted"] = dict(sorted(state["deleted"].items()))
-    return state, stale
+        joined.draft.append(line)
+        if d.kind == "select":
+            joined.selected.append(d.ref)
+        else:
+            add_to_summary(joined.summary, json.loads(line))
+    if not joined.changed:
+        joined.reuse = reuse
+    return joined
+
+
+# ---------------------------------------------------------------------------- the next state
+
+
+def empty_summary() -> dict[str, Any]:
+    return {"inputs": 0, "deleted": 0, "samples": 0, "audio_s": 0.0, "tokens": {}, "failures_by_reason": {}}
+
+
+def add_to_summary(summary: dict[str, Any], entry: Mapping[str, Any]) -> None:
+    """Counts one state entry (a deleted one counts as such) into a part's summary."""
+    if "deleted" in entry:
+        summary["deleted"] += 1
+        return
+    summary["inputs"] += 1
+    summary["samples"] += int(entry.get("samples", 0))
+    summary["audio_s"] = round(summary["audio_s"] + float(entry.get("audio_s", 0.0)), 6)
+    for name, n in entry.get("tokens", {}).items():
+        summary["tokens"][name] = summary["tokens"].get(name, 0) + n
+    for reason, n in entry.get("reasons", {}).items():
+        summary["failures_by_reason"][reason] = summary["failures_by_reason"].get(reason, 0) + n
+
+
+def merge_summaries(summaries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    total = empty_summary()
+    for s in summaries:
+        total["inputs"] += s["inputs"]
+        total["deleted"] += s["deleted"]
+        total["samples"] += s["samples"]
+        total["audio_s"] = round(total["audio_s"] + s["audio_s"], 6)
+        for field in ("tokens", "failures_by_reason"):
+            for name, n in s[field].items():
+                total[field][name] = total[field].get(name, 0) + n
+    return total
+
+
+def produced_by_uri(contributions: Iterable[tuple[str, str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """What each input's samples became, from ``(shard url, source hash, stats)`` of the shards
+    written this run (stats: ``uri``, ``samples``, ``audio_s``, ``tokens``); summed in a fixed
+    order, whatever order the shards were written in."""
+    out: dict[str, dict[str, Any]] = {}
+    for shard, source, stats in sorted(contributions, key=lambda c: (c[0], c[1])):
+        entry = out.setdefault(stats["uri"], {"sources": [], "shards": {}, "samples": 0, "audio_s": 0.0,
+                                              "tokens": {}})
+        if source not in entry["sources"]:
+            entry["sources"].append(source)
+        entry["shards"][shard] = entry["shards"].get(shard, 0) + stats["samples"]
+        entry["samples"] += stats["samples"]
+        entry["audio_s"] = round(entry["audio_s"] + stats["audio_s"], 6)
+        for name, n in stats["tokens"].items():
+            entry["tokens"][name] = entry["tokens"].get(name, 0) + n
+    return out
+
+
+def finish_part(draft: Iterable[str], produced: Mapping[str, Mapping[str, Any]],
+                failure_reasons: Mapping[str, Mapping[str, int]]) -> tuple[list[str], dict[str, Any]]:
+    """A part's next state from its draft: pending inputs get what they produced and their
+    dead letters; every other line goes on as it was.
+
+    Args:
+        draft: the part's draft lines (:func:`draft_line`), in order.
+        produced: URI -> ``sources``, ``shards``, ``samples``, ``audio_s``, ``tokens`` (:func:`produced_by_uri`).
+        failure_reasons: URI -> reason -> dead-letter records of this run.
+
+    Returns:
+        (the part's lines, its summary: inputs, deleted, samples, audio_s, tokens, and live
+        failures by reason, those of this run's records that name no input included).
+    """
+    lines, summary = [], empty_summary()
+    attached: set[str] = set()
+    for line in draft:
+        entry = json.loads(line)
+        if entry.pop(PENDING, False):
+            uri = entry["uri"]
+            attached.add(uri)
+            reasons = dict(sorted(failure_reasons.get(uri, {}).items()))
+            entry.update(produced.get(uri, {"sources": [], "shards": {}, "samples": 0, "audio_s": 0.0,
+                                            "tokens": {}}))
+            entry["failures"] = sum(reasons.values())
+            if reasons:
+                entry["reasons"] = reasons
+            line = json.dumps(entry, sort_keys=True)
+        add_to_summary(summary, entry)
+        lines.append(line)
+    for uri, reasons in failure_reasons.items():
+        if uri not in attached:  # a pattern that matched nothing, a bad manifest line, a bad file name
+            for reason, n in reasons.items():
+                summary["failures_by_reason"][reason] = summary["failures_by_reason"].get(reason, 0) + n
+    return lines, summary
+
+
+def migrate_state(state: Mapping[str, Any], failure_records: Iterable[tuple[int, Mapping[str, Any]]],
+                  ) -> Iterator[tuple[str, str]]:
+    """The single-file state of index version 1 as ``(uri, state line)`` pairs.
+
+    Its entries counted dead letters without their reasons; ``failure_records`` (``(version,
+    record)`` of the old failure files) give them back: an entry's reasons are the records of
+    the run that processed it.
+    """
+    inputs = state.get("inputs", {})
+    reasons: dict[str, dict[str, int]] = {}
+    for run, record in failure_records:
+        entry = inputs.get(record.get("uri"))
+        if entry is not None and entry.get("run") == run:
+            by_reason = reasons.setdefault(record["uri"], {})
+            by_reason[record["reason"]] = by_reason.get(record["reason"], 0) + 1
+    for uri, entry in inputs.items():
+        entry = {k: v for k, v in entry.items() if k != "reasons"}
+        if reasons.get(uri):
+            entry["reasons"] = dict(sorted(reasons[uri].items()))
+        yield uri, entry_line(uri, entry)
+    for uri, info in state.get("deleted", {}).items():
+        if uri not in inputs:
+            yield uri, entry_line(uri, {"deleted": int(info.get("run", 0))})
+
+
+# ---------------------------------------------------------------------------- shard rows
 
 
 def live_shards(previous_rows: Iterable[Mapping[str, Any]], new_rows: Iterable[Mapping[str, Any]],
                 stale: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The live index's shard rows: old and new, stale sources excluded, empty shards dropped."""
-    rows = {row["url"]: copy.deepcopy(dict(row)) for row in [*previous_rows, *new_rows]}
+    """The live index's shard rows: old and new, stale sources excluded, empty shards dropped.
+
+    ``stale``: superseded state entries (or ``{"shards": {url: n}, "sources": [...]}``).
+    """
+    rows = {row["url"]: json.loads(json.dumps(row)) for row in [*previous_rows, *new_rows]}
     for entry in stale:
         for shard, n in entry.get("shards", {}).items():
             row = rows.get(shard)
@@ -126,49 +446,249 @@ def live_shards(previous_rows: Iterable[Mapping[str, Any]], new_rows: Iterable[M
     return out
 
 
-def live_totals(state: Mapping[str, Any], shard_rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Totals over the live samples (from the state, so excluded samples do not count)."""
-    inputs = state.get("inputs", {}).values()
-    tokens: dict[str, int] = {}
-    for entry in inputs:
-        for name, n in entry.get("tokens", {}).items():
-            tokens[name] = tokens.get(name, 0) + n
-    rows = list(shard_rows)
-    return {
-        "shards": len(rows),
-        "samples": sum(e.get("samples", 0) for e in inputs),
-        "bytes": sum(r["bytes"] for r in rows),
-        "audio_s": round(sum(e.get("audio_s", 0.0) for e in inputs), 3),
-        "tokens": dict(sorted(tokens.items())),
-        "inputs": len(state.get("inputs", {})),
-        "deleted_inputs": len(state.get("deleted", {})),
-    }
+# ---------------------------------------------------------------------------- the previous dataset
 
 
-class _SelectFn(beam.DoFn):
-    def __init__(self, state_url: str | None, fingerprint: str):
-        self._state_url = state_url
-        self._fingerprint = fingerprint
+@dataclasses.dataclass(frozen=True)
+class Previous:
+    """What a refresh builds on: the published index's layout (never its rows).
 
-    def setup(self) -> None:
-        # Read once per worker process: the state holds one small entry per input.
-        self._inputs = (json.loads(storage.read_bytes(self._state_url)).get("inputs", {})
-                        if self._state_url else {})
+    Attributes:
+        dataset_version: its version.
+        index_version: 1 (one state file, rows inline in ``index.json``) or 2 (part files).
+        inputs: inputs its state records.
+        parts: its number of parts (index version 2).
+        state: its state part files (version 2; None for an empty part), or its one state file (version 1).
+        rows: its rows part files (version 2).
+    """
 
-    def process(self, ref: AudioRef):
-        why = needs_processing(ref, self._inputs.get(ref.uri), self._fingerprint)
-        metrics.counter(f"inputs_{why or 'unchanged'}").inc()
-        if why:
-            yield ref
+    dataset_version: int
+    index_version: int
+    inputs: int = 0
+    parts: int = 0
+    state: tuple[str | None, ...] = ()
+    rows: tuple[str | None, ...] = ()
+
+    @classmethod
+    def of_index(cls, index: Mapping[str, Any]) -> "Previous":
+        parts = dataset.layout(index)
+        inputs = int(index.get("totals", {}).get("inputs", 0))
+        if parts is None:
+            return cls(dataset_version=int(index.get("dataset_version", 0)), index_version=1, inputs=inputs,
+                       state=(index["state"],) if index.get("state") else ())
+        return cls(dataset_version=int(index["dataset_version"]), index_version=int(index["version"]), inputs=inputs,
+                   parts=int(parts["parts"]), state=tuple(parts["state"]), rows=tuple(parts["rows"]))
+
+    def overlapping(self, part: int, parts: int) -> list[int]:
+        """The previous parts holding slots of ``part`` (of ``parts``), ascending."""
+        return sorted({dataset.part_of(s, self.parts) for s in dataset.part_slots(part, parts)})
+
+    def state_lines(self, output: str, part: int, parts: int) -> Iterator[str]:
+        """The previous state lines of ``part`` (index version 2), in order."""
+        slots = dataset.part_slots(part, parts)
+        whole = self.parts >= parts  # the previous parts lie inside this one
+        for q in self.overlapping(part, parts):
+            rel = self.state[q]
+            if not rel:
+                continue
+            for line in dataset.read_jsonl(output, rel):
+                if whole or dataset.slot_of(uri_of_line(line)) in slots:
+                    yield line
+
+    def rows_of(self, output: str, part: int, parts: int) -> dict[str, list[dict]]:
+        """The previous shard and failure rows whose url falls in ``part``."""
+        out: dict[str, list[dict]] = {"shards": [], "failures": []}
+        if self.index_version == 1:
+            index = dataset.read_index(output)
+            found = {"shards": index.get("shards", []), "failures": index.get("failures", [])}
+        else:
+            found = {"shards": [], "failures": []}
+            for q in self.overlapping(part, parts):
+                if self.rows[q]:
+                    for kind, rows in dataset.read_rows_part(output, self.rows[q]).items():
+                        found[kind].extend(rows)
+        for kind, rows in found.items():
+            out[kind] = [r for r in rows if dataset.part_of(dataset.slot_of(r["url"]), parts) == part]
+        return out
+
+    def reusable(self, part: int, parts: int) -> str | None:
+        """The previous part file that is this part's state as it stands (same layout), if any."""
+        if self.index_version >= 2 and self.parts == parts:
+            return self.state[part] or ""
+        return None
 
 
-class SelectChanged(beam.PTransform):
-    """PCollection[AudioRef] -> the inputs that are new, changed, or processed with other settings."""
+def read_v1_failures(output: str, index: Mapping[str, Any]) -> Iterator[tuple[int, dict]]:
+    """``(version, record)`` of the dead-letter files an index of version 1 names."""
+    for row in index.get("failures", []):
+        run = int(row["url"].split("/")[1].lstrip("v"))
+        for line in dataset.read_jsonl(output, row["url"]):
+            yield run, json.loads(line)
 
-    def __init__(self, state_url: str | None, fingerprint: str):
+
+# ---------------------------------------------------------------------------- Beam
+
+
+@dataclasses.dataclass(frozen=True)
+class Draft:
+    """A part's join, for the step that writes its next state.
+
+    Attributes:
+        part: which.
+        url: the draft's temp file; or, when ``reuse`` is set, nothing changed in the part.
+        reuse: the previous part file that already is this part's state ("" for an empty part).
+        summary: the summary of the part's unchanged entries (the whole part when ``reuse``).
+        changed: whether anything in the part changed.
+    """
+
+    part: int
+    url: str | None
+    reuse: str | None
+    summary: Mapping[str, Any]
+    changed: bool
+
+
+def parts_singleton(n_listed: int, previous: Previous | None) -> int:
+    return choose_parts(n_listed, previous.parts if previous else 0)
+
+
+class _WriteRunFn(beam.DoFn):
+    """(identity, [AudioRef]) from one lister -> a listing run under the temp folder.
+
+    The run's name is a hash of the lister's identity, so a retried lister rewrites the same file."""
+
+    def __init__(self, temp_dir: str):
+        self._temp_dir = temp_dir
+
+    def process(self, batch):
+        identity, refs = batch
+        name = hashlib.sha1(identity.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+        yield write_run(storage.join(self._temp_dir, "runs", f"{name}.jsonl"), "listed",
+                        ((ref.uri, ref_line(ref)) for ref in refs))
+
+
+class WriteRuns(beam.PTransform):
+    """Listing batches ``(identity, [AudioRef])`` -> :class:`Run`\ s under ``temp_dir/runs/``."""
+
+    def __init__(self, temp_dir: str):
         super().__init__()
-        self.state_url = state_url
-        self.fingerprint = fingerprint
+        self.temp_dir = temp_dir
 
-    def expand(self, refs):
-        return refs | "NewOrChanged" >> beam.ParDo(_SelectFn(self.state_url, self.fingerprint))
+    def expand(self, batches):
+        return batches | "WriteRun" >> beam.ParDo(_WriteRunFn(self.temp_dir))
+
+
+class _MigrateFn(beam.DoFn):
+    """The one state file of an index-version-1 dataset -> a run of state lines (once, on one worker)."""
+
+    def __init__(self, output: str, temp_dir: str):
+        self._output, self._temp_dir = output, temp_dir
+
+    def process(self, state_rel: str):
+        index = dataset.read_index(self._output)
+        state = json.loads(storage.read_bytes(storage.join(self._output, state_rel)))
+        lines = migrate_state(state, read_v1_failures(self._output, index))
+        metrics.counter("state_migrated").inc(len(state.get("inputs", {})))
+        yield write_run(storage.join(self._temp_dir, "runs", "previous-state.jsonl"), "previous", lines)
+
+
+class _MergeFn(beam.DoFn):
+    """(part, {"listed": ranges, "previous": ranges, "all": markers}) -> the part's join.
+
+    Main output: batches of selected inputs (JSON lines, bytes). Tagged: ``drafts`` ((part,
+    :class:`Draft`)), ``stale`` ((rows part, (shard url, sources, samples))), ``selected`` (count).
+    """
+
+    def __init__(self, output: str, temp_dir: str, version: int, fingerprint: str, previous: Previous | None):
+        self._output, self._temp_dir = output, temp_dir
+        self._version, self._fingerprint, self._previous = version, fingerprint, previous
+
+    def process(self, element, parts: int):
+        part, groups = element
+        listed = heapq.merge(*(read_lines(url, start, end) for url, start, end in sorted(groups["listed"])),
+                             key=lambda line: dataset.order_key(uri_of_line(line)))
+        if self._previous is not None and self._previous.index_version == 1:
+            previous = heapq.merge(*(read_lines(url, start, end) for url, start, end in sorted(groups["previous"])),
+                                   key=lambda line: dataset.order_key(uri_of_line(line)))
+        elif self._previous is not None:
+            previous = self._previous.state_lines(self._output, part, parts)
+        else:
+            previous = ()
+        fingerprint = self._fingerprint
+        joined = join_part(listed, previous, lambda ref, entry: needs_processing(ref, entry, fingerprint),
+                           self._version, fingerprint, part, parts, self._previous)
+        for name, n in joined.counters.items():
+            metrics.counter(name).inc(n)
+        for shard, sources, n in joined.stale:
+            yield beam.pvalue.TaggedOutput("stale", (dataset.part_of(dataset.slot_of(shard), parts), (shard, sources, n)))
+        yield from batch_refs(joined.selected)
+        yield beam.pvalue.TaggedOutput("selected", len(joined.selected))
+        url = None
+        if joined.changed:
+            url = storage.join(self._temp_dir, "drafts", f"state-{part:05d}.jsonl")
+            storage.write_bytes(url, "".join(line + "\n" for line in joined.draft).encode("utf-8"))
+        yield beam.pvalue.TaggedOutput("drafts", (part, Draft(part, url, joined.reuse, joined.summary, joined.changed)))
+
+
+def batch_refs(refs: Sequence[AudioRef]) -> Iterator[bytes]:
+    """Selected inputs in batches of :data:`SELECT_BATCH_INPUTS` or :data:`SELECT_BATCH_BYTES`,
+    as JSON lines: what the runner carries to spread the work is a few bytes per input."""
+    batch, size = [], 0
+    for ref in refs:
+        batch.append(ref_line(ref))
+        size += ref.size_bytes or 0
+        if len(batch) >= SELECT_BATCH_INPUTS or size >= SELECT_BATCH_BYTES:
+            yield "\n".join(batch).encode("utf-8")
+            batch, size = [], 0
+    if batch:
+        yield "\n".join(batch).encode("utf-8")
+
+
+def unbatch_refs(blob: bytes) -> list[AudioRef]:
+    return [ref_from_line(line) for line in blob.decode("utf-8").split("\n")]
+
+
+class SelectInputs(beam.PTransform):
+    """Listing runs -> the inputs to process, and the join's drafts for the next state.
+
+    Returns a dict: ``refs`` (PCollection[AudioRef], spread over the workers), ``parts`` (a
+    singleton: the run's number of parts), ``drafts`` ((part, Draft)), ``stale`` ((rows part,
+    exclusion)), ``n_selected`` (a singleton), ``changed`` (singleton: whether anything changed).
+    """
+
+    def __init__(self, output: str, temp_dir: str, version: int, fingerprint: str, previous: Previous | None):
+        super().__init__()
+        self.output, self.temp_dir = output, temp_dir
+        self.version, self.fingerprint, self.previous = version, fingerprint, previous
+
+    def expand(self, runs):
+        previous = self.previous
+        n_listed = (runs
+                    | "RunSizes" >> beam.Map(lambda run: run.count)
+                    | "CountListed" >> beam.CombineGlobally(sum))
+        parts = n_listed | "ChooseParts" >> beam.Map(parts_singleton, previous)
+        parts_si = beam.pvalue.AsSingleton(parts)
+        routed = {"listed": runs}
+        if previous is not None and previous.index_version == 1 and previous.state:
+            routed["previous"] = (runs.pipeline
+                                  | "OldState" >> beam.Create(list(previous.state))
+                                  | "MigrateState" >> beam.ParDo(_MigrateFn(self.output, self.temp_dir)))
+        keyed = {kind: (pc | f"Route{kind.title()}" >> beam.FlatMap(
+            lambda run, n: [(p, (run.url, start, end)) for p, start, end in run.ranges(n)], parts_si))
+                 for kind, pc in routed.items()}
+        keyed.setdefault("previous", runs.pipeline | "NoOldState" >> beam.Create([]))
+        keyed["all"] = parts | "AllParts" >> beam.FlatMap(lambda n: [(p, None) for p in range(n)])
+        merged = (keyed
+                  | "GroupParts" >> beam.CoGroupByKey()
+                  | "JoinState" >> beam.ParDo(
+                      _MergeFn(self.output, self.temp_dir, self.version, self.fingerprint, previous),
+                      parts_si).with_outputs("drafts", "stale", "selected", main="batches"))
+        refs = (merged.batches
+                | "SpreadInputs" >> beam.Reshuffle()
+                | "Unbatch" >> beam.FlatMap(unbatch_refs))
+        n_selected = merged.selected | "CountSelected" >> beam.CombineGlobally(sum)
+        changed = (merged.drafts
+                   | "PartChanged" >> beam.Map(lambda kd: kd[1].changed)
+                   | "AnyChanged" >> beam.CombineGlobally(any))
+        return {"refs": refs, "parts": parts, "drafts": merged.drafts, "stale": merged.stale,
+                "n_selected": n_selected, "changed": changed}

@@ -3,8 +3,16 @@
 A pattern is any fsspec URL with glob characters (``**`` recurses); a manifest is a JSON
 lines file with ``uri`` and optional ``id``, ``text``, ``speaker``, ``language`` per line,
 and optionally a timed transcript (``words``: [{start, end, word}] or ``segments``:
-[{start, end, text}], seconds in the file) that segmentation cuts along with the audio (relative URIs are relative to the manifest's folder). Each pattern is listed once, by one
-worker, and the references are then spread over the workers.
+[{start, end, text}], seconds in the file) that segmentation cuts along with the audio (relative
+URIs are relative to the manifest's folder).
+
+Listing fans out: a pattern's top folders are listed first (:func:`split_pattern`, a few
+requests), then up to :data:`MAX_LISTERS` groups of sub-folders are listed by as many workers at
+once (:func:`list_prefixes`); a manifest is read in ranges of :data:`MANIFEST_SPLIT_BYTES` by as
+many workers (:func:`read_manifest_range`). Either way the listing comes out as batches, one per
+lister, which the job writes as sorted runs (``incremental.write_run``) and
+:class:`MatchAudio` spreads over the workers as references. The files found are exactly those
+``fsspec``'s ``glob`` finds for the pattern.
 """
 
 from __future__ import annotations
@@ -13,9 +21,11 @@ import dataclasses
 import fnmatch
 import json
 import posixpath
-from typing import Iterator, Sequence
+import re
+from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
+from fsspec.utils import glob_translate
 
 from audiotok.transforms import failures, metrics, storage
 from audiotok.transforms.failures import AudiotokError, Failure
@@ -27,6 +37,14 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
     "*.json", "*.jsonl", "*.txt", "*.md", "*.csv", "*.tsv", "*.yaml", "*.yml", "*.lab", "*.TextGrid",
     ".*", "*/.*",
 )
+
+# Listing fan-out: a pattern's folders are expanded (one listing request each) for at most
+# SPLIT_LEVELS levels, until there are MAX_LISTERS of them; they are then listed in at most
+# MAX_LISTERS groups, each by one worker.
+MAX_LISTERS = 64
+SPLIT_LEVELS = 3
+# A manifest is read in ranges of this many bytes, each by one worker.
+MANIFEST_SPLIT_BYTES = 16 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,16 +71,6 @@ class MatchConfig:
 def is_excluded(url: str, exclude: Sequence[str]) -> bool:
     name = posixpath.basename(url.rstrip("/"))
     return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(url, p) for p in exclude)
-
-
-def expand_pattern(pattern: str, exclude: Sequence[str] = ()) -> Iterator[AudioRef]:
-    """Lists the files of one pattern (sorted), as references with size and version."""
-    for url, info in storage.list_files(pattern):
-        if exclude and is_excluded(url, exclude):
-            continue
-        size = info.get("size")
-        yield AudioRef(uri=url, size_bytes=int(size) if size is not None else None,
-                       version=storage.version_marker(info))
 
 
 def check_listed_name(url: str) -> None:
@@ -124,46 +132,285 @@ def parse_manifest_line(line: str, manifest_url: str, line_no: int) -> AudioRef:
     return AudioRef(uri=uri, meta=meta)
 
 
-class _ExpandPattern(beam.DoFn):
+# ---------------------------------------------------------------------------- listing, fanned out
+
+
+@dataclasses.dataclass(frozen=True)
+class ListWork:
+    """Folders one worker lists for a pattern.
+
+    Attributes:
+        pattern: the pattern (its URL, as given).
+        prefixes: ``(folder path within the filesystem, depth)``: list the folder's files down to
+            ``depth`` levels (None: all levels).
+    """
+
+    pattern: str
+    prefixes: tuple[tuple[str, int | None], ...]
+
+    @property
+    def identity(self) -> str:
+        return "\0".join([self.pattern, *(p for p, _ in self.prefixes)])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Glob:
+    """A pattern as ``fsspec``'s ``glob`` reads it: the folder it starts from, how deep it may
+    match (None: any depth) and the regular expression a path must match."""
+
+    root: str
+    depth: int | None
+    regex: Any
+
+    @classmethod
+    def of(cls, path: str) -> "_Glob":
+        # fsspec's AbstractFileSystem.glob: find(root, maxdepth=depth) filtered by glob_translate.
+        first = min([i for i in (path.find("*"), path.find("?"), path.find("[")) if i >= 0] or [len(path)])
+        cut = path[:first].rfind("/")
+        root = path[:cut + 1] if cut >= 0 else ""
+        depth = None if "**" in path else path[cut + 1:].count("/") + 1
+        return cls(root, depth, re.compile(glob_translate(path)))
+
+
+def _has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def split_pattern(pattern: str, max_listers: int = MAX_LISTERS, levels: int = SPLIT_LEVELS,
+                  ) -> tuple[list[tuple[str, dict]], list[ListWork]]:
+    """Expands a pattern's top folders: the files found on the way, and the folders left to list,
+    grouped into at most ``max_listers`` pieces of work.
+
+    Returns:
+        ([(url, info)] of the files found while expanding that the pattern matches, [ListWork]).
+    """
+    fs, path = storage.filesystem(pattern)
+    if not _has_magic(path):
+        try:
+            if not fs.isdir(path):
+                return [(storage.unstrip(fs, pattern, path), fs.info(path))], []
+        except FileNotFoundError:
+            return [], []
+        path = posixpath.join(path.rstrip("/"), "**")
+    glob = _Glob.of(path)
+    found: list[tuple[str, dict]] = []
+    frontier: list[tuple[str, int | None]] = [(glob.root, glob.depth)]
+    for _ in range(levels):
+        if len(frontier) >= max_listers:
+            break
+        deeper: list[tuple[str, int | None]] = []
+        for folder, depth in frontier:
+            try:
+                entries = fs.ls(folder or "", detail=True)
+            except FileNotFoundError:
+                continue
+            for info in entries:
+                name = info["name"].rstrip("/")
+                if info.get("type") == "directory":
+                    if depth is None or depth > 1:
+                        deeper.append((name, None if depth is None else depth - 1))
+                elif glob.regex.match(name):
+                    found.append((storage.unstrip(fs, pattern, name), info))
+        frontier = sorted(deeper)
+        if not frontier:
+            break
+    size = -(-len(frontier) // max_listers) if frontier else 1
+    work = [ListWork(pattern, tuple(frontier[i:i + size])) for i in range(0, len(frontier), size)]
+    return sorted(found, key=lambda f: f[0]), work
+
+
+def list_prefixes(work: ListWork) -> list[tuple[str, dict]]:
+    """The files under ``work``'s folders that its pattern matches: ``[(url, info)]``, sorted."""
+    fs, path = storage.filesystem(work.pattern)
+    if not _has_magic(path):
+        path = posixpath.join(path.rstrip("/"), "**")
+    glob = _Glob.of(path)
+    out = []
+    for folder, depth in work.prefixes:
+        try:
+            found = fs.find(folder, maxdepth=depth, withdirs=False, detail=True)
+        except FileNotFoundError:
+            continue
+        for name, info in found.items():
+            if info.get("type") != "directory" and glob.regex.match(name):
+                out.append((storage.unstrip(fs, work.pattern, name), info))
+    return sorted(out, key=lambda f: f[0])
+
+
+def _refs_of(found: Iterable[tuple[str, dict]], exclude: Sequence[str]):
+    """(url, info) -> AudioRef, or a bad_name Failure; excluded files are skipped."""
+    for url, info in found:
+        if exclude and is_excluded(url, exclude):
+            continue
+        try:
+            check_listed_name(url)
+        except AudiotokError as e:
+            metrics.failure(e.reason, "match")
+            yield Failure.from_error(url, e, "match")
+            continue
+        size = info.get("size")
+        yield AudioRef(uri=url, size_bytes=int(size) if size is not None else None,
+                       version=storage.version_marker(info))
+
+
+def _emit(identity: str, pattern: str, found: Iterable[tuple[str, dict]], exclude: Sequence[str]):
+    refs, n = [], 0
+    for out in _refs_of(found, exclude):
+        n += 1
+        if isinstance(out, Failure):
+            yield beam.pvalue.TaggedOutput("failures", out)
+        else:
+            refs.append(out)
+    metrics.counter("files_matched").inc(n)
+    yield beam.pvalue.TaggedOutput("counts", (pattern, n))
+    if refs:
+        yield identity, refs
+
+
+class _SplitPatternFn(beam.DoFn):
     def __init__(self, exclude: Sequence[str]):
         self._exclude = tuple(exclude)
 
     def process(self, pattern: str):
-        n = 0
-        for ref in expand_pattern(pattern, self._exclude):
-            n += 1
-            try:
-                check_listed_name(ref.uri)
-            except AudiotokError as e:
-                metrics.failure(e.reason, "match")
-                yield beam.pvalue.TaggedOutput("failures", Failure.from_error(ref.uri, e, "match"))
-                continue
-            yield ref
-        metrics.counter("files_matched").inc(n)
-        if n == 0:
-            metrics.failure(failures.READ_ERROR, "match")
-            yield beam.pvalue.TaggedOutput(
-                "failures", Failure(pattern, failures.READ_ERROR, "the pattern matches no file", stage="match"))
+        found, work = split_pattern(pattern)
+        metrics.counter("listing_work").inc(len(work))
+        for w in work:
+            yield beam.pvalue.TaggedOutput("work", w)
+        yield from _emit(pattern, pattern, found, self._exclude)
 
 
-class _ReadManifest(beam.DoFn):
+class _ListPrefixesFn(beam.DoFn):
+    def __init__(self, exclude: Sequence[str]):
+        self._exclude = tuple(exclude)
+
+    def process(self, work: ListWork):
+        yield from _emit(work.identity, work.pattern, list_prefixes(work), self._exclude)
+
+
+def _unmatched(pattern_count):
+    pattern, n = pattern_count
+    if n == 0:
+        metrics.failure(failures.READ_ERROR, "match")
+        yield Failure(pattern, failures.READ_ERROR, "the pattern matches no file", stage="match")
+
+
+# ---------------------------------------------------------------------------- manifests, in ranges
+
+
+def manifest_ranges(manifest_url: str, size: int, split_bytes: int = MANIFEST_SPLIT_BYTES) -> list[tuple[int, int]]:
+    """``[start, end)`` byte ranges covering a manifest of ``size`` bytes (one, for an empty one)."""
+    return [(start, min(size, start + split_bytes)) for start in range(0, max(size, 1), split_bytes)]
+
+
+def read_manifest_range(f, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """``(line number within the range, raw line)`` of every line that starts in ``[start, end)``
+    of an open manifest (the line that straddles ``start`` belongs to the range before)."""
+    if start > 0:
+        f.seek(start - 1)
+        f.readline()  # the rest of the line holding byte start - 1 (just its newline when one ends there)
+    else:
+        f.seek(0)
+    n = 0
+    while f.tell() < end:
+        raw = f.readline()
+        if not raw:
+            break
+        n += 1
+        yield n, raw
+
+
+class _SplitManifestFn(beam.DoFn):
     def process(self, manifest_url: str):
         try:
-            with storage.open_input(manifest_url) as f:
-                for line_no, raw in enumerate(f, start=1):
-                    line = raw.decode("utf-8", errors="replace").strip()
-                    if not line:
-                        continue
-                    try:
-                        yield parse_manifest_line(line, manifest_url, line_no)
-                        metrics.counter("files_matched").inc()
-                    except AudiotokError as e:
-                        metrics.failure(e.reason, "match")
-                        yield beam.pvalue.TaggedOutput("failures", Failure.from_error(e.uri, e, "match"))
+            fs, path = storage.filesystem(manifest_url)
+            size = int(fs.size(path))
         except (OSError, ValueError) as e:
             metrics.failure(failures.READ_ERROR, "match")
             yield beam.pvalue.TaggedOutput(
                 "failures", Failure(manifest_url, failures.READ_ERROR, f"{type(e).__name__}: {e}", stage="match"))
+            return
+        for i, (start, end) in enumerate(manifest_ranges(manifest_url, size)):
+            yield manifest_url, i, start, end
+
+
+class _ReadManifestRangeFn(beam.DoFn):
+    """(manifest, range index, start, end) -> a batch of refs; bad lines, numbered within the
+    range (``bad``), and the range's line count (``lines``), for :func:`_number_bad_line`."""
+
+    def process(self, item):
+        manifest_url, index, start, end = item
+        refs, n = [], 0
+        try:
+            with storage.open_input(manifest_url) as f:
+                for n, raw in read_manifest_range(f, start, end):
+                    line = raw.decode("utf-8", errors="replace").strip()
+                    if not line:
+                        continue
+                    try:
+                        refs.append(parse_manifest_line(line, manifest_url, n))
+                    except AudiotokError:
+                        yield beam.pvalue.TaggedOutput("bad", (manifest_url, index, n, line))
+        except (OSError, ValueError) as e:
+            metrics.failure(failures.READ_ERROR, "match")
+            yield beam.pvalue.TaggedOutput(
+                "failures", Failure(manifest_url, failures.READ_ERROR, f"{type(e).__name__}: {e}", stage="match"))
+        metrics.counter("files_matched").inc(len(refs))
+        yield beam.pvalue.TaggedOutput("lines", ((manifest_url, index), n))
+        if refs:
+            yield f"{manifest_url}\0{start}", refs
+
+
+def _number_bad_line(bad, line_counts: dict) -> Failure:
+    """A bad manifest line's dead letter, with its line number in the whole manifest."""
+    manifest_url, index, n, line = bad
+    line_no = n + sum(line_counts.get((manifest_url, i), 0) for i in range(index))
+    try:
+        parse_manifest_line(line, manifest_url, line_no)
+        raise AssertionError("a bad manifest line parsed on the second reading")  # pure: cannot happen
+    except AudiotokError as e:
+        metrics.failure(e.reason, "match")
+        return Failure.from_error(e.uri, e, "match")
+
+
+class ListInputs(beam.PTransform):
+    """Patterns and manifests -> ``{"batches": PCollection[(identity, list[AudioRef])],
+    "failures": PCollection[Failure]}``: one batch per lister (a group of folders, a manifest
+    range), its identity a stable name for it."""
+
+    def __init__(self, config: MatchConfig):
+        super().__init__()
+        self.config = config
+
+    def expand(self, pbegin):
+        batches, fails = [], []
+        if self.config.patterns:
+            split = (pbegin
+                     | "Patterns" >> beam.Create(list(self.config.patterns))
+                     | "SplitPatterns" >> beam.ParDo(_SplitPatternFn(self.config.exclude)).with_outputs(
+                         "work", "failures", "counts", main="batches"))
+            listed = (split.work
+                      | "SpreadListing" >> beam.Reshuffle()
+                      | "ListFolders" >> beam.ParDo(_ListPrefixesFn(self.config.exclude)).with_outputs(
+                          "failures", "counts", main="batches"))
+            unmatched = ((split.counts, listed.counts)
+                         | "AllCounts" >> beam.Flatten()
+                         | "FilesPerPattern" >> beam.CombinePerKey(sum)
+                         | "Unmatched" >> beam.FlatMap(_unmatched))
+            batches += [split.batches, listed.batches]
+            fails += [split.failures, listed.failures, unmatched]
+        if self.config.manifests:
+            ranges = (pbegin
+                      | "Manifests" >> beam.Create(list(self.config.manifests))
+                      | "SplitManifests" >> beam.ParDo(_SplitManifestFn()).with_outputs("failures", main="ranges"))
+            read = (ranges.ranges
+                    | "SpreadManifests" >> beam.Reshuffle()
+                    | "ReadManifests" >> beam.ParDo(_ReadManifestRangeFn()).with_outputs(
+                        "bad", "lines", "failures", main="batches"))
+            numbered = read.bad | "NumberBadLines" >> beam.Map(_number_bad_line, beam.pvalue.AsDict(read.lines))
+            batches.append(read.batches)
+            fails += [ranges.failures, read.failures, numbered]
+        return {"batches": batches | "AllBatches" >> beam.Flatten(),
+                "failures": fails | "MatchFailures" >> beam.Flatten()}
 
 
 class MatchAudio(beam.PTransform):
@@ -174,22 +421,9 @@ class MatchAudio(beam.PTransform):
         self.config = config
 
     def expand(self, pbegin):
-        refs, fails = [], []
-        if self.config.patterns:
-            out = (pbegin
-                   | "Patterns" >> beam.Create(list(self.config.patterns))
-                   | "ExpandPatterns" >> beam.ParDo(_ExpandPattern(self.config.exclude)).with_outputs(
-                       "failures", main="refs"))
-            refs.append(out.refs)
-            fails.append(out.failures)
-        if self.config.manifests:
-            out = (pbegin
-                   | "Manifests" >> beam.Create(list(self.config.manifests))
-                   | "ReadManifests" >> beam.ParDo(_ReadManifest()).with_outputs("failures", main="refs"))
-            refs.append(out.refs)
-            fails.append(out.failures)
-        all_refs = refs | "AllRefs" >> beam.Flatten()
-        all_fails = fails | "MatchFailures" >> beam.Flatten()
-        # One worker listed each pattern; spread the files over all of them.
-        spread = all_refs | "SpreadFiles" >> beam.Reshuffle()
-        return {"refs": spread, "failures": all_fails}
+        listed = pbegin | "ListInputs" >> ListInputs(self.config)
+        refs = (listed["batches"]
+                | "Unbatch" >> beam.FlatMap(lambda batch: batch[1])
+                # Each batch came from one lister; spread the files over all the workers.
+                | "SpreadFiles" >> beam.Reshuffle())
+        return {"refs": refs, "failures": listed["failures"]}

@@ -29,19 +29,28 @@ class ReadSegments(beam.PTransform):
     """Inputs -> ``{"segments": PCollection[Segment], "failures": PCollection[Failure],
     "listed": PCollection[AudioRef], "selected": PCollection[AudioRef]}``.
 
-    Segments are mono at ``sample_rate``. ``listed`` holds every matched input; when
-    ``select`` is given (a PTransform over AudioRefs, e.g. the incremental filter), only the
-    inputs it passes are decoded.
+    Applied to the pipeline, it matches ``match``'s inputs; applied to a PCollection[AudioRef],
+    it reads those (``listed`` is then that PCollection). Segments are mono at ``sample_rate``.
+    When ``select`` is given (a PTransform over AudioRefs), only the inputs it passes are decoded.
+
+    With ``per_path``, ``segments`` is a tuple of PCollections, one per way segments are made
+    (whole files, long files in stretches): the in-process runner holds every element of a
+    Flatten in memory, so a job that must not hold every segment's audio applies its next steps
+    to each.
     """
 
     def __init__(self, match: MatchConfig, decode: DecodeConfig, sample_rate: int, segment: SegmentConfig,
-                 select: beam.PTransform | None = None):
+                 select: beam.PTransform | None = None, per_path: bool = False):
         super().__init__()
         self.match, self.decode, self.sample_rate, self.segment = match, decode, sample_rate, segment
         self.select = select
+        self.per_path = per_path
 
     def expand(self, pbegin):
-        matched = pbegin | "MatchAudio" >> MatchAudio(self.match)
+        if isinstance(pbegin, beam.pvalue.PBegin):
+            matched = pbegin | "MatchAudio" >> MatchAudio(self.match)
+        else:
+            matched = {"refs": pbegin, "failures": pbegin.pipeline | "NoMatchFailures" >> beam.Create([])}
         refs = matched["refs"] if self.select is None else matched["refs"] | "SelectInputs" >> self.select
         whole = refs
         long_fails = []
@@ -53,9 +62,9 @@ class ReadSegments(beam.PTransform):
         decoded = whole | "DecodeAudio" >> DecodeAudio(self.decode)
         resampled = decoded.decoded | "Resample" >> Resample(self.sample_rate)
         segmented = resampled | "Segment" >> SegmentAudio(self.segment)
-        segments = segmented.segments
-        if self.segment.splits:
-            segments = (segments, streamed.segments) | "AllSegments" >> beam.Flatten()
+        segments = (segmented.segments, streamed.segments) if self.segment.splits else (segmented.segments,)
+        if not self.per_path:
+            segments = segments | "AllSegments" >> beam.Flatten() if len(segments) > 1 else segments[0]
         fails = ((matched["failures"], decoded.failures, segmented.failures, *long_fails)
                  | "ReadFailures" >> beam.Flatten())
         return {"segments": segments, "failures": fails, "listed": matched["refs"], "selected": refs}

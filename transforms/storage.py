@@ -273,6 +273,14 @@ def read_bytes(url: str) -> bytes:
         return f.read()
 
 
+def read_range(url: str, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of a file: one ranged request on object stores, no read-ahead."""
+    if end <= start:
+        return b""
+    fs, path = filesystem(url)
+    return fs.cat_file(path, start=start, end=end)
+
+
 def write_bytes(url: str, data: bytes) -> None:
     """Writes a whole object (readers of an object store see all of it or nothing)."""
     with open_output(url) as f:

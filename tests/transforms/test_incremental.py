@@ -34,9 +34,8 @@ def run(cfg: job.JobConfig):
 
 
 def live_keys(out: Path) -> list[str]:
-    index = json.loads((out / "index.json").read_text())
     keys = []
-    for row in index["shards"]:
+    for row in dataset.shard_rows(str(out)):
         for sample in wds.WebDataset(str(out / row["url"]), shardshuffle=False):
             if dataset.is_live(sample["__key__"], row):
                 keys.append(sample["__key__"])
@@ -53,6 +52,7 @@ def test_refresh_processes_only_new_and_changed(tmp_path):
     make_corpus(inp, 5)
     index1, counters, _ = run(config(inp, out))
     assert counters["files_ok"] == 5 and index1["dataset_version"] == 1
+    rows_v1 = list(dataset.shard_rows(str(out), index1))
     keys1 = live_keys(out)
     deleted_keys = {k for k in keys1 if k.startswith("f01-")}
     changed_keys = {k for k in keys1 if k.startswith("f02-")}
@@ -73,14 +73,14 @@ def test_refresh_processes_only_new_and_changed(tmp_path):
     assert sum(k.startswith("f02-") for k in keys2) == 3  # 2.5 s -> 1 + 1 + 0.5
     assert any(k.startswith("f07-") for k in keys2)
     assert index2["totals"]["samples"] == len(keys2)
-    state = json.loads((out / index2["state"]).read_text())
-    assert "f01.flac" in "".join(state["deleted"]) and len(state["inputs"]) == 5
+    entries = dict(dataset.state_entries(str(out), index2))
+    assert [uri for uri, e in entries.items() if "deleted" in e] == [str(inp / "f01.flac")]
+    assert sum("deleted" not in e for e in entries.values()) == 5 == index2["totals"]["inputs"]
     # Version 1's shards are untouched; readers of the old index still read them.
-    old = json.loads(json.dumps(index1))
-    for row in old["shards"]:
+    for row in rows_v1:
         assert (out / row["url"]).exists()
     assert all(r["url"].startswith("shards/v000001/") or r["url"].startswith("shards/v000002/")
-               for r in index2["shards"])
+               for r in dataset.shard_rows(str(out), index2))
 
 
 def test_rerun_with_nothing_changed_writes_nothing(tmp_path):
@@ -100,7 +100,7 @@ def test_settings_change_retokenizes_everything(tmp_path):
     run(config(inp, out))
     index, counters, _ = run(config(inp, out, specs="logmel[n_mels=20]", incremental=True))
     assert counters["files_ok"] == 3 and counters.get("inputs_settings") == 3
-    assert all(r["url"].startswith("shards/v000002/") for r in index["shards"])  # v1 is all stale
+    assert all(r["url"].startswith("shards/v000002/") for r in dataset.shard_rows(str(out), index))  # v1 is all stale
     assert len(live_keys(out)) == index["totals"]["samples"]
 
 
@@ -116,26 +116,26 @@ def test_two_fresh_runs_are_byte_identical(tmp_path):
 def test_writer_failing_first_attempt_then_rerun(tmp_path, monkeypatch):
     inp, out = tmp_path / "in", tmp_path / "out"
     make_corpus(inp, 4)
-    real_add = shards.ShardWriter.add
+    real_add = shards.ShardWriter.add_encoded
     calls = {"n": 0}
 
-    def failing_add(self, sample):
+    def failing_add(self, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("worker lost")
-        return real_add(self, sample)
+        return real_add(self, *args)
 
-    monkeypatch.setattr(shards.ShardWriter, "add", failing_add)
+    monkeypatch.setattr(shards.ShardWriter, "add_encoded", failing_add)
     with pytest.raises(Exception, match="worker lost"):
         run(config(inp, out, shards=shards.ShardConfig(max_samples=1)))
     assert not (out / "index.json").exists()
-    monkeypatch.setattr(shards.ShardWriter, "add", real_add)
+    monkeypatch.setattr(shards.ShardWriter, "add_encoded", real_add)
     index, _, _ = run(config(inp, out, shards=shards.ShardConfig(max_samples=1)))
     keys = live_keys(out)
     assert len(keys) == len(set(keys)) == index["totals"]["samples"] == 1 + 2 + 2 + 2
     assert not (out / "_tmp").exists()
     on_disk = {str(p.relative_to(out)) for p in (out / "shards").rglob("*.tar")}
-    assert on_disk == {r["url"] for r in index["shards"]}
+    assert on_disk == {r["url"] for r in dataset.shard_rows(str(out), index)}
 
 
 def test_crash_before_publishing_then_rerun(tmp_path, monkeypatch):
@@ -161,7 +161,7 @@ def test_crash_before_publishing_then_rerun(tmp_path, monkeypatch):
     keys = live_keys(out)
     assert len(keys) == len(set(keys)) == index["totals"]["samples"]
     on_disk = {str(p.relative_to(out)) for p in (out / "shards").rglob("*.tar")}
-    assert on_disk == {r["url"] for r in index["shards"]}
+    assert on_disk == {r["url"] for r in dataset.shard_rows(str(out), index)}
 
 
 def test_existing_dataset_needs_a_flag(tmp_path):
@@ -172,23 +172,73 @@ def test_existing_dataset_needs_a_flag(tmp_path):
         run(config(inp, out))
 
 
-def test_next_state_and_live_rows_pure():
+def test_join_finish_and_live_rows_pure():
     from audiotok.transforms.records import AudioRef
 
-    prev, _ = incremental.next_state(
-        incremental.empty_state(), 1, "fp", [AudioRef("a", 1, "m1"), AudioRef("b", 1, "m1")], ["a", "b"],
-        {"s/v1/0.tar": {"aaaa": {"uri": "a", "samples": 2, "audio_s": 2.0, "tokens": {"x": 20}},
-                        "bbbb": {"uri": "b", "samples": 1, "audio_s": 1.0, "tokens": {"x": 10}}}}, {})
+    def select(ref, entry):
+        return incremental.needs_processing(ref, entry, "fp")
+
+    def lines(refs):
+        return [incremental.ref_line(r) for r in sorted(refs, key=lambda r: dataset.order_key(r.uri))]
+
+    first = incremental.join_part(lines([AudioRef("a", 1, "m1"), AudioRef("b", 1, "m1")]), [], select, 1, "fp",
+                                  0, 1, None)
+    assert [r.uri for r in sorted(first.selected, key=lambda r: r.uri)] == ["a", "b"] and first.changed
+    produced = incremental.produced_by_uri([("s/v1/0.tar", "aaaa", {"uri": "a", "samples": 2, "audio_s": 2.0,
+                                                                     "tokens": {"x": 20}}),
+                                            ("s/v1/0.tar", "bbbb", {"uri": "b", "samples": 1, "audio_s": 1.0,
+                                                                     "tokens": {"x": 10}})])
+    state1, summary1 = incremental.finish_part(first.draft, produced, {"b": {"empty": 1}, "pattern": {"read_error": 1}})
+    assert summary1["inputs"] == 2 and summary1["samples"] == 3
+    assert summary1["failures_by_reason"] == {"empty": 1, "read_error": 1}  # b's, and one naming no input
+    entries = {json.loads(line)["uri"]: json.loads(line) for line in state1}
+    assert entries["b"]["failures"] == 1 and entries["b"]["reasons"] == {"empty": 1} and "reasons" not in entries["a"]
+
+    # b is deleted, a unchanged, c is new and listed twice.
+    second = incremental.join_part(lines([AudioRef("a", 1, "m1"), AudioRef("c", 5, "m"), AudioRef("c", 5, "m")]),
+                                   state1, select, 2, "fp", 0, 1, None)
+    assert [r.uri for r in second.selected] == ["c"]
+    assert second.counters == {"inputs_unchanged": 1, "inputs_new": 1, "inputs_deleted": 1, "inputs_duplicate": 1}
+    assert second.stale == [("s/v1/0.tar", ("bbbb",), 1)]
+    state2, summary2 = incremental.finish_part(second.draft, {}, {})
+    assert summary2["inputs"] == 2 and summary2["deleted"] == 1 and summary2["samples"] == 2
+    assert summary2["failures_by_reason"] == {}  # b's dead letter left with b
     rows_v1 = [{"url": "s/v1/0.tar", "samples": 3, "bytes": 10, "audio_s": 3.0, "tokens": {"x": 30}}]
-    state, stale = incremental.next_state(prev, 2, "fp", [AudioRef("a", 1, "m1")], [], {}, {})
-    assert list(state["inputs"]) == ["a"] and list(state["deleted"]) == ["b"]
-    rows = incremental.live_shards(rows_v1, [], stale)
+    rows = incremental.live_shards(rows_v1, [], [{"shards": {s: n}, "sources": list(src)} for s, src, n in second.stale])
     assert rows[0]["excluded_sources"] == ["bbbb"] and rows[0]["live_samples"] == 2
     assert dataset.is_live("x-aaaa-000", rows[0]) and not dataset.is_live("x-bbbb-000", rows[0])
-    assert incremental.live_totals(state, rows)["samples"] == 2
-    assert incremental.needs_processing(AudioRef("a", 2, "m1"), prev["inputs"]["a"], "fp") == "changed"
-    assert incremental.needs_processing(AudioRef("a", 1, "m1"), prev["inputs"]["a"], "fp2") == "settings"
-    assert incremental.needs_processing(AudioRef("a", 1, "m1"), prev["inputs"]["a"], "fp") is None
+
+    # Nothing changed: nothing selected, the part is not rewritten.
+    third = incremental.join_part(lines([AudioRef("a", 1, "m1"), AudioRef("c", 5, "m")]), state2, select, 3, "fp",
+                                  0, 1, incremental.Previous(2, 2, 2, 1, ("state/v000002/state-00000.jsonl",)))
+    assert not third.changed and not third.selected and third.reuse == "state/v000002/state-00000.jsonl"
+    a = json.loads(next(line for line in state2 if json.loads(line)["uri"] == "a"))
+    assert incremental.needs_processing(AudioRef("a", 2, "m1"), a, "fp") == "changed"
+    assert incremental.needs_processing(AudioRef("a", 1, "m1"), a, "fp2") == "settings"
+    assert incremental.needs_processing(AudioRef("a", 1, "m1"), a, "fp") is None
+
+
+def test_parts_follow_the_corpus_but_a_refresh_keeps_them():
+    assert incremental.choose_parts(0) == incremental.choose_parts(9) == 1
+    assert incremental.choose_parts(10 ** 6) == 32 and incremental.choose_parts(10 ** 7) == 256
+    assert incremental.choose_parts(10 ** 6, previous_parts=16) == 16  # near enough: no re-partitioning
+    assert incremental.choose_parts(10 ** 7, previous_parts=1) == 256
+
+
+def test_runs_split_into_parts_by_slot(tmp_path):
+    from audiotok.transforms.records import AudioRef
+
+    refs = [AudioRef(f"/c/{i:05d}.flac", i, f"m{i}") for i in range(500)]
+    run = incremental.write_run(str(tmp_path / "run.jsonl"), "listed", [(r.uri, incremental.ref_line(r)) for r in refs])
+    assert run.count == 500 and run.size == (tmp_path / "run.jsonl").stat().st_size
+    for parts in (1, 3, 8):
+        seen = []
+        for part, start, end in run.ranges(parts):
+            got = [incremental.ref_from_line(line) for line in incremental.read_lines(run.url, start, end)]
+            assert {dataset.part_of(dataset.slot_of(r.uri), parts) for r in got} == {part}
+            assert got == sorted(got, key=lambda r: dataset.order_key(r.uri))
+            seen += got
+        assert sorted(seen, key=lambda r: r.uri) == refs
 
 
 def test_compact_rewrites_live_samples_only(tmp_path):
@@ -201,12 +251,12 @@ def test_compact_rewrites_live_samples_only(tmp_path):
     write_audio(inp / "f03.flac", synth_speechlike(1.1, 16000, seed=33), 16000, "flac")
     run(config(inp, out, incremental=True, shards=shards.ShardConfig(max_samples=2)))
     before = sorted(live_keys(out))
-    before_index = json.loads((out / "index.json").read_text())
-    assert any(r.get("excluded_sources") for r in before_index["shards"])
+    assert any(r.get("excluded_sources") for r in dataset.shard_rows(str(out)))
     index = compact.compact(str(out), shards.ShardConfig(max_samples=100))
     assert sorted(live_keys(out)) == before
-    assert index["totals"]["shards"] == 1 and not index["shards"][0].get("excluded_sources")
-    assert index["totals"]["samples"] == len(before) == index["shards"][0]["samples"]
+    [row] = dataset.shard_rows(str(out), index)
+    assert index["totals"]["shards"] == 1 and not row.get("excluded_sources")
+    assert index["totals"]["samples"] == len(before) == row["samples"]
     # A refresh after compaction still knows where every input's samples are.
     (inp / "f01.flac").unlink()
     run(config(inp, out, incremental=True, shards=shards.ShardConfig(max_samples=2)))
