@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the repo's packages importable
     sys.path.insert(0, str(ROOT))
 
+from audiotok.transforms import dataset  # noqa: E402
 from audiotok.transforms.match import DEFAULT_EXCLUDE, is_excluded  # noqa: E402
 
 logger = logging.getLogger("audiotok.benchmarks.throughput")
@@ -173,7 +174,7 @@ def run_audiotok(input_dir: Path, output_dir: Path, profile: str = "direct") -> 
 
 def _distinct_sources(output_dir: Path, index: dict) -> int:
     uris = set()
-    for shard in index["shards"]:
+    for shard in dataset.shard_rows(str(output_dir), index):
         with tarfile.open(output_dir / shard["url"]) as tar:
             for member in tar:
                 if member.name.endswith(".json"):
@@ -185,19 +186,20 @@ def check_audiotok_output(output_dir: Path) -> dict[str, Any]:
     """Reads back the first shard: every ``logmel`` array is float16 [T, N_MELS]."""
     import numpy as np
 
-    index = json.loads((output_dir / "index.json").read_text())
-    if not index["shards"]:
+    index = dataset.read_index(str(output_dir))
+    first = next(dataset.shard_rows(str(output_dir), index), None)
+    if first is None:
         raise RuntimeError(f"{output_dir}: the index lists no shard")
     arrays = 0
-    with tarfile.open(output_dir / index["shards"][0]["url"]) as tar:
+    with tarfile.open(output_dir / first["url"]) as tar:
         for member in tar:
             if member.name.endswith(".logmel.npy"):
                 array = np.load(io.BytesIO(tar.extractfile(member).read()))
                 if array.dtype != np.float16 or array.ndim != 2 or array.shape[1] != N_MELS:
                     raise RuntimeError(f"{member.name}: {array.dtype} {array.shape}, expected float16 [T, {N_MELS}]")
                 arrays += 1
-    if arrays != index["shards"][0]["samples"]:
-        raise RuntimeError(f"first shard holds {arrays} logmel arrays, the index says {index['shards'][0]['samples']}")
+    if arrays != first["samples"]:
+        raise RuntimeError(f"first shard holds {arrays} logmel arrays, the index says {first['samples']}")
     return {"samples": index["totals"]["samples"], "first_shard_arrays_checked": arrays}
 
 

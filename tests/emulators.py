@@ -225,7 +225,7 @@ def dataset_digest(output: str) -> dict:
 
     index = dataset.read_index(output)
     samples: dict = {}
-    for row in index["shards"]:
+    for row in dataset.shard_rows(output, index):
         with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(storage.join(output, row["url"])))) as tar:
             for member in tar.getmembers():
                 key, suffix = member.name.split(".", 1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import webdataset as wds
 
 from audio_fixtures import synth_speechlike, write_audio
 from audiotok.pipelines import tokenize as job
+from audiotok.pipelines import verify
 from audiotok.runners import profiles
 from audiotok.transforms import dataset, incremental, shards, storage
 from audiotok.transforms.match import MatchConfig
@@ -261,3 +264,69 @@ def test_compact_rewrites_live_samples_only(tmp_path):
     (inp / "f01.flac").unlink()
     run(config(inp, out, incremental=True, shards=shards.ShardConfig(max_samples=2)))
     assert sorted(live_keys(out)) == [k for k in before if not k.startswith("f01-")]
+
+
+V1_DATASET = Path(__file__).resolve().parents[1] / "data" / "v1_dataset"
+
+
+def v1_copy(tmp_path: Path) -> tuple[Path, Path, job.JobConfig]:
+    """tests/data/v1_dataset (index version 1) copied under ``tmp_path``, with its inputs; the
+    job config it was written with."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    shutil.copytree(V1_DATASET / "in", inp)
+    shutil.copytree(V1_DATASET / "out", out)
+    cfg = config(inp, out, specs="logmel[n_mels=8]", shards=shards.ShardConfig(max_samples=2), incremental=True)
+    fingerprint = incremental.settings_fingerprint(job.settings(cfg))
+    for path in [*(out / "state").glob("*.json"), *(out / "failures").rglob("*.jsonl")]:
+        text = path.read_text().replace("@ROOT@", str(tmp_path)).replace("@FINGERPRINT@", fingerprint)
+        if path.suffix == ".json":
+            state = json.loads(text)
+            for uri, entry in state["inputs"].items():
+                if entry["version"] == "@MTIME@" and os.path.exists(uri):
+                    entry["version"] = storage.version_marker(storage.filesystem(uri)[0].info(uri))
+            text = json.dumps(state, indent=1, sort_keys=True)
+        path.write_text(text)
+    return inp, out, cfg
+
+
+def test_a_dataset_of_the_first_format_refreshes_into_parts(tmp_path):
+    inp, out, cfg = v1_copy(tmp_path)
+    old = dataset.read_index(str(out))
+    assert old["version"] == 1 and "shards" in old and old["state"] == "state/state-v000002.json"
+    old_keys = sorted(live_keys(out))
+    index, counters, _ = run(cfg)
+    # Nothing changed but the format: nothing is decoded, the same samples are live.
+    assert counters.get("files_ok", 0) == 0 and counters.get("inputs_unchanged") == 5
+    assert index["version"] == dataset.INDEX_VERSION and index["dataset_version"] == 3
+    assert "shards" not in index and "state" not in index and index["layout"]["parts"] == 1
+    assert sorted(live_keys(out)) == old_keys
+    for field in ("samples", "audio_s", "tokens", "inputs", "deleted_inputs", "failures", "failures_by_reason"):
+        assert index["totals"][field] == old["totals"][field], field
+    assert index["totals"]["failures_by_reason"] == {"unsupported_format": 1}  # bad.wav's, of version 1
+    entries = dict(dataset.state_entries(str(out), index))
+    assert entries[str(inp / "bad.wav")]["reasons"] == {"unsupported_format": 1}
+    assert entries[str(inp / "f03.flac")] == {"deleted": 2}
+    report = verify.verify_dataset(str(out))
+    assert report.ok(), verify.format_report(report)
+    # From now on a refresh that changes nothing writes nothing.
+    before = sha_tree(out)
+    index, counters, _ = run(cfg)
+    assert index["dataset_version"] == 3 and counters.get("files_ok", 0) == 0 and sha_tree(out) == before
+
+
+def test_a_dataset_of_the_first_format_refreshes_with_changes(tmp_path):
+    inp, out, cfg = v1_copy(tmp_path)
+    old_keys = set(live_keys(out))
+    write_audio(inp / "f00.flac", synth_speechlike(1.6, 16000, seed=40), 16000, "flac")  # changed
+    (inp / "f02.flac").unlink()                                                          # deleted
+    write_audio(inp / "f06.flac", synth_speechlike(1.1, 16000, seed=6), 16000, "flac")  # new
+    index, counters, _ = run(cfg)
+    assert counters["files_ok"] == 2 and counters.get("inputs_unchanged") == 3  # f01, f05, bad.wav
+    keys = live_keys(out)
+    assert len(keys) == len(set(keys)) == index["totals"]["samples"]
+    kept = {k for k in old_keys if not k.startswith(("f00-", "f02-"))}
+    assert kept <= set(keys) and not {k for k in keys if k.startswith("f02-")}
+    assert sum(k.startswith("f00-") for k in keys) == 2 and any(k.startswith("f06-") for k in keys)
+    assert index["totals"]["inputs"] == 5 and index["totals"]["deleted_inputs"] == 2
+    report = verify.verify_dataset(str(out))
+    assert report.ok(), verify.format_report(report)

@@ -84,23 +84,26 @@ def test_finalize_names_index_and_cleans(tmp_path):
     temp = os.path.join(out, "_tmp", "run1")
     with ShardWriter(temp, ShardConfig(max_samples=2), SPECS) as w:
         written = [x for i in range(5) for x in w.add(make_sample(4 - i))] + w.close()
-    fail = shards.write_failures_file(temp, [Failure("u", "empty", "no bytes", stage="decode")])
+    fail = Failure("u", "empty", "no bytes", stage="decode")
     refs = [AudioRef(f"/in/clip{i:03d}.wav") for i in range(5)] + [AudioRef("u")]
-    index = shards.finalize(out, temp, written + [fail], {"streams": SPECS}, shards.RunPlan(),
-                            listed=refs, selected=[r.uri for r in refs])
-    assert [s["url"] for s in index["shards"]] == ["shards/v000001/shard-000000.tar",
-                                                     "shards/v000001/shard-000001.tar",
-                                                     "shards/v000001/shard-000002.tar"]
+    index = shards.finalize(out, temp, written, {"streams": SPECS}, shards.RunPlan(),
+                            listed=refs, selected=[r.uri for r in refs], failures=[fail])
+    rows = list(dataset.shard_rows(out, index))
+    assert [s["url"] for s in rows] == ["shards/v000001/shard-000000-0000.tar",
+                                        "shards/v000001/shard-000000-0001.tar",
+                                        "shards/v000001/shard-000000-0002.tar"]
     assert index["totals"]["samples"] == 5 and index["totals"]["failures"] == 1
     assert index["totals"]["failures_by_reason"] == {"empty": 1}
+    [failure_row] = dataset.failure_rows(out, index)
+    assert failure_row["records"] == 1 and json.loads(open(os.path.join(out, failure_row["url"])).read())["uri"] == "u"
     assert not os.path.exists(temp)
     assert json.load(open(os.path.join(out, "index.json"))) == index
+    assert set(index) == {"format", "version", "dataset_version", "streams", "totals", "layout"}  # rows: in parts
     # Shards are named in key order, whatever order the writers finished in.
     first_keys = [next(iter(wds.WebDataset(os.path.join(out, s["url"]), shardshuffle=False)))["__key__"]
-                  for s in index["shards"]]
+                  for s in rows]
     assert first_keys == sorted(first_keys)
-    keys = [s["__key__"] for s in wds.WebDataset([os.path.join(out, s["url"]) for s in index["shards"]],
-                                                  shardshuffle=False)]
+    keys = [s["__key__"] for s in wds.WebDataset([os.path.join(out, s["url"]) for s in rows], shardshuffle=False)]
     assert sorted(keys) == sorted(make_sample(i).key for i in range(5))
 
 
