@@ -181,54 +181,79 @@ class Decision:
     duplicates: int = 0
 
 
-def merge_inputs(listed: Iterable[str], previous: Iterable[str],
+def _keyed(lines: Iterable[str]) -> Iterator[tuple[tuple[int, str], str, dict]]:
+    """``(order key, line, record)`` of JSON lines that name a ``uri``: each line parsed once."""
+    for line in lines:
+        record = json.loads(line)
+        yield dataset.order_key(record["uri"]), line, record
+
+
+def merge_keyed(*streams: Iterable[str]) -> Iterator[tuple[tuple[int, str], str, dict]]:
+    """Sorted streams of JSON lines merged into one, by their URI's order key (ties in stream order)."""
+    if len(streams) == 1:
+        return _keyed(streams[0])
+    return heapq.merge(*(_keyed(s) for s in streams), key=lambda kl: kl[0])
+
+
+def merge_inputs(listed: Iterable[str] | Iterator[tuple], previous: Iterable[str] | Iterator[tuple],
                  select: Callable[[AudioRef, Mapping[str, Any] | None], str | None]) -> Iterator[Decision]:
     """Joins one part of the listing with the same part of the previous state.
 
     Args:
-        listed: ref lines (:func:`ref_line`) sorted by ``dataset.order_key`` of their URI; an
-            input listed twice (overlapping patterns, a manifest naming it twice) counts once,
-            as its first line.
-        previous: state lines of the part, sorted the same way.
+        listed: ref lines (:func:`ref_line`) sorted by ``dataset.order_key`` of their URI (or
+            :func:`merge_keyed` of several such streams); an input listed twice (overlapping
+            patterns, a manifest naming it twice) counts once, as its first line.
+        previous: state lines of the part, sorted the same way (or :func:`merge_keyed` of them).
         select: why an input must be processed given its previous entry (None: it need not).
 
     Yields:
         One :class:`Decision` per URI, in order.
     """
-    keyed_listed = ((dataset.order_key(uri_of_line(line)), line) for line in listed)
-    groups = itertools.groupby(keyed_listed, key=lambda kl: kl[0])
-    keyed_previous = ((dataset.order_key(uri_of_line(line)), line) for line in previous)
+    keyed_listed = _as_keyed(listed)
+    keyed_previous = _as_keyed(previous)
     prev = next(keyed_previous, None)
-    for key, group in groups:
-        lines = [line for _, line in group]
+    for key, group in itertools.groupby(keyed_listed, key=lambda kl: kl[0]):
+        first, duplicates = next(group), sum(1 for _ in group)
         while prev is not None and prev[0] < key:
-            yield _absent(prev[1])
+            yield _absent(prev)
             prev = next(keyed_previous, None)
-        ref = ref_from_line(lines[0])
+        record = first[2]
+        ref = AudioRef(uri=record["uri"], size_bytes=record.get("size"), version=record.get("version"),
+                       meta=record.get("meta") or {})
         entry, line = None, None
         if prev is not None and prev[0] == key:
-            line = prev[1]
-            entry = json.loads(line)
+            _, line, entry = prev
             prev = next(keyed_previous, None)
         deleted = entry is not None and "deleted" in entry
         reason = select(ref, None if deleted else entry)
         if reason:
             yield Decision("select", ref.uri, ref=ref, previous=None if deleted else entry, reason=reason,
-                           duplicates=len(lines) - 1)
+                           duplicates=duplicates)
         elif entry is not None:
-            yield Decision("keep_deleted" if deleted else "carry", ref.uri, ref=ref, line=line,
-                           duplicates=len(lines) - 1)
+            yield Decision("keep_deleted" if deleted else "carry", ref.uri, ref=ref, line=line, previous=entry,
+                           duplicates=duplicates)
         else:
-            yield Decision("skip", ref.uri, ref=ref, duplicates=len(lines) - 1)
+            yield Decision("skip", ref.uri, ref=ref, duplicates=duplicates)
     while prev is not None:
-        yield _absent(prev[1])
+        yield _absent(prev)
         prev = next(keyed_previous, None)
 
 
-def _absent(line: str) -> Decision:
-    entry = json.loads(line)
+def _as_keyed(lines) -> Iterator[tuple[tuple[int, str], str, dict]]:
+    """Lines, or already keyed ``(key, line, record)`` tuples, as keyed tuples."""
+    it = iter(lines)
+    first = next(it, None)
+    if first is None:
+        return iter(())
+    if isinstance(first, tuple):
+        return itertools.chain([first], it)
+    return _keyed(itertools.chain([first], it))
+
+
+def _absent(keyed: tuple[tuple[int, str], str, dict]) -> Decision:
+    _, line, entry = keyed
     if "deleted" in entry:
-        return Decision("keep_deleted", entry["uri"], line=line)
+        return Decision("keep_deleted", entry["uri"], line=line, previous=entry)
     return Decision("delete", entry["uri"], previous=entry)
 
 
@@ -298,8 +323,10 @@ def join_part(listed: Iterable[str], previous: Iterable[str],
         joined.draft.append(line)
         if d.kind == "select":
             joined.selected.append(d.ref)
+        elif d.kind == "delete":
+            joined.summary["deleted"] += 1
         else:
-            add_to_summary(joined.summary, json.loads(line))
+            add_to_summary(joined.summary, d.previous)
     if not joined.changed:
         joined.reuse = reuse
     return joined
@@ -605,11 +632,9 @@ class _MergeFn(beam.DoFn):
 
     def process(self, element, parts: int):
         part, groups = element
-        listed = heapq.merge(*(read_lines(url, start, end) for url, start, end in sorted(groups["listed"])),
-                             key=lambda line: dataset.order_key(uri_of_line(line)))
+        listed = merge_keyed(*(read_lines(url, start, end) for url, start, end in sorted(groups["listed"])))
         if self._previous is not None and self._previous.index_version == 1:
-            previous = heapq.merge(*(read_lines(url, start, end) for url, start, end in sorted(groups["previous"])),
-                                   key=lambda line: dataset.order_key(uri_of_line(line)))
+            previous = merge_keyed(*(read_lines(url, start, end) for url, start, end in sorted(groups["previous"])))
         elif self._previous is not None:
             previous = self._previous.state_lines(self._output, part, parts)
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import json
 import posixpath
 import re
@@ -38,9 +39,10 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
     ".*", "*/.*",
 )
 
-# Listing fan-out: a pattern's folders are expanded (one listing request each) for at most
-# SPLIT_LEVELS levels, until there are MAX_LISTERS of them; they are then listed in at most
-# MAX_LISTERS groups, each by one worker.
+# Listing fan-out: a pattern's folders are expanded (one listing request each) level by level,
+# at most SPLIT_LEVELS levels, while there are fewer than MIN_LISTERS of them; they are then
+# listed in at most MAX_LISTERS groups, each by one worker.
+MIN_LISTERS = 8
 MAX_LISTERS = 64
 SPLIT_LEVELS = 3
 # A manifest is read in ranges of this many bytes, each by one worker.
@@ -69,8 +71,17 @@ class MatchConfig:
 
 
 def is_excluded(url: str, exclude: Sequence[str]) -> bool:
-    name = posixpath.basename(url.rstrip("/"))
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(url, p) for p in exclude)
+    """Whether a file's name (or whole URL) matches one of the ``exclude`` patterns."""
+    if not exclude:
+        return False
+    regex = _exclusions(tuple(exclude))
+    return bool(regex.match(posixpath.basename(url.rstrip("/"))) or regex.match(url))
+
+
+@functools.lru_cache(maxsize=16)
+def _exclusions(exclude: tuple[str, ...]) -> "re.Pattern[str]":
+    # One regular expression for all the patterns: listing tests every file of the corpus.
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in exclude))
 
 
 def check_listed_name(url: str) -> None:
@@ -177,9 +188,10 @@ def _has_magic(path: str) -> bool:
 
 
 def split_pattern(pattern: str, max_listers: int = MAX_LISTERS, levels: int = SPLIT_LEVELS,
-                  ) -> tuple[list[tuple[str, dict]], list[ListWork]]:
+                  min_listers: int = MIN_LISTERS) -> tuple[list[tuple[str, dict]], list[ListWork]]:
     """Expands a pattern's top folders: the files found on the way, and the folders left to list,
-    grouped into at most ``max_listers`` pieces of work.
+    grouped into at most ``max_listers`` pieces of work. A level is expanded only while there are
+    fewer than ``min_listers`` folders (each expansion lists those folders here, on one worker).
 
     Returns:
         ([(url, info)] of the files found while expanding that the pattern matches, [ListWork]).
@@ -196,7 +208,7 @@ def split_pattern(pattern: str, max_listers: int = MAX_LISTERS, levels: int = SP
     found: list[tuple[str, dict]] = []
     frontier: list[tuple[str, int | None]] = [(glob.root, glob.depth)]
     for _ in range(levels):
-        if len(frontier) >= max_listers:
+        if len(frontier) >= min_listers:
             break
         deeper: list[tuple[str, int | None]] = []
         for folder, depth in frontier:

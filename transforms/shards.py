@@ -543,9 +543,9 @@ class _WriteBucketFn(beam.DoFn):
         refs.sort(key=lambda r: r[1][0])
         seq = 0
         writer = ShardWriter(storage.join(self._temp_dir, "shards"), self._config, self._stream_specs)
-        with writer:
+        with writer, storage.RangeReader() as spill:
             for url, (key, offset, sizes, duration_s, uri, tokens) in refs:
-                data = storage.read_range(url, offset, offset + sum(n for _, n in sizes))
+                data = spill.read(url, offset, offset + sum(n for _, n in sizes))
                 members, at = [], 0
                 for name, n in sizes:
                     members.append((name, data[at:at + n]))
