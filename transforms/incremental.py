@@ -595,14 +595,20 @@ class _WriteRunFn(beam.DoFn):
 
 
 class WriteRuns(beam.PTransform):
-    """Listing batches ``(identity, [AudioRef])`` -> :class:`Run`\ s under ``temp_dir/runs/``."""
+    """Listing batches ``(identity, [AudioRef])`` -> :class:`Run` s under ``temp_dir/runs/``.
+
+    Applied to a tuple of PCollections of batches (``match.ListInputs``): each batch is written
+    where it is made, and only the runs are flattened.
+    """
 
     def __init__(self, temp_dir: str):
         super().__init__()
         self.temp_dir = temp_dir
 
     def expand(self, batches):
-        return batches | "WriteRun" >> beam.ParDo(_WriteRunFn(self.temp_dir))
+        return ([pc | (f"WriteRun{i}" if i else "WriteRun") >> beam.ParDo(_WriteRunFn(self.temp_dir))
+                 for i, pc in enumerate(batches)]
+                | "AllRuns" >> beam.Flatten())
 
 
 class _MigrateFn(beam.DoFn):

@@ -385,9 +385,15 @@ def _number_bad_line(bad, line_counts: dict) -> Failure:
 
 
 class ListInputs(beam.PTransform):
-    """Patterns and manifests -> ``{"batches": PCollection[(identity, list[AudioRef])],
+    """Patterns and manifests -> ``{"batches": (PCollection[(identity, list[AudioRef])], ...),
     "failures": PCollection[Failure]}``: one batch per lister (a group of folders, a manifest
-    range), its identity a stable name for it."""
+    range), its identity a stable name for it.
+
+    ``batches`` is a tuple of PCollections (the files found while splitting patterns, those of
+    the listers, those of manifest ranges): the in-process runner holds every element of a
+    Flatten in memory, so their consumers take each one apart (the job writes each batch to a
+    file where it is made).
+    """
 
     def __init__(self, config: MatchConfig):
         super().__init__()
@@ -421,8 +427,7 @@ class ListInputs(beam.PTransform):
             numbered = read.bad | "NumberBadLines" >> beam.Map(_number_bad_line, beam.pvalue.AsDict(read.lines))
             batches.append(read.batches)
             fails += [ranges.failures, read.failures, numbered]
-        return {"batches": batches | "AllBatches" >> beam.Flatten(),
-                "failures": fails | "MatchFailures" >> beam.Flatten()}
+        return {"batches": tuple(batches), "failures": fails | "MatchFailures" >> beam.Flatten()}
 
 
 class MatchAudio(beam.PTransform):
@@ -434,8 +439,9 @@ class MatchAudio(beam.PTransform):
 
     def expand(self, pbegin):
         listed = pbegin | "ListInputs" >> ListInputs(self.config)
-        refs = (listed["batches"]
-                | "Unbatch" >> beam.FlatMap(lambda batch: batch[1])
+        refs = ([batches | f"Unbatch{i}" >> beam.FlatMap(lambda batch: batch[1])
+                 for i, batches in enumerate(listed["batches"])]
+                | "AllRefs" >> beam.Flatten()
                 # Each batch came from one lister; spread the files over all the workers.
                 | "SpreadFiles" >> beam.Reshuffle())
         return {"refs": refs, "failures": listed["failures"]}

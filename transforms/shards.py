@@ -225,8 +225,8 @@ def publish_shard(output: str, version: int, bucket: int, seq: int, written: Wri
     same bytes onto the same name).
 
     Returns:
-        ((rows part, the shard's row), [(state part, (shard url, source hash -> stats of the
-        sources of that part))]).
+        ((rows part, the shard's row), [(state part, JSON of [shard url, source hash -> stats of
+        the sources of that part])]).
     """
     rel = dataset.shard_path(version, bucket, seq)
     storage.rename(written.temp_url, storage.join(output, rel))
@@ -235,7 +235,18 @@ def publish_shard(output: str, version: int, bucket: int, seq: int, written: Wri
     by_part: dict[int, dict] = {}
     for source, stats in sorted(written.sources.items()):
         by_part.setdefault(dataset.part_of(dataset.slot_of(stats["uri"]), parts), {})[source] = stats
-    return (dataset.part_of(dataset.slot_of(rel), parts), row), [(p, (rel, s)) for p, s in sorted(by_part.items())]
+    # As JSON bytes: the runner carries one of these per input of a first run.
+    return (dataset.part_of(dataset.slot_of(rel), parts), row), [
+        (p, json.dumps([rel, s], sort_keys=True).encode("utf-8")) for p, s in sorted(by_part.items())]
+
+
+def contributions_of(produced: Iterable[bytes]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """``(shard url, source hash, stats)`` from :func:`publish_shard`'s per-part outputs."""
+    out = []
+    for blob in produced:
+        rel, sources = json.loads(blob)
+        out.extend((rel, source, stats) for source, stats in sources.items())
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,8 +444,8 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
     for seq, w in enumerate(shards):
         (q, row), produced = publish_shard(output, plan.version, 0, seq, w, parts)
         new_rows.setdefault(q, []).append(row)
-        for p, (rel, sources) in produced:
-            contributions.setdefault(p, []).extend((rel, source, stats) for source, stats in sources.items())
+        for p, blob in produced:
+            contributions.setdefault(p, []).extend(contributions_of([blob]))
     fails_by_part: dict[int, list[Failure]] = {}
     for f in failures:
         fails_by_part.setdefault(dataset.part_of(dataset.slot_of(f.uri), parts), []).append(f)
@@ -475,12 +486,16 @@ def bucket_of(key: str, buckets: int) -> int:
         return int(hashlib.sha1(source.encode()).hexdigest()[:10], 16) % buckets
 
 
-class _SpillFn(beam.DoFn):
-    """Sample -> its tar members appended to this bundle's spill file; at the end of the bundle,
-    one element per bucket: ``(bucket, (spill url, offset, length))`` of the bucket's section,
-    the JSON lines ``[key, offset, [[member, bytes], ...], duration_s, uri, tokens]`` of its samples.
+SPILL_SAMPLES_PER_FILE = 20_000
 
-    A retried bundle writes a new file; only the committed one's sections reach the writers.
+
+class _SpillFn(beam.DoFn):
+    """Sample -> its tar members appended to a spill file; once the file holds
+    :data:`SPILL_SAMPLES_PER_FILE` samples, and at the end of the bundle, one element per bucket:
+    ``(bucket, (spill url, offset, length))`` of the bucket's section, the JSON lines
+    ``[key, offset, [[member, bytes], ...], duration_s, uri, tokens]`` of its samples.
+
+    A retried bundle writes new files; only the committed attempt's sections reach the writers.
     """
 
     def __init__(self, temp_dir: str, stream_specs: Mapping[str, Mapping[str, Any]], files_per_bucket: int):
@@ -489,7 +504,7 @@ class _SpillFn(beam.DoFn):
         self._per_bucket = files_per_bucket
 
     def start_bundle(self) -> None:
-        self._url, self._file, self._offset, self._sections = None, None, 0, {}
+        self._url, self._file, self._offset, self._sections, self._held = None, None, 0, {}, 0
 
     def process(self, sample: Sample, n_selected: int):
         if self._file is None:
@@ -504,8 +519,15 @@ class _SpillFn(beam.DoFn):
             self._offset += len(data)
         bucket = bucket_of(sample.key, num_buckets(n_selected, self._per_bucket))
         self._sections.setdefault(bucket, []).append(json.dumps(ref))
+        self._held += 1
+        if self._held >= SPILL_SAMPLES_PER_FILE:
+            yield from self._close()
 
     def finish_bundle(self):
+        for element in self._close():
+            yield GlobalWindows.windowed_value(element)
+
+    def _close(self):
         if self._file is None:
             return
         out = []
@@ -515,9 +537,8 @@ class _SpillFn(beam.DoFn):
             out.append((bucket, (self._url, self._offset, len(data))))
             self._offset += len(data)
         self._file.close()  # on object stores the file appears here: before anything names it
-        self._file = None
-        for element in out:
-            yield GlobalWindows.windowed_value(element)
+        self._url, self._file, self._offset, self._sections, self._held = None, None, 0, {}, 0
+        yield from out
 
 
 class _WriteBucketFn(beam.DoFn):
@@ -525,7 +546,7 @@ class _WriteBucketFn(beam.DoFn):
 
     The bucket's samples are sorted by key before writing, so the shards' bytes do not depend on
     how the runner bundled the work: a rerun over the same inputs writes byte-identical shards.
-    Outputs: ``rows`` ((rows part, row)) and ``produced`` ((state part, (shard url, sources))).
+    Outputs: ``rows`` ((rows part, row)) and ``produced`` ((state part, JSON of its sources' stats)).
     """
 
     def __init__(self, output: str, temp_dir: str, version: int, config: ShardConfig,
@@ -577,7 +598,7 @@ class _WriteStateFn(beam.DoFn):
             return
         _, groups = element
         [draft] = groups["draft"]
-        contributions = [(rel, source, stats) for rel, sources in groups["produced"] for source, stats in sources.items()]
+        contributions = contributions_of(groups["produced"])
         yield write_state_part(self._output, self._version, draft, None, contributions, groups["failures"])
 
 

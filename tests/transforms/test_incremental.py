@@ -330,3 +330,28 @@ def test_a_dataset_of_the_first_format_refreshes_with_changes(tmp_path):
     assert index["totals"]["inputs"] == 5 and index["totals"]["deleted_inputs"] == 2
     report = verify.verify_dataset(str(out))
     assert report.ok(), verify.format_report(report)
+
+
+@pytest.mark.parametrize("targets", [(2, 1000), (1000, 1)])
+def test_a_refresh_that_repartitions_keeps_every_input(tmp_path, monkeypatch, targets):
+    """The number of parts follows the corpus: a refresh that changes it rewrites every part,
+    reading the previous parts by their slots, and loses nothing."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 6)
+    monkeypatch.setattr(incremental, "TARGET_INPUTS_PER_PART", targets[0])
+    index1, _, _ = run(config(inp, out))
+    keys1 = sorted(live_keys(out))
+    (inp / "f02.flac").unlink()
+    write_audio(inp / "f08.flac", synth_speechlike(1.2, 16000, seed=8), 16000, "flac")
+    monkeypatch.setattr(incremental, "TARGET_INPUTS_PER_PART", targets[1])
+    index2, counters, _ = run(config(inp, out, incremental=True))
+    assert index1["layout"]["parts"] != index2["layout"]["parts"]
+    assert counters["files_ok"] == 1 and counters.get("inputs_unchanged") == 5
+    keys2 = sorted(live_keys(out))
+    assert keys2 == sorted([k for k in keys1 if not k.startswith("f02-")] +
+                           [k for k in keys2 if k.startswith("f08-")]) and any(k.startswith("f08-") for k in keys2)
+    assert index2["totals"]["inputs"] == 6 and index2["totals"]["deleted_inputs"] == 1
+    assert verify.verify_dataset(str(out)).ok()
+    before = sha_tree(out)
+    index3, counters, _ = run(config(inp, out, incremental=True))
+    assert index3["dataset_version"] == 2 and sha_tree(out) == before and counters.get("inputs_unchanged") == 6
