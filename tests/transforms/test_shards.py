@@ -120,3 +120,28 @@ def test_abort_removes_partial_shard(tmp_path):
 def test_config_checks(value):
     with pytest.raises(ValueError, match="Found"):
         ShardConfig(max_samples=value)
+
+
+@pytest.mark.parametrize("per_file", [2, 1000])
+def test_spilled_samples_make_the_shards_the_writer_makes(tmp_path, monkeypatch, per_file):
+    """Samples reach the bucket writers through spill files (tokens never sit in the runner): the
+    shards are the bytes a writer makes from the samples sorted by key."""
+    monkeypatch.setattr(shards, "SPILL_SAMPLES_PER_FILE", per_file)
+    samples = [make_sample(i) for i in (3, 1, 4, 0, 2)]  # in arrival order
+    temp, out = str(tmp_path / "tmp"), str(tmp_path / "out")
+    spill = shards._SpillFn(temp, SPECS, files_per_bucket=100)
+    spill.start_bundle()
+    sections = [e for s in samples for e in spill.process(s, len(samples))]
+    sections += [wv.value for wv in spill.finish_bundle()]
+    assert {bucket for bucket, _ in sections} == {0}  # 5 inputs, 100 per bucket
+    assert len({url for _, (url, _, _) in sections}) == (3 if per_file == 2 else 1)
+    writer = shards._WriteBucketFn(out, temp, 1, ShardConfig(max_samples=2), SPECS)
+    outputs = list(writer.process((0, [section for _, section in sections]), 1))
+    rows = [o.value[1] for o in outputs if o.tag == "rows"]
+    assert [r["url"] for r in rows] == [f"shards/v000001/shard-000000-{i:04d}.tar" for i in range(3)]
+    direct = write_all(tmp_path / "direct", sorted(samples, key=lambda s: s.key), ShardConfig(max_samples=2))
+    for row, w in zip(rows, direct):
+        assert open(os.path.join(out, row["url"]), "rb").read() == open(w.temp_url, "rb").read()
+        assert (row["samples"], row["bytes"], row["tokens"]) == (w.samples, w.bytes, dict(w.tokens))
+    produced = shards.contributions_of(o.value[1] for o in outputs if o.tag == "produced")
+    assert sorted(stats["uri"] for _, _, stats in produced) == sorted(s.meta["source"]["uri"] for s in samples)
