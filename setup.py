@@ -1,44 +1,61 @@
 """audiotok: audio corpora -> token shards for speech language-model pretraining, on Apache Beam.
 
-This file is also what Dataflow's ``--setup_file`` installs on workers, so
-``install_requires`` holds everything a worker needs to run the tokenize job.
+What installs what:
+
+* ``pip install audiotok``: the trainer side only (reading shards, the LM vocabulary and
+  packing, ``inspect``/``verify``/``card``): numpy, webdataset, fsspec, safetensors. No Beam,
+  no torch: a training environment keeps its own torch build.
+* ``pip install 'audiotok[pipeline]'``: the jobs (``tokenize``, ``fit-kmeans``, ``decode``):
+  Beam, torch and torchaudio, the decoders, cloud storage.
+* ``[models]``, ``[snac]``, ``[vad]``, ``[card]``, ``[lhotse]``, ``[hf]``, ``[gcs]``, ``[s3]``: one
+  optional backend each.
+
+Dependencies are the ranges audiotok supports; the exact set it is tested with is pinned in
+``requirements.txt`` (the job and its model libraries) and ``requirements-test.txt``, which
+``scripts/setup.sh``, CI and the Dataflow image install. Dataflow's ``--setup_file`` installs
+only ``install_requires`` on workers, so the ``dataflow`` profile ships ``requirements.txt``
+with it (``runners/profiles.py``).
 """
 
 from setuptools import find_packages, setup
 
 SUBPACKAGES = ("pipelines", "transforms", "runners")
 
+# The trainer side: what `import audiotok.transforms.reader` and the dataset tools need.
 INSTALL_REQUIRES = [
-    "torch==2.11.0",
-    "torchaudio==2.11.0",
-    "apache-beam[gcp]==2.77.0",
-    "webdataset==1.0.2",
-    "fsspec>=2025.3",
-    "gcsfs>=2025.3",
-    "s3fs>=2025.3",
     "numpy>=1.26",
-    "soundfile>=0.12.1",
-    "av>=14",
-    "soxr>=0.5",
+    "webdataset>=1.0,<2",
+    "fsspec>=2025.3",
     "safetensors>=0.4",
-    "tqdm>=4.66",
 ]
 
+GCS = ["gcsfs>=2025.3"]
+S3 = ["s3fs>=2025.3"]
+
 EXTRAS = {
+    # The jobs: Beam, torch/torchaudio (any build in the range: CPU or CUDA), the decoders
+    # (libsndfile, FFmpeg through PyAV, soxr) and cloud storage. Not Beam's [torch] extra: it
+    # pins an old torch. Lower bounds: Beam 2.66 is the first to know the FnApiRunner by name
+    # (the local profiles' runner); transformers 5 needs torch 2.6. The oldest pair is checked
+    # by scripts/check_oldest.sh (requirements-oldest.txt).
+    "pipeline": ["apache-beam[gcp]>=2.66,<3", "torch>=2.6,<3", "torchaudio>=2.6,<3", "soundfile>=0.12.1",
+                 "av>=14", "soxr>=0.5", *GCS, *S3],
     # Neural codecs and SSL models (EnCodec, DAC, Mimi, HuBERT, WavLM, wav2vec2).
     "models": ["transformers>=5.0"],
     "snac": ["snac>=1.2"],
     "vad": ["silero-vad>=6.0"],
     "lhotse": ["lhotse>=1.30"],
+    # The dataset card's plots.
     "card": ["matplotlib>=3.8"],
     # Loading shards with Hugging Face datasets (its webdataset builder).
     "hf": ["datasets>=5.2"],
-    "test": [
-        "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "transformers>=5.0", "silero-vad>=6.0",
-        "moto[server]>=5.1", "gcp-storage-emulator>=2024.8", "lhotse>=1.30", "matplotlib>=3.8",
-        "snac>=1.2", "datasets>=5.2",
-    ],
+    # Reading datasets from buckets without the pipeline extra.
+    "gcs": GCS,
+    "s3": S3,
 }
+EXTRAS["test"] = sorted({req for name in ("pipeline", "models", "snac", "vad", "lhotse", "card", "hf")
+                         for req in EXTRAS[name]} | {
+    "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "moto[server]>=5.1", "gcp-storage-emulator>=2024.8"})
 
 setup(
     name="audiotok",

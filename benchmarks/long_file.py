@@ -79,7 +79,7 @@ def _imports() -> None:
     import numpy  # noqa: F401
     import torch  # noqa: F401
 
-    from audiotok.transforms import segment, streaming, vad  # noqa: F401
+    from audiotok.transforms import decode, segment, vad  # noqa: F401
 
 
 def row_imports(_args) -> dict:
@@ -91,8 +91,8 @@ def row_stream(args) -> dict:
     import tracemalloc
 
     _imports()
-    from audiotok.transforms import segment, streaming, vad
-    from audiotok.transforms.decode import DecodeConfig
+    from audiotok.transforms import segment, storage, vad
+    from audiotok.transforms.decode import DecodeConfig, FileDecoder
     from audiotok.transforms.records import AudioRef
 
     config = segment.SegmentConfig(segment_s=30.0, min_segment_s=1.0, segmenter=args.segmenter,
@@ -103,14 +103,20 @@ def row_stream(args) -> dict:
         tracemalloc.start()
     start = time.perf_counter()
     ref = AudioRef(args.path)
-    info = streaming.probe(args.path)
-    items = segment.plan_work_items(ref, info, TARGET_RATE_HZ, config, decode)
+    route = FileDecoder()
+    with storage.open_input(args.path) as f:  # planned whatever its length (what open() does past split_s)
+        plan = route.plan(f, args.path, route.probe(f, args.path), decode, config.split_config(), None)
+    items = segment.work_items(ref, plan)
     plan_s = time.perf_counter() - start
     stats = segment.SegmentStats()
     n_segments, audio_s, longest_item_s = 0, 0.0, 0.0
+
+    def stretch(item):
+        return route.stretch(item, decode, config.chunk_s)
+
     for item in items:
         t = time.perf_counter()
-        for out in segment.segment_work_item(item, config, decode, model, stats):
+        for out in segment.segment_work_item(item, config, stretch, model, stats):
             if hasattr(out, "audio"):
                 n_segments += 1
                 audio_s += out.duration_s
@@ -125,15 +131,15 @@ def row_stream(args) -> dict:
 
 def row_whole(args) -> dict:
     _imports()
-    from audiotok.transforms import segment, streaming
-    from audiotok.transforms.decode import DecodeConfig, decode_ref, resample
+    from audiotok.transforms import segment
+    from audiotok.transforms.decode import DecodeConfig, decode_ref, probe_uri, resample
     from audiotok.transforms.records import AudioRef, Decoded
 
     # The first N minutes as a file of their own (written in blocks, before timing).
     import soundfile
 
     part = Path(args.path).with_name(f"first-{args.minutes}min.flac")
-    info = streaming.probe(args.path)
+    info = probe_uri(args.path)
     with soundfile.SoundFile(args.path) as src, soundfile.SoundFile(part, "w", info.sample_rate, info.channels,
                                                                      subtype="PCM_16", format="FLAC") as dst:
         for _ in range(args.minutes):

@@ -39,6 +39,11 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+# The reproducible encoders are the tests' (tests/audio_fixtures.py): one copy of the Ogg serial
+# rewriting, the bit-exact PyAV muxing and the resampler.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from audio_fixtures import encode_with_pyav, resample, set_ogg_serial  # noqa: E402
+
 LANGUAGE = "en"
 
 # Sentences written for this corpus (CC0). Plain words only, no digits or abbreviations, so
@@ -200,7 +205,7 @@ def synthesize(espeak: str, clip: Clip) -> tuple[np.ndarray, int]:
 def prepare(speech: np.ndarray, rate: int, encoding: Encoding) -> np.ndarray:
     """Normalise, resample and lay out channels; returns float32 [channels, samples]."""
     speech = speech * (PEAK / max(float(np.max(np.abs(speech))), 1e-9))
-    speech = resample(speech, rate, encoding.sample_rate)
+    speech = resample(speech, rate, encoding.sample_rate)[0]
     if encoding.channels == 1:
         return speech[None, :]
     if encoding.channels == 2:
@@ -209,21 +214,6 @@ def prepare(speech: np.ndarray, rate: int, encoding: Encoding) -> np.ndarray:
         right = STEREO_GAIN * np.concatenate([np.zeros(delay, dtype=np.float32), speech])
         return np.stack([left, right])
     raise ValueError(f"channels must be 1 or 2. Found: {encoding.channels}")
-
-
-def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Resample 1-D float32 audio with soxr if importable, else torchaudio."""
-    if from_rate == to_rate:
-        return samples.astype(np.float32)
-    try:
-        import soxr
-    except ImportError:
-        import torch
-        import torchaudio.functional
-
-        return torchaudio.functional.resample(torch.from_numpy(samples.astype(np.float32)), from_rate,
-                                              to_rate).numpy()
-    return soxr.resample(samples, from_rate, to_rate, quality="HQ").astype(np.float32)
 
 
 def encode(samples: np.ndarray, encoding: Encoding) -> bytes:
@@ -236,78 +226,9 @@ def encode(samples: np.ndarray, encoding: Encoding) -> bytes:
         # libsndfile gives each Ogg stream a random serial number: pin it for reproducible bytes.
         return set_ogg_serial(data, 0) if major == "OGG" else data
     if encoding.pyav_codecs:
-        return encode_pyav(samples, encoding)
+        return encode_with_pyav(samples, encoding.sample_rate, encoding.pyav_codecs, encoding.pyav_container,
+                                encoding.bit_rate)
     raise RuntimeError(f"this libsndfile cannot write {encoding.name} and no PyAV encoder is configured")
-
-
-def encode_pyav(samples: np.ndarray, encoding: Encoding) -> bytes:
-    """Encode with PyAV (FFmpeg), trying the encoding's encoders in order."""
-    import av
-    import av.codec
-
-    for name in encoding.pyav_codecs:
-        try:
-            av.codec.Codec(name, "w")
-        except Exception:  # noqa: BLE001, S112 - the exception type differs across PyAV versions
-            continue
-        break
-    else:
-        raise RuntimeError(f"no encoder for {encoding.name} in this PyAV build; tried {encoding.pyav_codecs}")
-    layout = "mono" if encoding.channels == 1 else "stereo"
-    buffer = io.BytesIO()
-    # bitexact: no random Ogg serial number and no FFmpeg version strings, so the bytes repeat.
-    with av.open(buffer, mode="w", format=encoding.pyav_container,
-                 container_options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream(name, rate=encoding.sample_rate, options={"flags": "+bitexact"})
-        stream.codec_context.layout = layout
-        stream.codec_context.bit_rate = encoding.bit_rate
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32), format="fltp",
-                                           layout=layout)
-        frame.sample_rate = encoding.sample_rate
-        frame.pts = 0
-        # PyAV converts to the encoder's sample format and splits into its frame size.
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
-
-
-def set_ogg_serial(data: bytes, serial: int) -> bytes:
-    """Rewrite the serial number (and so the CRC) of every page of a single-stream Ogg file."""
-    out = bytearray(data)
-    pos = 0
-    while pos < len(out):
-        if out[pos:pos + 4] != b"OggS":
-            raise ValueError(f"not an Ogg page at byte {pos}")
-        num_segments = out[pos + 26]
-        end = pos + 27 + num_segments + sum(out[pos + 27:pos + 27 + num_segments])
-        out[pos + 14:pos + 18] = serial.to_bytes(4, "little")
-        out[pos + 22:pos + 26] = bytes(4)
-        out[pos + 22:pos + 26] = _ogg_crc(out[pos:end]).to_bytes(4, "little")
-        pos = end
-    return bytes(out)
-
-
-def _ogg_crc(data: bytes | bytearray) -> int:
-    """CRC-32 as Ogg computes it: polynomial 0x04C11DB7, MSB first, no reflection, init 0."""
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_CRC_TABLE[((crc >> 24) ^ byte) & 0xFF]
-    return crc
-
-
-def _ogg_crc_table() -> tuple[int, ...]:
-    table = []
-    for i in range(256):
-        r = i << 24
-        for _ in range(8):
-            r = ((r << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if r & 0x80000000 else (r << 1) & 0xFFFFFFFF
-        table.append(r)
-    return tuple(table)
-
-
-_OGG_CRC_TABLE = _ogg_crc_table()
 
 
 if __name__ == "__main__":

@@ -2,26 +2,90 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import importlib.metadata
 import logging
+import re
 import sys
+from typing import Callable, Iterable, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Subcommand:
+    """One ``audiotok`` subcommand.
+
+    Attributes:
+        module: the module whose ``main(argv)`` runs it.
+        summary: one line for the usage text.
+        extra: the ``audiotok[...]`` extra it needs beyond ``pip install audiotok`` (None: none).
+    """
+
+    module: str
+    summary: str
+    extra: str | None = None
+
 
 SUBCOMMANDS = {
-    "tokenize": ("audiotok.pipelines.tokenize", "audio files -> WebDataset token shards"),
-    "fit-kmeans": ("audiotok.pipelines.fit_kmeans", "fit a k-means codebook for a units tokenizer"),
-    "decode": ("audiotok.pipelines.decode_codes", "codec codes of one sample -> a WAV file"),
-    "inspect": ("audiotok.pipelines.inspect", "print a dataset's summary and one decoded sample"),
-    "verify": ("audiotok.pipelines.verify", "check every shard of a dataset; exit 1 listing the problems"),
-    "card": ("audiotok.pipelines.card", "(re)write a dataset's card: README.md, stats.json, plots"),
-    "export": ("audiotok.pipelines.export", "copy a dataset to another format (lhotse-shar)"),
-    "compact": ("audiotok.pipelines.compact", "rewrite a dataset's live samples into fresh full shards"),
+    "tokenize": Subcommand("audiotok.pipelines.tokenize", "audio files -> WebDataset token shards", "pipeline"),
+    "fit-kmeans": Subcommand("audiotok.pipelines.fit_kmeans", "fit a k-means codebook for a units tokenizer",
+                             "pipeline"),
+    "decode": Subcommand("audiotok.pipelines.decode_codes", "codec codes of one sample -> a WAV file", "pipeline"),
+    "inspect": Subcommand("audiotok.pipelines.inspect", "print a dataset's summary and one decoded sample"),
+    "verify": Subcommand("audiotok.pipelines.verify", "check every shard of a dataset; exit 1 listing the problems"),
+    "card": Subcommand("audiotok.pipelines.card", "(re)write a dataset's card: README.md, stats.json, plots"),
+    "export": Subcommand("audiotok.pipelines.export", "copy a dataset to another format (lhotse-shar)", "lhotse"),
+    "compact": Subcommand("audiotok.pipelines.compact", "rewrite a dataset's live samples into fresh full shards",
+                          "pipeline"),
+    "gc": Subcommand("audiotok.pipelines.gc", "delete the files only replaced dataset versions need (after a grace "
+                     "period)"),
 }
 
 
 def usage() -> str:
     lines = ["usage: audiotok SUBCOMMAND [flags]   (audiotok SUBCOMMAND --help for its flags)", ""]
-    lines += [f"  {name:<12} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<12} {command.summary}" for name, command in SUBCOMMANDS.items()]
     return "\n".join(lines)
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def missing_for_extra(extra: str, requires: Iterable[str] | None = None,
+                      installed: Callable[[str], bool] = _installed) -> list[str]:
+    """The distributions that ``audiotok[extra]`` declares and this environment lacks.
+
+    Args:
+        extra: an extra of setup.py, e.g. ``pipeline``.
+        requires: ``Requires-Dist`` entries (default: the installed audiotok's metadata; none
+            when audiotok runs from a source tree that was not installed).
+        installed: whether a distribution is installed.
+    """
+    if requires is None:
+        try:
+            requires = importlib.metadata.requires("audiotok") or []
+        except importlib.metadata.PackageNotFoundError:
+            requires = []
+    marker = re.compile(r"""extra\s*==\s*["']""" + re.escape(extra) + r"""["']""")
+    missing = []
+    for entry in requires:
+        requirement, _, condition = entry.partition(";")
+        name = re.match(r"\s*([A-Za-z0-9._-]+)", requirement)
+        if name and marker.search(condition) and not installed(name.group(1)):
+            missing.append(name.group(1))
+    return missing
+
+
+def install_hint(command: str, missing: Sequence[str]) -> str:
+    """The one line printed when ``command`` lacks the libraries of its extra."""
+    extra = SUBCOMMANDS[command].extra
+    return (f"audiotok {command} needs the {extra} extra (missing: {', '.join(missing)}): "
+            f"pip install 'audiotok[{extra}]'")
 
 
 # Warnings that say nothing to a user. Beam 2.77's RunInference logs the first on the root
@@ -44,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in SUBCOMMANDS:
         print(f"audiotok: unknown subcommand {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    missing = missing_for_extra(SUBCOMMANDS[command].extra) if SUBCOMMANDS[command].extra else []
+    if missing:
+        print(install_hint(command, missing), file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from audiotok.transforms.storage import install_log_redaction
 
@@ -52,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(drop_known_noise)
-    module = importlib.import_module(SUBCOMMANDS[command][0])
+    module = importlib.import_module(SUBCOMMANDS[command].module)
     return module.main(rest)
 
 

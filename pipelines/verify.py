@@ -430,7 +430,7 @@ def check_index(output: str, index: Mapping[str, Any]) -> list[Problem]:
         problem(UNKNOWN_STREAM, f"totals count tokens of stream {name!r}, which the index's streams lack")
     if index.get("state") or dataset.layout(index):
         try:
-            inputs = sum(1 for _, entry in dataset.state_entries(output, index) if "deleted" not in entry)
+            inputs = sum(1 for _, entry in dataset.state_entries(output, index) if "fingerprint" in entry)
             if "inputs" in totals and totals["inputs"] != inputs:
                 problem(INDEX_MISMATCH, f"totals.inputs is {totals['inputs']}; the state lists {inputs}")
         except (FileNotFoundError, OSError, ValueError, KeyError) as e:
@@ -458,9 +458,8 @@ def _run_of(url: str) -> int | None:
 def check_failures(output: str, index: Mapping[str, Any]) -> list[Problem]:
     """Dead-letter files against their index rows, and the live failure totals.
 
-    A record is live when the state's entry for its input was written by the run of the
-    record's file, or when its input is not in the state and the file is this version's
-    (the rule ``audiotok.transforms.shards`` publishes totals by).
+    A record is live by :func:`audiotok.transforms.dataset.failure_is_live` (the rule the
+    totals are published by).
     """
     problems: list[Problem] = []
     records: list[tuple[int | None, str, str]] = []  # (run, uri, reason)
@@ -493,20 +492,20 @@ def check_failures(output: str, index: Mapping[str, Any]) -> list[Problem]:
         if "reasons" in row and dict(row["reasons"]) != dict(sorted(reasons.items())):
             problems.append(Problem(FAILURES_MISMATCH, f"holds reasons {dict(sorted(reasons.items()))}; the index "
                                                        f"says {row['reasons']}", rel))
-    # Only the entries of inputs that have records are held, whatever the size of the state.
-    named = {uri for _, uri, _ in records}
-    state_inputs: dict[str, Any] | None = {}
+    # Only the state lines of what the records name are held, whatever the size of the state.
+    named = {dataset.input_identity(uri) for _, uri, _ in records}
+    entries: dict[str, Any] | None = {}
     try:
         for uri, entry in dataset.state_entries(output, index):
-            if uri in named and "deleted" not in entry:
-                state_inputs[uri] = entry
+            identity = dataset.input_identity(uri)
+            if identity in named:
+                entries[identity] = entry
     except (FileNotFoundError, OSError, ValueError, KeyError):
-        state_inputs = None  # reported by check_index
+        entries = None  # reported by check_index
     live: dict[str, int] = {}
     for run, uri, reason in records:
-        entry = state_inputs.get(uri) if state_inputs is not None else None
-        if state_inputs is None or (entry is not None and entry.get("run") == run) or \
-                (entry is None and run == index.get("dataset_version")):
+        if entries is None or dataset.failure_is_live(run, entries.get(dataset.input_identity(uri)),
+                                                      index.get("dataset_version")):
             live[reason] = live.get(reason, 0) + 1
     totals = index.get("totals", {})
     live = dict(sorted(live.items()))

@@ -11,12 +11,15 @@ key, and the others stay).
 * ``portable``: a Beam job service at ``--job_endpoint`` (``python -m audiotok.runners.portable``
   starts one); LOOPBACK workers unless ``--environment_type`` says otherwise.
 * ``dataflow``: Google Cloud Dataflow; needs ``--project``, ``--region``, ``--temp_location``;
-  ships our package with ``--setup_file`` (source checkout) or runs in ``--sdk_container_image``.
+  ships our package with ``--setup_file`` and the pinned job stack with ``--requirements_file``
+  (source checkout), or runs in ``--sdk_container_image``.
 * ``dataflow-gpu``: ``dataflow`` with one NVIDIA L4 per worker; needs the CUDA container of
   ``runners/dataflow/Dockerfile``.
 * ``spark``: Beam's Spark job server (its jar from ``audiotok.runners.jobservers``' cache, or downloaded
-  by Beam); ``local[2]`` unless ``--spark_master_url``.
-* ``flink``: Beam's Flink job server; ``[local]`` unless ``--flink_master``.
+  by Beam; with a local master, the assembled test job server when the SDK's jar is not cached);
+  ``local[2]`` with LOOPBACK workers unless ``--spark_master_url``.
+* ``flink``: Beam's Flink job server, the same way; ``[local]`` with 2 parallel tasks and LOOPBACK
+  workers unless ``--flink_master``.
 * ``prism``: Beam's Prism runner, a portable runner in Go (its binary from
   ``audiotok.runners.jobservers``' cache, built with ``go install``, or downloaded by Beam).
 
@@ -27,12 +30,15 @@ Credentials are never flags: Beam's ``--s3_secret_access_key`` and friends are r
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Callable
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from audiotok.runners import jobservers
+
+logger = logging.getLogger(__name__)
 
 # Beam flags whose values are lists; our defaults merge with the user's entry by entry.
 LIST_FLAGS = frozenset({"experiments", "dataflow_service_options"})
@@ -42,10 +48,21 @@ REFUSED_FLAGS = frozenset({"s3_access_key_id", "s3_secret_access_key", "s3_sessi
 _ALIASES = {"worker_machine_type": "machine_type", "experiment": "experiments",
             "dataflow_service_option": "dataflow_service_options"}
 
-# A source checkout's setup.py, which --setup_file packages for Dataflow workers.
+# A source checkout's setup.py, which --setup_file packages for Dataflow workers, and the pinned
+# stack of the job that goes with it.
 SOURCE_SETUP_FILE = Path(__file__).resolve().parents[1] / "setup.py"
+SOURCE_REQUIREMENTS = SOURCE_SETUP_FILE.parent / "requirements.txt"
 
 GPU_MACHINE_TYPE = "g2-standard-8"
+
+SPARK_LOCAL_MASTER = "local[2]"
+FLINK_LOCAL_MASTER = "[local]"
+# Parallel tasks of a local Spark or Flink master.
+LOCAL_PARALLELISM = 2
+# How long Spark and Flink keep an idle SDK worker for the job's next task. Beam's default, 0,
+# starts a fresh worker for every task: on a cluster each one imports torch and loads the
+# tokenizers' models again.
+ENVIRONMENT_CACHE_MS = 60_000
 GPU_ACCELERATOR = "type:nvidia-l4;count:1;install-nvidia-driver"
 
 
@@ -126,25 +143,14 @@ def _dataflow_packaging(given: Flags) -> tuple[str, ...]:
     if any(given.get("setup_file", [])) or any(given.get("sdk_container_image", [])):
         return ()
     if SOURCE_SETUP_FILE.is_file():
-        return (f"--setup_file={SOURCE_SETUP_FILE}",)
+        # The sdist of --setup_file brings only the trainer-side dependencies (pip installs no
+        # extras from it): the job's pinned stack goes as the requirements file, which the workers
+        # install from PyPI (skip: no local download of every package to stage it).
+        return (f"--setup_file={SOURCE_SETUP_FILE}", f"--requirements_file={SOURCE_REQUIREMENTS}",
+                "--requirements_cache=skip")
     raise ValueError(
         "profile 'dataflow' needs our package on the workers: give --sdk_container_image=IMAGE (built from "
         "runners/dataflow/Dockerfile) or --setup_file=PATH/TO/audiotok/setup.py")
-
-
-def _spark_defaults(given: Flags) -> tuple[str, ...]:
-    master = (given.get("spark_master_url") or ["local[2]"])[-1]
-    out = []
-    if master.startswith("local"):
-        out.append("--environment_type=LOOPBACK")  # workers in this process: nothing to ship
-    elif "environment_type" not in given:
-        raise ValueError(
-            f"profile 'spark' on {master}: give --environment_type=DOCKER --environment_config=IMAGE (an image "
-            "with audiotok installed, e.g. from runners/dataflow/Dockerfile) or --environment_type=EXTERNAL")
-    jar = jobservers.cached_jar(jobservers.coordinates("spark"))
-    if jar:
-        out.append(f"--spark_job_server_jar={jar}")
-    return tuple(out)
 
 
 def _prism_defaults(given: Flags) -> tuple[str, ...]:
@@ -154,23 +160,53 @@ def _prism_defaults(given: Flags) -> tuple[str, ...]:
     return (f"--prism_location={binary}",) if binary else ()
 
 
+def _spark_defaults(given: Flags) -> tuple[str, ...]:
+    master = (given.get("spark_master_url") or [SPARK_LOCAL_MASTER])[-1]
+    local = master.startswith("local")
+    return _workers("spark", master, local, given) + _job_server_jar("spark", "spark_job_server_jar", local, given)
+
+
 def _flink_defaults(given: Flags) -> tuple[str, ...]:
-    master = (given.get("flink_master") or ["[local]"])[-1]
-    out = []
-    if master in ("[local]", "[auto]"):
-        out.append("--environment_type=LOOPBACK")
-    elif "environment_type" not in given:
-        raise ValueError(
-            f"profile 'flink' on {master}: give --environment_type=DOCKER --environment_config=IMAGE (an image "
-            "with audiotok installed) or --environment_type=EXTERNAL")
+    master = (given.get("flink_master") or [FLINK_LOCAL_MASTER])[-1]
+    local = master in ("[local]", "[auto]")
+    out = _workers("flink", master, local, given)
+    if local:
+        out += (f"--parallelism={LOCAL_PARALLELISM}",)  # Flink's local default is 1: use both cores
     version = (given.get("flink_version") or [jobservers.DEFAULT_FLINK_VERSION])[-1]
-    jar = jobservers.cached_jar(jobservers.coordinates("flink", flink_version=version))
-    if jar:
-        out.append(f"--flink_job_server_jar={jar}")
-    return tuple(out)
+    return out + _job_server_jar("flink", "flink_job_server_jar", local, given, flink_version=version)
+
+
+def _workers(runner: str, master: str, local: bool, given: Flags) -> tuple[str, ...]:
+    if local:
+        return ("--environment_type=LOOPBACK",)  # workers in this process: nothing to ship
+    if "environment_type" not in given:
+        raise ValueError(
+            f"profile {runner!r} on {master}: give --environment_type=DOCKER --environment_config=IMAGE (an image "
+            "with audiotok installed, e.g. from runners/dataflow/Dockerfile) or --environment_type=EXTERNAL "
+            "--environment_config=HOST:PORT (a worker pool on each worker machine)")
+    return ()
+
+
+def _job_server_jar(runner: str, flag: str, local: bool, given: Flags, **coords) -> tuple[str, ...]:
+    """The cached job-server jar: the SDK's own; for a local master, else the test job server."""
+    if flag in given:
+        return ()
+    found = jobservers.cached_job_server(runner, **coords)
+    if found is None:
+        return ()  # Beam downloads the SDK's jar itself
+    jar, is_test_server = found
+    if is_test_server and not local:
+        return ()  # a cluster gets the SDK's release, never the test scaffolding
+    if is_test_server:
+        logger.warning("profile %r: using the test job server %s (Beam %s libraries; not a pairing Beam supports)",
+                       runner, jar, jobservers.TEST_BEAM_VERSION)
+    return (f"--{flag}={jar}",)
 
 
 _DATAFLOW = ("--runner=DataflowRunner",)
+
+# What --profile is when not given.
+DEFAULT_PROFILE = "direct"
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile("direct", "in this process (default)", ("--runner=FnApiRunner",)),
@@ -190,10 +226,12 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
                 # The CUDA image is ~10 GB unpacked; Dataflow's default disk with Shuffle is 25 GB.
                 "--disk_size_gb=50"),
             required=("project", "region", "temp_location", "sdk_container_image")),
-    Profile("spark", "Beam's Spark job server, local[2] unless --spark_master_url",
-            ("--runner=SparkRunner", "--spark_master_url=local[2]"), derive=_spark_defaults),
-    Profile("flink", "Beam's Flink job server, [local] unless --flink_master",
-            ("--runner=FlinkRunner", "--flink_master=[local]"), derive=_flink_defaults),
+    Profile("spark", f"Beam's Spark job server, {SPARK_LOCAL_MASTER} unless --spark_master_url",
+            ("--runner=SparkRunner", f"--spark_master_url={SPARK_LOCAL_MASTER}",
+             f"--environment_cache_millis={ENVIRONMENT_CACHE_MS}"), derive=_spark_defaults),
+    Profile("flink", f"Beam's Flink job server, {FLINK_LOCAL_MASTER} unless --flink_master",
+            ("--runner=FlinkRunner", f"--flink_master={FLINK_LOCAL_MASTER}",
+             f"--environment_cache_millis={ENVIRONMENT_CACHE_MS}"), derive=_flink_defaults),
     Profile("prism", "Beam's Prism runner (Go, portable), workers in this process",
             ("--runner=PrismRunner",), derive=_prism_defaults),
 )}

@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip setuptools wheel
+python -m pip install -q --upgrade pip "setuptools<82" wheel  # torch 2.11 requires setuptools<82
 python -m pip install -q -r requirements-test.txt
 python -m pip install -q --no-deps -e .
 python -m pip check

@@ -5,6 +5,13 @@ Plain functions, no pytest fixtures, no files unless asked (``write_audio``)::
     samples = synth_speechlike(3.0, 16000, channels=2, seed=1)   # float32 [channels, samples]
     data = encode_audio(samples, 16000, "m4a")                    # encoded file bytes
     decoded, rate = decode_with_pyav(data)                        # float32 [channels, samples]
+    clips = speech_clips()                                        # the committed speech fixtures
+    audio, truth = speech_with_pauses([(1.0, 3.0), (0.5, 2.0)])  # stretches at known places
+
+Speech: ``tests/data/speech/`` holds five short espeak-ng sentences (WAV, FLAC, MP3, Opus; made
+by ``tests/data/make_speech.py``, see ``tests/data/SOURCES.md``), each cut so that speech fills
+it from its first sample to its last: laid between silences of known lengths, they give files
+whose true speech borders are exact.
 
 Encoders, per ``fmt`` (see ``FORMATS``):
 
@@ -32,7 +39,9 @@ Ogg/Vorbis, Ogg/Opus and MP3 from a BytesIO; it cannot read M4A/AAC. PyAV reads 
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,6 +83,39 @@ _PYAV_WRITERS: dict[str, tuple[tuple[str, ...], str, int]] = {
 }
 
 _LAYOUTS = {1: "mono", 2: "stereo"}
+
+SPEECH_DIR = Path(__file__).resolve().parent / "data" / "speech"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeechClip:
+    """One committed speech fixture (``tests/data/speech/clips.json``).
+
+    Attributes:
+        path: the file.
+        text: what is said.
+        voice: the espeak-ng voice.
+        format: how it is stored (e.g. ``MP3 22.05 kHz mono``).
+        sample_rate: the stored rate, Hz.
+        samples: its length at that rate; speech fills it from end to end.
+    """
+
+    path: Path
+    text: str
+    voice: str
+    format: str
+    sample_rate: int
+    samples: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / self.sample_rate
+
+
+def speech_clips() -> list[SpeechClip]:
+    """The speech fixtures, in the order of ``clips.json``."""
+    rows = json.loads((SPEECH_DIR / "clips.json").read_text(encoding="utf-8"))
+    return [SpeechClip(path=SPEECH_DIR / row.pop("file"), **row) for row in rows]
 
 
 def synth_speechlike(duration_s: float, sample_rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -158,6 +200,66 @@ def synth_speechlike(duration_s: float, sample_rate: int, channels: int = 1, see
     if peak > 0:
         out *= 0.8 / peak
     return out.astype(np.float32)
+
+
+def speech_with_pauses(spans: list[tuple[float, float]], tail_s: float = 1.0, rate: int = 16000,
+                       noise: float = 0.001, seed: int = 0) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Synthetic speech-like stretches separated by pauses (a faint noise floor throughout).
+
+    Args:
+        spans: (pause before, speech duration) in seconds, in order.
+
+    Returns:
+        (float32 [samples], the true (start, end) of each stretch in seconds: its first and
+        last sample above -40 dBFS; each stretch has no pause over 0.15 s).
+    """
+    rng = np.random.default_rng(seed)
+    parts, truth, pos = [], [], 0
+    for i, (pause_s, speech_s) in enumerate(spans):
+        parts.append(np.zeros(int(pause_s * rate), np.float32))
+        pos += parts[-1].shape[0]
+        x = _without_long_pauses(synth_speechlike(speech_s, rate, seed=seed * 100 + i)[0], rate)
+        truth.append((pos / rate, (pos + x.shape[0]) / rate))
+        parts.append(x)
+        pos += x.shape[0]
+    parts.append(np.zeros(int(tail_s * rate), np.float32))
+    audio = np.concatenate(parts)
+    return (audio + noise * rng.standard_normal(audio.shape[0])).astype(np.float32), truth
+
+
+def _without_long_pauses(x: np.ndarray, rate: int, longest_s: float = 0.15) -> np.ndarray:
+    """``x`` from its first to its last sample above -40 dBFS, its own pauses shortened to
+    ``longest_s``: one stretch of speech, whatever the generator drew."""
+    loud = np.abs(x) > 0.01
+    idx = np.flatnonzero(loud)
+    x, loud = x[idx[0]: idx[-1] + 1], loud[idx[0]: idx[-1] + 1]
+    edges = np.flatnonzero(np.diff(loud.astype(np.int8)))
+    keep = np.ones(x.shape[0], bool)
+    for a, b in zip(edges[::2] + 1, edges[1::2] + 1):  # quiet runs [a, b)
+        if b - a > longest_s * rate:
+            keep[a + int(longest_s * rate / 2): b - int(longest_s * rate / 2)] = False
+    return x[keep]
+
+
+def clips_between_pauses(clips: list[np.ndarray], pauses_s: list[float], noise: float, seed: int,
+                         rate: int = 16000) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """``clips`` (float32 [samples] at ``rate``, e.g. from ``speech_clips``) laid after pauses of
+    ``pauses_s`` (one more pause at the end) over a white noise floor of standard deviation
+    ``noise``.
+
+    Returns:
+        (float32 [samples], the exact (start, end) of each clip in seconds).
+    """
+    parts, truth, pos = [], [], 0
+    for clip, pause_s in zip(clips, pauses_s):
+        gap = np.zeros(round(pause_s * rate), np.float32)
+        parts += [gap, clip]
+        truth.append(((pos + gap.shape[0]) / rate, (pos + gap.shape[0] + clip.shape[0]) / rate))
+        pos += gap.shape[0] + clip.shape[0]
+    parts.append(np.zeros(round(pauses_s[len(clips)] * rate), np.float32))
+    audio = np.concatenate(parts)
+    rng = np.random.default_rng(seed)
+    return (audio + noise * rng.standard_normal(audio.shape[0])).astype(np.float32), truth
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -267,13 +369,14 @@ def _encode_soundfile(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     # libsndfile stamps float WAVs (PEAK chunk) with the time and Ogg streams with a random
     # serial number; pin both so that equal inputs give equal bytes.
     if major == "OGG":
-        return _set_ogg_serial(data, serial=0)
+        return set_ogg_serial(data, serial=0)
     if subtype == "FLOAT":
         return _zero_wav_peak_timestamp(data)
     return data
 
 
 def _ogg_crc(data: bytes | bytearray) -> int:
+    """CRC-32 as Ogg computes it: polynomial 0x04C11DB7, MSB first, no reflection, init 0."""
     crc = 0
     for byte in data:
         crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_CRC_TABLE[((crc >> 24) ^ byte) & 0xFF]
@@ -293,8 +396,9 @@ def _make_ogg_crc_table() -> tuple[int, ...]:
 _OGG_CRC_TABLE = _make_ogg_crc_table()
 
 
-def _set_ogg_serial(data: bytes, serial: int) -> bytes:
-    """Rewrite the stream serial number of every page of a single-stream Ogg file (and its CRC)."""
+def set_ogg_serial(data: bytes, serial: int) -> bytes:
+    """Rewrite the stream serial number of every page of a single-stream Ogg file (and its CRC):
+    libsndfile draws a random one, so without this equal inputs give different bytes."""
     out = bytearray(data)
     pos = 0
     while pos < len(out):
@@ -319,26 +423,45 @@ def _zero_wav_peak_timestamp(data: bytes) -> bytes:
 
 
 def _encode_pyav(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
-    import av
-
     codec_names, container_format, bit_rate_per_channel = _PYAV_WRITERS[fmt]
     channels = samples.shape[0]
     if channels not in _LAYOUTS:
         raise ValueError(f"{fmt} encoding supports 1 or 2 channels. Found: {channels}")
-    codec = _find_encoder(codec_names, fmt)
+    return encode_with_pyav(np.clip(samples, -1.0, 1.0), sample_rate, codec_names, container_format,
+                            bit_rate_per_channel * channels)
+
+
+def encode_with_pyav(samples: np.ndarray, sample_rate: int, codec_names: tuple[str, ...], container_format: str,
+                     bit_rate: int) -> bytes:
+    """Encode float32 [channels (1 or 2), samples] in [-1, 1] with PyAV (FFmpeg), bit-exact.
+
+    Args:
+        samples: the audio.
+        sample_rate: its rate; the codec must support it.
+        codec_names: encoders to try, in order (the first this FFmpeg build has is used).
+        container_format: FFmpeg muxer name (``mp3``, ``ogg``, ``ipod``, ...).
+        bit_rate: target bit rate of the stream, bits/s.
+
+    Returns:
+        The encoded file.
+    """
+    import av
+
+    samples = _as_channels_first(samples)
+    channels = samples.shape[0]
+    codec = _find_encoder(codec_names, container_format)
     supported_rates = codec.audio_rates
     if supported_rates and sample_rate not in supported_rates:
         raise ValueError(
-            f"{fmt} ({codec.name}) cannot encode at {sample_rate} Hz; supported rates: {sorted(supported_rates)}")
+            f"{codec.name} cannot encode at {sample_rate} Hz; supported rates: {sorted(supported_rates)}")
 
     buffer = io.BytesIO()
     # bitexact: no random Ogg serial number, no FFmpeg version strings in the headers.
     with av.open(buffer, mode="w", format=container_format, container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(codec.name, rate=sample_rate, options={"flags": "+bitexact"})
         stream.codec_context.layout = _LAYOUTS[channels]
-        stream.codec_context.bit_rate = bit_rate_per_channel * channels
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(np.clip(samples, -1.0, 1.0)), format="fltp", layout=_LAYOUTS[channels])
+        stream.codec_context.bit_rate = bit_rate
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=_LAYOUTS[channels])
         frame.sample_rate = sample_rate
         frame.pts = 0
         # PyAV converts to the encoder's sample format and re-chunks to its frame size.

@@ -1,4 +1,4 @@
-"""Shared pytest set-up: markers, the repo on sys.path, and where ../shared lives."""
+"""Shared pytest set-up: markers, the repo on sys.path, shared fixtures."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-SPEECH = SHARED / "corpus" / "speech"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -20,14 +18,8 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: integration tests (emulators, runners); still run in CI")
-
-
-@pytest.fixture
-def speech_dir() -> Path:
-    """The real speech recordings in ../shared, or a skip when they are absent."""
-    if not SPEECH.is_dir():
-        pytest.skip("../shared/corpus/speech is absent")
-    return SPEECH
+    config.addinivalue_line("markers", "spark_flink: the job on Spark and Flink job servers (Java, Maven, root); "
+                            "still run in CI")
 
 
 @pytest.fixture(scope="session")

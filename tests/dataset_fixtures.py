@@ -162,9 +162,10 @@ def example_run() -> str:
     from audiotok.transforms.tokenize import TokenizeConfig
     from audiotok.transforms.tokenizers import registry
 
-    output = tempfile.mkdtemp(prefix="audiotok-example-run-")
-    atexit.register(shutil.rmtree, output, ignore_errors=True)
-    codebook = os.path.join(output, "codebook-k32.safetensors")
+    root = tempfile.mkdtemp(prefix="audiotok-example-run-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    output = os.path.join(root, "out")  # a dataset is written only into a new or empty folder
+    codebook = os.path.join(root, "codebook-k32.safetensors")
     fit = fit_kmeans.FitConfig(spec="mfcc-kmeans[k=32]", output=codebook, max_frames=2000)
     features = registry.create(fit.spec).features([synth_speechlike(4.0, SAMPLE_RATE, seed=s)[0] for s in range(3)])
     sampled = [rf for i, f in enumerate(features) for rf in fit_kmeans.sample_frames(f"synth{i}", f, 300, fit.seed)]

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import urllib.request
 from typing import Iterator, Mapping, Sequence
 
@@ -344,6 +345,120 @@ def local_reference(tokenizer: str = "logmel") -> dict:
                                     tokenize=TokenizeConfig(specs=tokenizer))
         tokenize.run(config, profiles.pipeline_options("direct", []))
         return dataset_digest(config.output)
+
+
+# ------------------------------------------------------------------ a storage server that goes away
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of a server, that tests stop and start to make the server
+    unreachable (connection refused, open connections reset) and reachable again, on the same
+    port, without losing what the server holds::
+
+        with MotoS3() as s3, TcpProxy(s3.port) as proxy:   # clients use proxy.url
+            proxy.stop(); ...; proxy.start()
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener = None
+        self._conns: list = []
+        self._lock = threading.Lock()
+        self._thread = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def up(self) -> bool:
+        return self._listener is not None
+
+    def start(self) -> "TcpProxy":
+        import socket
+        import threading
+
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Refuses new connections and resets the open ones."""
+        import socket
+        import struct
+
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+                conn.close()
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        import socket
+
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            src.close()
+
+    def __enter__(self) -> "TcpProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--counting-moto"]:

@@ -8,9 +8,17 @@ of its dead-letter record, and the stage that writes it::
     python tests/hostile_corpus.py --out DIR     # the same corpus, for a manual run
     python tests/hostile_corpus.py --run OUT     # it, through the real pipeline; JSON report
 
-``faulty_decoder`` is a ``DecodeConfig.decoder`` for fault injection: it crashes the process
-(SIGSEGV through ctypes, as a native decoder bug would) on files that start with
-``CRASH_MAGIC`` and hangs on ``HANG_MAGIC``; everything else goes to the real decoder.
+Decoders for fault injection (``DecodeConfig.decoder``), each a ``FileDecoder`` whose hooks
+misbehave on marked files and decode everything else for real:
+
+* ``FaultyDecoder`` crashes the process (SIGSEGV through ctypes, as a native decoder bug would)
+  when it probes a file that starts with ``CRASH_MAGIC`` and hangs on ``HANG_MAGIC``;
+* ``FaultKinds``: a file whose first line names a fault (``segfault``, ``abort``, ``exit``,
+  ``hang``, ``bug``, ``memory``, ``reason``) gets it where the file is decoded whole;
+* ``FaultPoints``: a file named ``KIND-at-POINT.*`` (KIND ``segfault`` or ``hang``; POINT
+  ``probe``, ``plan``, ``whole`` or ``chunk``) gets it at that point of the decode route
+  (``chunk``: the first chunk of every stretch but the file's first). With ``AUDIOTOK_TEST_CALL_LOG`` set, every hook call
+  appends ``POINT NAME`` to that file (to count retries).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: the repo and tests/ on the pat
     sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from audio_fixtures import encode_audio, synth_speechlike  # noqa: E402
+from audiotok.transforms.decode import FileDecoder  # noqa: E402
 
 CRASH_MAGIC = b"AUDIOTOK-TEST:CRASH"
 HANG_MAGIC = b"AUDIOTOK-TEST:HANG"
@@ -47,7 +56,7 @@ class Case:
         expect: ``ok``, or the reason code of its dead-letter record.
         stage: the stage that writes the record (``match``, ``decode``, ``segment``).
         sparse_bytes: for huge files: total size, written as a header plus a hole.
-        needs_faults: only meaningful with ``faulty_decoder``.
+        needs_faults: only meaningful with ``FaultyDecoder``.
     """
 
     name: bytes
@@ -262,46 +271,87 @@ def write_corpus(root: Path, faults: bool = True, long_files: bool = True) -> li
     return cases
 
 
-def faulty_decoder(ref, config):
-    """``DecodeConfig.decoder`` that crashes or hangs on the magic files, else decodes for real."""
-    from audiotok.transforms import decode, storage
+def _segfault() -> None:
+    import ctypes
 
-    with storage.open_input(ref.uri) as f:
+    ctypes.string_at(0)  # SIGSEGV
+
+
+class FaultyDecoder(FileDecoder):
+    """Crashes or hangs on the magic files when their header is probed, else decodes for real."""
+
+    def probe(self, f, uri):
+        f.seek(0)
         head = f.read(len(CRASH_MAGIC))
-    if head == CRASH_MAGIC:
-        import ctypes
-
-        ctypes.string_at(0)  # SIGSEGV
-    if head.startswith(HANG_MAGIC):
-        while True:
-            time.sleep(1)
-    return decode.decode_checked(ref, config)
+        if head == CRASH_MAGIC:
+            _segfault()
+        if head.startswith(HANG_MAGIC):
+            while True:
+                time.sleep(1)
+        return super().probe(f, uri)
 
 
-def fault_kinds(ref, config):
-    """``DecodeConfig.decoder`` for the isolation tests: the file's first line says what to do."""
-    from audiotok.transforms import decode, storage
-    from audiotok.transforms.failures import AudiotokError
+class FaultKinds(FileDecoder):
+    """For the isolation tests: the file's first line says what goes wrong in its whole decode."""
 
-    with storage.open_input(ref.uri) as f:
+    def decode_whole(self, f, uri, config, deadline):
+        from audiotok.transforms.failures import AudiotokError
+
+        f.seek(0)
         first = f.read(64).split(b"\n", 1)[0]
-    if first == b"segfault":
-        import ctypes
+        if first == b"segfault":
+            _segfault()
+        if first == b"abort":
+            os.abort()
+        if first == b"exit":
+            os._exit(3)
+        if first == b"hang":
+            time.sleep(3600)
+        if first == b"bug":
+            raise KeyError("a bug in a decoder")
+        if first == b"memory":
+            raise MemoryError()
+        if first == b"reason":
+            raise AudiotokError("decode_error", "a decoder said no")
+        return super().decode_whole(f, uri, config, deadline)
 
-        ctypes.string_at(0)
-    if first == b"abort":
-        os.abort()
-    if first == b"exit":
-        os._exit(3)
-    if first == b"hang":
-        time.sleep(3600)
-    if first == b"bug":
-        raise KeyError("a bug in a decoder")
-    if first == b"memory":
-        raise MemoryError()
-    if first == b"reason":
-        raise AudiotokError("decode_error", "a decoder said no")
-    return decode.decode_checked(ref, config)
+
+FAULT_POINTS = ("probe", "plan", "whole", "chunk")
+
+
+class FaultPoints(FileDecoder):
+    """Faults at one point of the route, chosen by the file's name: ``KIND-at-POINT.*``."""
+
+    @staticmethod
+    def _at(point: str, uri: str, start: int = 0) -> None:
+        name = os.path.basename(uri)
+        log = os.environ.get("AUDIOTOK_TEST_CALL_LOG")
+        if log:
+            with open(log, "a") as out:
+                out.write(f"{point} {name}\n")
+        kind, _, where = name.split(".", 1)[0].partition("-at-")
+        if where != point or (point == "chunk" and start == 0):
+            return
+        if kind == "segfault":
+            _segfault()
+        if kind == "hang":
+            time.sleep(3600)
+
+    def probe(self, f, uri):
+        self._at("probe", uri)
+        return super().probe(f, uri)
+
+    def plan(self, f, uri, probe, config, split, deadline):
+        self._at("plan", uri)
+        return super().plan(f, uri, probe, config, split, deadline)
+
+    def decode_whole(self, f, uri, config, deadline):
+        self._at("whole", uri)
+        return super().decode_whole(f, uri, config, deadline)
+
+    def stretch(self, item, config, chunk_s):
+        self._at("chunk", item.source.uri, item.start)
+        yield from super().stretch(item, config, chunk_s)
 
 
 # ------------------------------------------------------------------ the pipeline run
@@ -326,7 +376,7 @@ def run_pipeline(root: Path, output: Path, timeout_s: float = 4.0) -> dict:
     config = job.JobConfig(
         output=str(output),
         match=MatchConfig(patterns=(f"{root}/**/*",), manifests=(str(root.parent / "manifest.jsonl"),)),
-        decode=DecodeConfig(isolation="process", timeout_s=timeout_s, decoder="hostile_corpus:faulty_decoder"),
+        decode=DecodeConfig(isolation="process", timeout_s=timeout_s, decoder="hostile_corpus:FaultyDecoder"),
         segment=SegmentConfig(segment_s=30.0, min_segment_s=0.5), tokenize=TokenizeConfig(specs="logmel"),
         shards=ShardConfig(max_samples=20), overwrite=True, max_failure_fraction=0.3)
     start = time.monotonic()

@@ -42,9 +42,6 @@ TARGET_INPUTS_PER_PART = 50_000
 SELECT_BATCH_INPUTS = 32
 SELECT_BATCH_BYTES = 256 << 20
 
-PENDING = "pending"  # marks a draft line whose input is being processed this run
-
-
 def settings_fingerprint(settings: Mapping[str, Any]) -> str:
     """16 hex characters over the decode, segmentation and tokenizer settings."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -79,11 +76,14 @@ def choose_parts(n_inputs: int, previous_parts: int = 0) -> int:
 # ---------------------------------------------------------------------------- lines
 
 
-def ref_line(ref: AudioRef) -> str:
-    """An input as one JSON line (listing runs, selected batches)."""
+def ref_line(ref: AudioRef, order: Sequence[int] | None = None) -> str:
+    """An input as one JSON line (listing runs, selected batches); ``order``: where the listing
+    found it (``o``: which of the URIs naming one input is read, :func:`merge_inputs`)."""
     record: dict[str, Any] = {"uri": ref.uri, "size": ref.size_bytes, "version": ref.version}
     if ref.meta:
         record["meta"] = dict(ref.meta)
+    if order is not None:
+        record["o"] = list(order)
     return json.dumps(record, sort_keys=True)
 
 
@@ -161,86 +161,54 @@ def read_lines(url: str, start: int, end: int) -> list[str]:
 # ---------------------------------------------------------------------------- the join
 
 
+DRAFT = "_draft"  # the part of a draft line the next state's writer resolves (never published)
+
+
+def is_input(entry: Mapping[str, Any] | None) -> bool:
+    """Whether a state line holds an input's entry (besides, or instead of, other facets)."""
+    return entry is not None and "fingerprint" in entry
+
+
+def input_facet(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A state line's input entry, without the URI and the other facets."""
+    return {k: v for k, v in entry.items() if k not in ("uri", "deleted", "pending", "unlisted", DRAFT)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """What a run does with one input of a part.
+    """What a run does with one URI of a part.
 
-    ``kind``: ``carry`` (unchanged: its previous line goes on verbatim), ``select`` (processed
-    this run, for ``reason``), ``delete`` (listed no more), ``keep_deleted`` (deleted earlier,
-    still absent), ``skip`` (listed, not selected, never processed: not recorded).
-    ``previous``: the input's previous entry when it had one (its samples become stale when the
-    input is selected or deleted).
+    ``kind``: ``carry`` (an unchanged input: its previous line goes on), ``select`` (processed
+    this run, for ``reason``), ``delete`` (an input listed no more), ``keep`` (no input: a
+    previous line of other facets, e.g. deleted earlier or a dead letter that names no input),
+    ``skip`` (listed, not selected, never processed: not recorded).
+    ``previous``: the URI's previous state line, when it had one.
     """
 
     kind: str
     uri: str
     ref: AudioRef | None = None
-    line: str | None = None
     previous: Mapping[str, Any] | None = None
     reason: str | None = None
     duplicates: int = 0
 
 
-def _keyed(lines: Iterable[str]) -> Iterator[tuple[tuple[int, str], str, dict]]:
-    """``(order key, line, record)`` of JSON lines that name a ``uri``: each line parsed once."""
+def _keyed(lines: Iterable[str]) -> Iterator[tuple[tuple[int, str], dict]]:
+    """``(order key, record)`` of JSON lines that name a ``uri``: each line parsed once."""
     for line in lines:
         record = json.loads(line)
-        yield dataset.order_key(record["uri"]), line, record
+        yield dataset.order_key(record["uri"]), record
 
 
-def merge_keyed(*streams: Iterable[str]) -> Iterator[tuple[tuple[int, str], str, dict]]:
+def merge_keyed(*streams: Iterable[str]) -> Iterator[tuple[tuple[int, str], dict]]:
     """Sorted streams of JSON lines merged into one, by their URI's order key (ties in stream order)."""
     if len(streams) == 1:
         return _keyed(streams[0])
-    return heapq.merge(*(_keyed(s) for s in streams), key=lambda kl: kl[0])
+    return heapq.merge(*(_keyed(s) for s in streams), key=lambda kr: kr[0])
 
 
-def merge_inputs(listed: Iterable[str] | Iterator[tuple], previous: Iterable[str] | Iterator[tuple],
-                 select: Callable[[AudioRef, Mapping[str, Any] | None], str | None]) -> Iterator[Decision]:
-    """Joins one part of the listing with the same part of the previous state.
-
-    Args:
-        listed: ref lines (:func:`ref_line`) sorted by ``dataset.order_key`` of their URI (or
-            :func:`merge_keyed` of several such streams); an input listed twice (overlapping
-            patterns, a manifest naming it twice) counts once, as its first line.
-        previous: state lines of the part, sorted the same way (or :func:`merge_keyed` of them).
-        select: why an input must be processed given its previous entry (None: it need not).
-
-    Yields:
-        One :class:`Decision` per URI, in order.
-    """
-    keyed_listed = _as_keyed(listed)
-    keyed_previous = _as_keyed(previous)
-    prev = next(keyed_previous, None)
-    for key, group in itertools.groupby(keyed_listed, key=lambda kl: kl[0]):
-        first, duplicates = next(group), sum(1 for _ in group)
-        while prev is not None and prev[0] < key:
-            yield _absent(prev)
-            prev = next(keyed_previous, None)
-        record = first[2]
-        ref = AudioRef(uri=record["uri"], size_bytes=record.get("size"), version=record.get("version"),
-                       meta=record.get("meta") or {})
-        entry, line = None, None
-        if prev is not None and prev[0] == key:
-            _, line, entry = prev
-            prev = next(keyed_previous, None)
-        deleted = entry is not None and "deleted" in entry
-        reason = select(ref, None if deleted else entry)
-        if reason:
-            yield Decision("select", ref.uri, ref=ref, previous=None if deleted else entry, reason=reason,
-                           duplicates=duplicates)
-        elif entry is not None:
-            yield Decision("keep_deleted" if deleted else "carry", ref.uri, ref=ref, line=line, previous=entry,
-                           duplicates=duplicates)
-        else:
-            yield Decision("skip", ref.uri, ref=ref, duplicates=duplicates)
-    while prev is not None:
-        yield _absent(prev)
-        prev = next(keyed_previous, None)
-
-
-def _as_keyed(lines) -> Iterator[tuple[tuple[int, str], str, dict]]:
-    """Lines, or already keyed ``(key, line, record)`` tuples, as keyed tuples."""
+def _as_keyed(lines) -> Iterator[tuple[tuple[int, str], dict]]:
+    """Lines, or already keyed ``(key, record)`` tuples, as keyed tuples."""
     it = iter(lines)
     first = next(it, None)
     if first is None:
@@ -250,23 +218,74 @@ def _as_keyed(lines) -> Iterator[tuple[tuple[int, str], str, dict]]:
     return _keyed(itertools.chain([first], it))
 
 
-def _absent(keyed: tuple[tuple[int, str], str, dict]) -> Decision:
-    _, line, entry = keyed
-    if "deleted" in entry:
-        return Decision("keep_deleted", entry["uri"], line=line, previous=entry)
-    return Decision("delete", entry["uri"], previous=entry)
+def merge_inputs(listed, previous, select: Callable[[AudioRef, Mapping[str, Any] | None], str | None]
+                 ) -> Iterator[Decision]:
+    """Joins one part of the listing with the same part of the previous state.
+
+    Args:
+        listed: ref lines (:func:`ref_line`) sorted by ``dataset.order_key`` of their URI (or
+            :func:`merge_keyed` of several such streams). URIs naming one input (by
+            ``dataset.input_identity``: listed twice by overlapping patterns, a pattern and a
+            manifest, a manifest twice) count once: the first occurrence (``o``: manifests in
+            the order given, line by line, then patterns), the others as duplicates.
+        previous: state lines of the part, sorted the same way (or :func:`merge_keyed` of them).
+        select: why an input must be processed given its previous entry (None: it need not).
+
+    Yields:
+        One :class:`Decision` per input identity, in order.
+    """
+    keyed_previous = _as_keyed(previous)
+    prev = next(keyed_previous, None)
+    for key, group in itertools.groupby(_as_keyed(listed), key=lambda kr: kr[0]):
+        records = [record for _, record in group]
+        while prev is not None and prev[0] < key:
+            yield _absent(prev[1])
+            prev = next(keyed_previous, None)
+        record = min(records, key=lambda r: r.get("o", ()))
+        ref = AudioRef(uri=record["uri"], size_bytes=record.get("size"), version=record.get("version"),
+                       meta=record.get("meta") or {})
+        line = None
+        if prev is not None and prev[0] == key:
+            line = prev[1]
+            prev = next(keyed_previous, None)
+        entry = line if is_input(line) else None
+        reason = select(ref, entry)
+        kind = "select" if reason else "carry" if entry is not None else "keep" if line is not None else "skip"
+        yield Decision(kind, ref.uri, ref=ref, previous=line, reason=reason, duplicates=len(records) - 1)
+    while prev is not None:
+        yield _absent(prev[1])
+        prev = next(keyed_previous, None)
 
 
-def draft_line(decision: Decision, version: int, fingerprint: str) -> str | None:
-    """The line a decision leaves in the part's draft (None: the input is not recorded)."""
-    if decision.kind in ("carry", "keep_deleted"):
-        return decision.line
-    if decision.kind == "delete":
-        return entry_line(decision.uri, {"deleted": version})
+def _absent(line: Mapping[str, Any]) -> Decision:
+    return Decision("delete" if is_input(line) else "keep", line["uri"], previous=line)
+
+
+def draft_line(decision: Decision, version: int, fingerprint: str) -> dict[str, Any] | None:
+    """The line a decision leaves in the part's draft (None: the URI is not recorded).
+
+    A selected input's line is resolved by :func:`finish_part` (what it produced, its dead
+    letters, whether they were transient); a deleted input's line still names its samples, for
+    them to be excluded there.
+    """
+    prev = decision.previous
+    if decision.kind == "carry":
+        return {k: v for k, v in prev.items() if k != "pending"}  # unchanged: nothing to retry
     if decision.kind == "select":
         ref = decision.ref
-        return entry_line(ref.uri, {"size": ref.size_bytes, "version": ref.version, "meta": meta_hash(ref),
-                                    "fingerprint": fingerprint, "run": version, PENDING: True})
+        entry = {"size": ref.size_bytes, "version": ref.version, "meta": meta_hash(ref), "fingerprint": fingerprint,
+                 "run": version}
+        return {"uri": ref.uri, DRAFT: {"entry": entry, "previous": prev}}
+    if decision.kind == "delete":
+        line = {"uri": decision.uri, "deleted": version, DRAFT: {"stale": input_facet(prev)}}
+        if "unlisted" in prev:
+            line["unlisted"] = prev["unlisted"]
+        return line
+    if decision.kind == "keep":
+        # Listed again without being processed (only where the caller chooses what to
+        # process), or absent: its other facets go on; a pending retry of an input gone does not.
+        line = {k: v for k, v in prev.items() if k != "pending"}
+        return line if len(line) > 1 else None
     return None
 
 
@@ -277,56 +296,121 @@ def stale_exclusions(entry: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str,
         yield shard, sources, int(n)
 
 
+def unlisted_summary(records: Iterable[Mapping[str, Any]]) -> list[list[str]]:
+    """What an ``unlisted`` facet keeps of a URI's dead letters: ``[[reason, message], ...]``, sorted."""
+    return sorted([r["reason"], r.get("message", "")] for r in records)
+
+
+def apply_unlisted(draft: Iterable[dict], records: Iterable[Mapping[str, Any]], version: int
+                   ) -> tuple[list[dict], list[Mapping[str, Any]], bool]:
+    """Dead letters that name no input (a pattern matching nothing, a bad manifest line, a file
+    refused when listed) come back every run: those the same as last run's are carried in the
+    ``unlisted`` facet of their URI's line, not published again.
+
+    Args:
+        draft: a part's draft lines (dicts), in order.
+        records: this run's match-stage records of the part (``uri``, ``reason``, ``message``).
+        version: this run's dataset version.
+
+    Returns:
+        (the draft with its ``unlisted`` facets updated, the records to publish: those of URIs
+        whose records changed, whether any facet changed).
+    """
+    by_uri: dict[tuple[int, str], list[Mapping[str, Any]]] = {}
+    uris: dict[tuple[int, str], str] = {}
+    for record in records:
+        key = dataset.order_key(record["uri"])
+        by_uri.setdefault(key, []).append(record)
+        uris.setdefault(key, record["uri"])
+    failed = sorted(by_uri)
+    out, publish, changed, i = [], [], False, 0
+
+    def facet(key, line):
+        nonlocal changed
+        found = by_uri[key]
+        summary = unlisted_summary(found)
+        before = line.get("unlisted")
+        if before is not None and before.get("records") == summary:
+            line["unlisted"] = before
+        else:
+            line["unlisted"] = {"run": version, "records": summary}
+            publish.extend(found)
+            changed = True
+        return line
+
+    for line in draft:
+        key = dataset.order_key(line["uri"])
+        while i < len(failed) and failed[i] < key:
+            out.append(facet(failed[i], {"uri": uris[failed[i]]}))
+            i += 1
+        if i < len(failed) and failed[i] == key:
+            out.append(facet(key, line))
+            i += 1
+            continue
+        if "unlisted" in line:  # its dead letters are gone
+            changed = True
+            line = {k: v for k, v in line.items() if k != "unlisted"}
+            if len(line) == 1:
+                continue
+        out.append(line)
+    for key in failed[i:]:
+        out.append(facet(key, {"uri": uris[key]}))
+    return out, publish, changed
+
+
 @dataclasses.dataclass
 class JoinedPart:
     """One part's join (:func:`join_part`).
 
     Attributes:
-        draft: the lines of the part's next state, selected inputs pending.
+        draft: the lines of the part's next state (dicts), selected inputs pending.
         summary: the summary of the lines that are final already (all but the pending ones).
         selected: the inputs to process.
-        stale: ``(shard url, sources, samples)`` no longer live.
+        publish: this run's match-stage dead letters of the part that are new (the rest are carried).
         changed: whether the part's state must be written (otherwise ``reuse`` is it).
         reuse: the previous part file that is this part's state ("" for none), when unchanged.
         counters: ``inputs_<why>`` -> inputs.
     """
 
-    draft: list[str]
+    draft: list[dict]
     summary: dict[str, Any]
     selected: list[AudioRef]
-    stale: list[tuple[str, tuple[str, ...], int]]
+    publish: list[Mapping[str, Any]]
     changed: bool
     reuse: str | None
     counters: dict[str, int]
 
 
-def join_part(listed: Iterable[str], previous: Iterable[str],
-              select: Callable[[AudioRef, Mapping[str, Any] | None], str | None], version: int, fingerprint: str,
-              part: int, parts: int, prev: "Previous | None") -> JoinedPart:
+def join_part(listed, previous, select: Callable[[AudioRef, Mapping[str, Any] | None], str | None],
+              version: int, fingerprint: str, part: int, parts: int, prev: "Previous | None",
+              match_records: Iterable[Mapping[str, Any]] = ()) -> JoinedPart:
     """Joins one part of the listing with the previous state (:func:`merge_inputs`) into the
-    part's draft, its inputs to process and the samples they supersede."""
+    part's draft and its inputs to process, and carries the part's unchanged match-stage dead
+    letters (:func:`apply_unlisted`)."""
     # A first run always publishes; a refresh rewrites a part that changed, and every part when
     # the layout changes (another number of parts, or the one state file of index version 1).
     reuse = prev.reusable(part, parts) if prev is not None else None
     joined = JoinedPart([], empty_summary(), [], [], reuse is None, None, {})
+    draft = []
     for d in merge_inputs(listed, previous, select):
         counter = {"carry": "inputs_unchanged", "delete": "inputs_deleted", "select": f"inputs_{d.reason}"}.get(d.kind)
         for name, n in ((counter, 1), ("inputs_duplicate", d.duplicates)):
             if name and n:
                 joined.counters[name] = joined.counters.get(name, 0) + n
-        if d.kind in ("select", "delete"):
-            joined.changed = True
-            joined.stale.extend(stale_exclusions(d.previous or {}))
         line = draft_line(d, version, fingerprint)
-        if line is None:
-            continue
-        joined.draft.append(line)
+        if d.kind in ("select", "delete") or (d.previous is not None and line != d.previous):
+            joined.changed = True
         if d.kind == "select":
             joined.selected.append(d.ref)
-        elif d.kind == "delete":
+        if line is not None:
+            draft.append(line)
+    joined.draft, joined.publish, unlisted_changed = apply_unlisted(draft, match_records, version)
+    joined.changed = joined.changed or unlisted_changed
+    for line in joined.draft:
+        if DRAFT not in line:
+            add_to_summary(joined.summary, line)
+        elif "deleted" in line:
             joined.summary["deleted"] += 1
-        else:
-            add_to_summary(joined.summary, d.previous)
     if not joined.changed:
         joined.reuse = reuse
     return joined
@@ -339,17 +423,30 @@ def empty_summary() -> dict[str, Any]:
     return {"inputs": 0, "deleted": 0, "samples": 0, "audio_s": 0.0, "tokens": {}, "failures_by_reason": {}}
 
 
+def live_reasons(entry: Mapping[str, Any]) -> dict[str, int]:
+    """The reasons of the dead letters of a state line that still count
+    (``dataset.failure_is_live``): a pending retry's, else the unlisted records', else the input's."""
+    if "pending" in entry:
+        return dict(entry["pending"].get("reasons", {}))
+    if "unlisted" in entry:
+        reasons: dict[str, int] = {}
+        for reason, _ in entry["unlisted"].get("records", []):
+            reasons[reason] = reasons.get(reason, 0) + 1
+        return reasons
+    return dict(entry.get("reasons", {})) if is_input(entry) else {}
+
+
 def add_to_summary(summary: dict[str, Any], entry: Mapping[str, Any]) -> None:
-    """Counts one state entry (a deleted one counts as such) into a part's summary."""
+    """Counts one state line into a part's summary."""
     if "deleted" in entry:
         summary["deleted"] += 1
-        return
-    summary["inputs"] += 1
-    summary["samples"] += int(entry.get("samples", 0))
-    summary["audio_s"] = round(summary["audio_s"] + float(entry.get("audio_s", 0.0)), 6)
-    for name, n in entry.get("tokens", {}).items():
-        summary["tokens"][name] = summary["tokens"].get(name, 0) + n
-    for reason, n in entry.get("reasons", {}).items():
+    if is_input(entry):
+        summary["inputs"] += 1
+        summary["samples"] += int(entry.get("samples", 0))
+        summary["audio_s"] = round(summary["audio_s"] + float(entry.get("audio_s", 0.0)), 6)
+        for name, n in entry.get("tokens", {}).items():
+            summary["tokens"][name] = summary["tokens"].get(name, 0) + n
+    for reason, n in live_reasons(entry).items():
         summary["failures_by_reason"][reason] = summary["failures_by_reason"].get(reason, 0) + n
 
 
@@ -384,41 +481,62 @@ def produced_by_uri(contributions: Iterable[tuple[str, str, Mapping[str, Any]]])
     return out
 
 
-def finish_part(draft: Iterable[str], produced: Mapping[str, Mapping[str, Any]],
-                failure_reasons: Mapping[str, Mapping[str, int]]) -> tuple[list[str], dict[str, Any]]:
-    """A part's next state from its draft: pending inputs get what they produced and their
-    dead letters; every other line goes on as it was.
+def finish_part(draft: Iterable[Mapping[str, Any]], produced: Mapping[str, Mapping[str, Any]],
+                records: Mapping[str, Sequence[Mapping[str, Any]]], version: int
+                ) -> tuple[list[str], dict[str, Any], list[tuple[str, tuple[str, ...], int]]]:
+    """A part's next state from its draft: a selected input gets what it produced and its dead
+    letters; a deleted input's samples are excluded; every other line goes on as it was.
+
+    A selected input with a transient dead letter (the storage was unavailable) was not
+    processed: it keeps its previous entry (or gets none), is marked ``pending`` (the next
+    refresh tries it again), and whatever samples it gave this run are excluded.
 
     Args:
-        draft: the part's draft lines (:func:`draft_line`), in order.
+        draft: the part's draft lines (dicts; :func:`draft_line`), in order.
         produced: URI -> ``sources``, ``shards``, ``samples``, ``audio_s``, ``tokens`` (:func:`produced_by_uri`).
-        failure_reasons: URI -> reason -> dead-letter records of this run.
+        records: URI -> this run's dead-letter records (``reason``, ``transient``...) for inputs of the part.
+        version: this run's dataset version.
 
     Returns:
-        (the part's lines, its summary: inputs, deleted, samples, audio_s, tokens, and live
-        failures by reason, those of this run's records that name no input included).
+        (the part's lines, its summary: inputs, deleted, samples, audio_s, tokens, live failures
+        by reason; and the samples no longer live: ``(shard url, source hashes, samples)``).
     """
-    lines, summary = [], empty_summary()
+    lines, summary, stale = [], empty_summary(), []
     attached: set[str] = set()
     for line in draft:
-        entry = json.loads(line)
-        if entry.pop(PENDING, False):
-            uri = entry["uri"]
+        line = dict(line)
+        todo = line.pop(DRAFT, None)
+        if todo is not None and "entry" in todo:
+            uri = line["uri"]
             attached.add(uri)
-            reasons = dict(sorted(failure_reasons.get(uri, {}).items()))
-            entry.update(produced.get(uri, {"sources": [], "shards": {}, "samples": 0, "audio_s": 0.0,
-                                            "tokens": {}}))
-            entry["failures"] = sum(reasons.values())
-            if reasons:
-                entry["reasons"] = reasons
-            line = json.dumps(entry, sort_keys=True)
-        add_to_summary(summary, entry)
-        lines.append(line)
-    for uri, reasons in failure_reasons.items():
-        if uri not in attached:  # a pattern that matched nothing, a bad manifest line, a bad file name
-            for reason, n in reasons.items():
-                summary["failures_by_reason"][reason] = summary["failures_by_reason"].get(reason, 0) + n
-    return lines, summary
+            found = records.get(uri, ())
+            reasons: dict[str, int] = {}
+            for r in found:
+                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+            reasons = dict(sorted(reasons.items()))
+            made = produced.get(uri, {"sources": [], "shards": {}, "samples": 0, "audio_s": 0.0, "tokens": {}})
+            previous = todo.get("previous") or {}
+            if any(r.get("transient") for r in found):
+                stale.extend(stale_exclusions(made))
+                line.update({k: v for k, v in previous.items() if k not in ("uri", "pending")})
+                line["pending"] = {"run": version, "reasons": reasons}
+            else:
+                if is_input(previous):
+                    stale.extend(stale_exclusions(previous))
+                line.update({**todo["entry"], **made, "failures": sum(reasons.values())})
+                if reasons:
+                    line["reasons"] = reasons
+                if "unlisted" in previous:
+                    line["unlisted"] = previous["unlisted"]
+        elif todo is not None:
+            stale.extend(stale_exclusions(todo.get("stale", {})))
+        add_to_summary(summary, line)
+        lines.append(json.dumps(line, sort_keys=True))
+    for uri, found in records.items():
+        if uri not in attached:  # names nothing this run processed: counts for this version alone
+            for r in found:
+                summary["failures_by_reason"][r["reason"]] = summary["failures_by_reason"].get(r["reason"], 0) + 1
+    return lines, summary, stale
 
 
 def migrate_state(state: Mapping[str, Any], failure_records: Iterable[tuple[int, Mapping[str, Any]]],
@@ -426,24 +544,27 @@ def migrate_state(state: Mapping[str, Any], failure_records: Iterable[tuple[int,
     """The single-file state of index version 1 as ``(uri, state line)`` pairs.
 
     Its entries counted dead letters without their reasons; ``failure_records`` (``(version,
-    record)`` of the old failure files) give them back: an entry's reasons are the records of
-    the run that processed it.
+    record)`` of the old failure files) give them back, by the rule of what counts
+    (``dataset.failure_is_live``): a pending input's are those of the run that could not read
+    it, an input's those of the run that processed it.
     """
-    inputs = state.get("inputs", {})
-    reasons: dict[str, dict[str, int]] = {}
+    entries = dict(dataset.v1_state_entries(state))
+    reasons: dict[tuple[str, str], dict[str, int]] = {}
     for run, record in failure_records:
-        entry = inputs.get(record.get("uri"))
-        if entry is not None and entry.get("run") == run:
-            by_reason = reasons.setdefault(record["uri"], {})
+        entry = entries.get(record.get("uri"))
+        if entry is None or "unlisted" in entry:
+            continue
+        field = "pending" if "pending" in entry else "input" if is_input(entry) else None
+        if field and (entry[field] if field == "pending" else entry).get("run") == run:
+            by_reason = reasons.setdefault((record["uri"], field), {})
             by_reason[record["reason"]] = by_reason.get(record["reason"], 0) + 1
-    for uri, entry in inputs.items():
+    for uri, entry in entries.items():
         entry = {k: v for k, v in entry.items() if k != "reasons"}
-        if reasons.get(uri):
-            entry["reasons"] = dict(sorted(reasons[uri].items()))
+        if reasons.get((uri, "input")):
+            entry["reasons"] = dict(sorted(reasons[(uri, "input")].items()))
+        if "pending" in entry:
+            entry["pending"] = {**entry["pending"], "reasons": dict(sorted(reasons.get((uri, "pending"), {}).items()))}
         yield uri, entry_line(uri, entry)
-    for uri, info in state.get("deleted", {}).items():
-        if uri not in inputs:
-            yield uri, entry_line(uri, {"deleted": int(info.get("run", 0))})
 
 
 # ---------------------------------------------------------------------------- shard rows
@@ -519,7 +640,7 @@ class Previous:
             if not rel:
                 continue
             for line in dataset.read_jsonl(output, rel):
-                if whole or dataset.slot_of(uri_of_line(line)) in slots:
+                if whole or dataset.order_key(uri_of_line(line))[0] in slots:
                     yield line
 
     def rows_of(self, output: str, part: int, parts: int) -> dict[str, list[dict]]:
@@ -580,7 +701,7 @@ def parts_singleton(n_listed: int, previous: Previous | None) -> int:
 
 
 class _WriteRunFn(beam.DoFn):
-    """(identity, [AudioRef]) from one lister -> a listing run under the temp folder.
+    """(identity, [(order, AudioRef)]) from one lister -> a listing run under the temp folder.
 
     The run's name is a hash of the lister's identity, so a retried lister rewrites the same file."""
 
@@ -588,14 +709,14 @@ class _WriteRunFn(beam.DoFn):
         self._temp_dir = temp_dir
 
     def process(self, batch):
-        identity, refs = batch
+        identity, found = batch
         name = hashlib.sha1(identity.encode("utf-8", "surrogateescape")).hexdigest()[:20]
         yield write_run(storage.join(self._temp_dir, "runs", f"{name}.jsonl"), "listed",
-                        ((ref.uri, ref_line(ref)) for ref in refs))
+                        ((ref.uri, ref_line(ref, order)) for order, ref in found))
 
 
 class WriteRuns(beam.PTransform):
-    """Listing batches ``(identity, [AudioRef])`` -> :class:`Run` s under ``temp_dir/runs/``.
+    """Listing batches ``(identity, [(order, AudioRef)])`` -> :class:`Run` s under ``temp_dir/runs/``.
 
     Applied to a tuple of PCollections of batches (``match.ListInputs``): each batch is written
     where it is made, and only the runs are flattened.
@@ -626,10 +747,12 @@ class _MigrateFn(beam.DoFn):
 
 
 class _MergeFn(beam.DoFn):
-    """(part, {"listed": ranges, "previous": ranges, "all": markers}) -> the part's join.
+    """(part, {"listed": ranges, "previous": ranges, "failures": match-stage records, "all":
+    markers}) -> the part's join.
 
     Main output: batches of selected inputs (JSON lines, bytes). Tagged: ``drafts`` ((part,
-    :class:`Draft`)), ``stale`` ((rows part, (shard url, sources, samples))), ``selected`` (count).
+    :class:`Draft`)), ``publish`` ((part, record): match-stage dead letters that changed),
+    ``selected`` (count).
     """
 
     def __init__(self, output: str, temp_dir: str, version: int, fingerprint: str, previous: Previous | None):
@@ -646,18 +769,20 @@ class _MergeFn(beam.DoFn):
         else:
             previous = ()
         fingerprint = self._fingerprint
+        records = [json.loads(f.to_json()) for f in groups["failures"]]
         joined = join_part(listed, previous, lambda ref, entry: needs_processing(ref, entry, fingerprint),
-                           self._version, fingerprint, part, parts, self._previous)
+                           self._version, fingerprint, part, parts, self._previous, records)
         for name, n in joined.counters.items():
             metrics.counter(name).inc(n)
-        for shard, sources, n in joined.stale:
-            yield beam.pvalue.TaggedOutput("stale", (dataset.part_of(dataset.slot_of(shard), parts), (shard, sources, n)))
+        for record in joined.publish:
+            yield beam.pvalue.TaggedOutput("publish", (part, record))
         yield from batch_refs(joined.selected)
         yield beam.pvalue.TaggedOutput("selected", len(joined.selected))
         url = None
         if joined.changed:
             url = storage.join(self._temp_dir, "drafts", f"state-{part:05d}.jsonl")
-            storage.write_bytes(url, "".join(line + "\n" for line in joined.draft).encode("utf-8"))
+            storage.write_bytes(url, "".join(json.dumps(line, sort_keys=True) + "\n"
+                                             for line in joined.draft).encode("utf-8"))
         yield beam.pvalue.TaggedOutput("drafts", (part, Draft(part, url, joined.reuse, joined.summary, joined.changed)))
 
 
@@ -680,11 +805,15 @@ def unbatch_refs(blob: bytes) -> list[AudioRef]:
 
 
 class SelectInputs(beam.PTransform):
-    """Listing runs -> the inputs to process, and the join's drafts for the next state.
+    """Listing runs and the listing's dead letters -> the inputs to process, and the join's
+    drafts for the next state.
 
-    Returns a dict: ``refs`` (PCollection[AudioRef], spread over the workers), ``parts`` (a
-    singleton: the run's number of parts), ``drafts`` ((part, Draft)), ``stale`` ((rows part,
-    exclusion)), ``n_selected`` (a singleton), ``changed`` (singleton: whether anything changed).
+    Applied to ``{"runs": PCollection[Run], "failures": PCollection[Failure]}`` (the match
+    stage's). Returns a dict: ``refs`` (PCollection[AudioRef], spread over the workers),
+    ``parts`` (a singleton: the run's number of parts), ``drafts`` ((part, Draft)),
+    ``match_failures`` ((part, record): the match stage's dead letters to publish, those that
+    changed since the last run), ``n_selected`` (a singleton), ``changed`` (singleton: whether
+    anything changed).
     """
 
     def __init__(self, output: str, temp_dir: str, version: int, fingerprint: str, previous: Previous | None):
@@ -692,8 +821,8 @@ class SelectInputs(beam.PTransform):
         self.output, self.temp_dir = output, temp_dir
         self.version, self.fingerprint, self.previous = version, fingerprint, previous
 
-    def expand(self, runs):
-        previous = self.previous
+    def expand(self, inputs):
+        runs, previous = inputs["runs"], self.previous
         n_listed = (runs
                     | "RunSizes" >> beam.Map(lambda run: run.count)
                     | "CountListed" >> beam.CombineGlobally(sum))
@@ -709,11 +838,13 @@ class SelectInputs(beam.PTransform):
                  for kind, pc in routed.items()}
         keyed.setdefault("previous", runs.pipeline | "NoOldState" >> beam.Create([]))
         keyed["all"] = parts | "AllParts" >> beam.FlatMap(lambda n: [(p, None) for p in range(n)])
+        keyed["failures"] = inputs["failures"] | "KeyMatchFailures" >> beam.Map(
+            lambda f, n: (dataset.part_of(dataset.order_key(f.uri)[0], n), f), parts_si)
         merged = (keyed
                   | "GroupParts" >> beam.CoGroupByKey()
                   | "JoinState" >> beam.ParDo(
                       _MergeFn(self.output, self.temp_dir, self.version, self.fingerprint, previous),
-                      parts_si).with_outputs("drafts", "stale", "selected", main="batches"))
+                      parts_si).with_outputs("drafts", "publish", "selected", main="batches"))
         refs = (merged.batches
                 | "SpreadInputs" >> beam.Reshuffle()
                 | "Unbatch" >> beam.FlatMap(unbatch_refs))
@@ -721,5 +852,5 @@ class SelectInputs(beam.PTransform):
         changed = (merged.drafts
                    | "PartChanged" >> beam.Map(lambda kd: kd[1].changed)
                    | "AnyChanged" >> beam.CombineGlobally(any))
-        return {"refs": refs, "parts": parts, "drafts": merged.drafts, "stale": merged.stale,
+        return {"refs": refs, "parts": parts, "drafts": merged.drafts, "match_failures": merged.publish,
                 "n_selected": n_selected, "changed": changed}

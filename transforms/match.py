@@ -13,6 +13,14 @@ many workers (:func:`read_manifest_range`). Either way the listing comes out as 
 lister, which the job writes as sorted runs (``incremental.write_run``) and
 :class:`MatchAudio` spreads over the workers as references. The files found are exactly those
 ``fsspec``'s ``glob`` finds for the pattern.
+
+Every input is read once: references naming one input (``dataset.input_identity``) are
+de-duplicated before anything is decoded, in the join with the previous state
+(``incremental.merge_inputs``; :class:`MatchAudio` does it by grouping): the first occurrence
+wins (manifests in the order given, each line by line, then patterns: a manifest entry carries
+more than a listing does), the others are counted as ``inputs_duplicate``. Entries that are not
+regular files (FIFOs, devices, sockets: a read could block forever) are refused when they are
+listed.
 """
 
 from __future__ import annotations
@@ -21,14 +29,16 @@ import dataclasses
 import fnmatch
 import functools
 import json
+import os
 import posixpath
 import re
-from typing import Any, Iterable, Iterator, Sequence
+import stat
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 from fsspec.utils import glob_translate
 
-from audiotok.transforms import failures, metrics, storage
+from audiotok.transforms import dataset, failures, metrics, storage
 from audiotok.transforms.failures import AudiotokError, Failure
 from audiotok.transforms.records import MANIFEST_FIELDS, TRANSCRIPT_FIELDS, AudioRef
 
@@ -84,6 +94,12 @@ def _exclusions(exclude: tuple[str, ...]) -> "re.Pattern[str]":
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in exclude))
 
 
+def ref_from_listing(url: str, info: Mapping[str, Any]) -> AudioRef:
+    """A listed file as a reference with its size and version."""
+    size = info.get("size")
+    return AudioRef(uri=url, size_bytes=int(size) if size is not None else None, version=storage.version_marker(info))
+
+
 def check_listed_name(url: str) -> None:
     """Refuses a listed file whose name the rest of the pipeline cannot carry safely.
 
@@ -103,12 +119,56 @@ def check_listed_name(url: str) -> None:
                             "rename the file", url)
 
 
+def _kind_of_mode(mode: int | None) -> str:
+    if mode is None:
+        return "not a regular file"
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def check_regular_file(url: str, info: Mapping[str, Any] | None = None) -> None:
+    """Refuses an input that is not a regular file, from its listing ``info`` or, for a local
+    path given without one (a manifest entry), from ``stat``. Object store entries always pass.
+
+    Raises:
+        AudiotokError: ``not_a_file`` for a FIFO, a device, a socket or a folder: opening or
+            reading one can block forever, before any time limit applies.
+    """
+    local = storage.protocol_of(url) in ("", "file", "local")
+    if info is not None and info.get("type", "file") == "file":
+        return
+    if not local:
+        if info is None:
+            return
+        mode = None
+    else:
+        path = url.split("://", 1)[1] if "://" in url else url
+        try:
+            mode = os.stat(path).st_mode  # through symlinks: what reading it would open
+        except OSError:
+            if info is None:
+                return  # missing or unreadable: decoding says so (read_error)
+            mode = None  # a dangling link
+        if mode is not None and stat.S_ISREG(mode):
+            return
+    raise AudiotokError(failures.NOT_A_FILE, f"{_kind_of_mode(mode)}, not a regular file: reading it could block "
+                        "forever", url)
+
+
+input_identity = dataset.input_identity
+
+
 def resolve_uri(uri: str, manifest_url: str) -> str:
-    """Makes a manifest entry's URI absolute (relative to the manifest's folder)."""
+    """Makes a manifest entry's URI absolute (relative to the manifest's folder; a local one
+    independent of the working directory, so a file has one URI wherever the job starts)."""
     if "://" in uri or uri.startswith("/"):
         return uri
     base = manifest_url.rsplit("/", 1)[0] if "/" in manifest_url else "."
-    return storage.join(base, uri)
+    joined = storage.join(base, uri)
+    return storage.absolute(joined) if storage.protocol_of(joined) == "" else joined
 
 
 def parse_manifest_line(line: str, manifest_url: str, line_no: int) -> AudioRef:
@@ -250,29 +310,31 @@ def list_prefixes(work: ListWork) -> list[tuple[str, dict]]:
 
 
 def _refs_of(found: Iterable[tuple[str, dict]], exclude: Sequence[str]):
-    """(url, info) -> AudioRef, or a bad_name Failure; excluded files are skipped."""
+    """(url, info) -> AudioRef, or a Failure (a name that cannot be carried, not a regular file);
+    excluded files are skipped."""
     for url, info in found:
         if exclude and is_excluded(url, exclude):
             continue
         try:
             check_listed_name(url)
+            check_regular_file(url, info)
         except AudiotokError as e:
             metrics.failure(e.reason, "match")
             yield Failure.from_error(url, e, "match")
             continue
-        size = info.get("size")
-        yield AudioRef(uri=url, size_bytes=int(size) if size is not None else None,
-                       version=storage.version_marker(info))
+        yield ref_from_listing(url, info)
 
 
-def _emit(identity: str, pattern: str, found: Iterable[tuple[str, dict]], exclude: Sequence[str]):
+def _emit(identity: str, index: int, pattern: str, found: Iterable[tuple[str, dict]], exclude: Sequence[str]):
+    """One lister's output: a batch ``(identity, [(order, AudioRef)])``, failures, and its count
+    of files for the pattern (``counts``)."""
     refs, n = [], 0
     for out in _refs_of(found, exclude):
         n += 1
         if isinstance(out, Failure):
             yield beam.pvalue.TaggedOutput("failures", out)
         else:
-            refs.append(out)
+            refs.append(((1, index, 0, 0), out))  # patterns come after manifests, in the order given
     metrics.counter("files_matched").inc(n)
     yield beam.pvalue.TaggedOutput("counts", (pattern, n))
     if refs:
@@ -283,20 +345,22 @@ class _SplitPatternFn(beam.DoFn):
     def __init__(self, exclude: Sequence[str]):
         self._exclude = tuple(exclude)
 
-    def process(self, pattern: str):
+    def process(self, numbered: tuple[int, str]):
+        index, pattern = numbered
         found, work = split_pattern(pattern)
         metrics.counter("listing_work").inc(len(work))
         for w in work:
-            yield beam.pvalue.TaggedOutput("work", w)
-        yield from _emit(pattern, pattern, found, self._exclude)
+            yield beam.pvalue.TaggedOutput("work", (index, w))
+        yield from _emit(pattern, index, pattern, found, self._exclude)
 
 
 class _ListPrefixesFn(beam.DoFn):
     def __init__(self, exclude: Sequence[str]):
         self._exclude = tuple(exclude)
 
-    def process(self, work: ListWork):
-        yield from _emit(work.identity, work.pattern, list_prefixes(work), self._exclude)
+    def process(self, numbered: tuple[int, ListWork]):
+        index, work = numbered
+        yield from _emit(work.identity, index, work.pattern, list_prefixes(work), self._exclude)
 
 
 def _unmatched(pattern_count):
@@ -332,7 +396,8 @@ def read_manifest_range(f, start: int, end: int) -> Iterator[tuple[int, bytes]]:
 
 
 class _SplitManifestFn(beam.DoFn):
-    def process(self, manifest_url: str):
+    def process(self, numbered: tuple[int, str]):
+        manifest_index, manifest_url = numbered
         try:
             fs, path = storage.filesystem(manifest_url)
             size = int(fs.size(path))
@@ -342,16 +407,17 @@ class _SplitManifestFn(beam.DoFn):
                 "failures", Failure(manifest_url, failures.READ_ERROR, f"{type(e).__name__}: {e}", stage="match"))
             return
         for i, (start, end) in enumerate(manifest_ranges(manifest_url, size)):
-            yield manifest_url, i, start, end
+            yield manifest_index, manifest_url, i, start, end
 
 
 class _ReadManifestRangeFn(beam.DoFn):
-    """(manifest, range index, start, end) -> a batch of refs; bad lines, numbered within the
-    range (``bad``), and the range's line count (``lines``), for :func:`_number_bad_line`."""
+    """(manifest index, manifest, range index, start, end) -> a batch of refs, each with its
+    order (manifest, range, line); bad lines, numbered within the range (``bad``), and the
+    range's line count (``lines``), for :func:`_number_bad_line`."""
 
     def process(self, item):
-        manifest_url, index, start, end = item
-        refs, n = [], 0
+        manifest_index, manifest_url, index, start, end = item
+        refs, n, parsed = [], 0, 0
         try:
             with storage.open_input(manifest_url) as f:
                 for n, raw in read_manifest_range(f, start, end):
@@ -359,14 +425,23 @@ class _ReadManifestRangeFn(beam.DoFn):
                     if not line:
                         continue
                     try:
-                        refs.append(parse_manifest_line(line, manifest_url, n))
+                        ref = parse_manifest_line(line, manifest_url, n)
                     except AudiotokError:
                         yield beam.pvalue.TaggedOutput("bad", (manifest_url, index, n, line))
+                        continue
+                    parsed += 1
+                    try:
+                        check_regular_file(ref.uri)
+                    except AudiotokError as e:
+                        metrics.failure(e.reason, "match")
+                        yield beam.pvalue.TaggedOutput("failures", Failure.from_error(e.uri, e, "match"))
+                        continue
+                    refs.append(((0, manifest_index, index, n), ref))
         except (OSError, ValueError) as e:
             metrics.failure(failures.READ_ERROR, "match")
             yield beam.pvalue.TaggedOutput(
                 "failures", Failure(manifest_url, failures.READ_ERROR, f"{type(e).__name__}: {e}", stage="match"))
-        metrics.counter("files_matched").inc(len(refs))
+        metrics.counter("files_matched").inc(parsed)
         yield beam.pvalue.TaggedOutput("lines", ((manifest_url, index), n))
         if refs:
             yield f"{manifest_url}\0{start}", refs
@@ -385,9 +460,11 @@ def _number_bad_line(bad, line_counts: dict) -> Failure:
 
 
 class ListInputs(beam.PTransform):
-    """Patterns and manifests -> ``{"batches": (PCollection[(identity, list[AudioRef])], ...),
+    """Patterns and manifests -> ``{"batches": (PCollection[(identity, [(order, AudioRef)])], ...),
     "failures": PCollection[Failure]}``: one batch per lister (a group of folders, a manifest
-    range), its identity a stable name for it.
+    range), its identity a stable name for it; ``order`` says where the listing found each
+    input (manifest index, range and line; or pattern index), which of the URIs naming one input
+    is read.
 
     ``batches`` is a tuple of PCollections (the files found while splitting patterns, those of
     the listers, those of manifest ranges): the in-process runner holds every element of a
@@ -403,7 +480,7 @@ class ListInputs(beam.PTransform):
         batches, fails = [], []
         if self.config.patterns:
             split = (pbegin
-                     | "Patterns" >> beam.Create(list(self.config.patterns))
+                     | "Patterns" >> beam.Create(list(enumerate(self.config.patterns)))
                      | "SplitPatterns" >> beam.ParDo(_SplitPatternFn(self.config.exclude)).with_outputs(
                          "work", "failures", "counts", main="batches"))
             listed = (split.work
@@ -418,7 +495,7 @@ class ListInputs(beam.PTransform):
             fails += [split.failures, listed.failures, unmatched]
         if self.config.manifests:
             ranges = (pbegin
-                      | "Manifests" >> beam.Create(list(self.config.manifests))
+                      | "Manifests" >> beam.Create(list(enumerate(self.config.manifests)))
                       | "SplitManifests" >> beam.ParDo(_SplitManifestFn()).with_outputs("failures", main="ranges"))
             read = (ranges.ranges
                     | "SpreadManifests" >> beam.Reshuffle()
@@ -430,6 +507,55 @@ class ListInputs(beam.PTransform):
         return {"batches": tuple(batches), "failures": fails | "MatchFailures" >> beam.Flatten()}
 
 
+def first_occurrence(group: tuple[str, Iterable[tuple[tuple, AudioRef]]]) -> tuple[tuple, AudioRef]:
+    """The first (by order key) of the references to one input; the others are counted."""
+    _, ordered = group
+    ordered = sorted(ordered, key=lambda o: o[0])
+    if len(ordered) > 1:
+        metrics.counter("inputs_duplicate").inc(len(ordered) - 1)
+    return ordered[0]
+
+
+def key_prefix(ref: AudioRef) -> str:
+    """``STEM-SOURCEHASH``: what every sample key of ``ref`` starts with."""
+    from audiotok.transforms.segment import key_stem, source_hash  # segment imports the decoders: keep match light
+
+    return f"{key_stem(ref)}-{source_hash(ref)}"
+
+
+def _one_per_key_prefix(group: tuple[str, Iterable[tuple[tuple, AudioRef]]]):
+    """The first input of those whose sample keys would be the same; the others are dead letters
+    (their URIs differ, their stems and 40-bit source hashes do not)."""
+    prefix, ordered = group
+    ordered = sorted(ordered, key=lambda o: o[0])
+    yield ordered[0][1]
+    for _, ref in ordered[1:]:
+        metrics.failure(failures.KEY_COLLISION, "match")
+        yield beam.pvalue.TaggedOutput("failures", Failure(
+            ref.uri, failures.KEY_COLLISION, f"its samples would get the keys of {ordered[0][1].uri} ({prefix}-...): "
+            "rename the file or give it a manifest id", stage="match"))
+
+
+class UniqueInputs(beam.PTransform):
+    """PCollection[(order key, AudioRef)] -> ``{"refs": each input once, "failures": key collisions}``.
+
+    References to one input (by :func:`input_identity`) are grouped and the first occurrence
+    kept; then inputs whose sample keys would be equal are told apart (:func:`key_prefix`), so
+    no key is ever written twice. The groupings also spread the inputs over the workers.
+    """
+
+    def expand(self, ordered):
+        firsts = (ordered
+                  | "KeyByInput" >> beam.Map(lambda o: (input_identity(o[1].uri), o))
+                  | "GroupByInput" >> beam.GroupByKey()
+                  | "FirstOccurrence" >> beam.Map(first_occurrence))
+        out = (firsts
+               | "KeyByKeyPrefix" >> beam.Map(lambda o: (key_prefix(o[1]), o))
+               | "GroupByKeyPrefix" >> beam.GroupByKey()
+               | "OnePerKeyPrefix" >> beam.FlatMap(_one_per_key_prefix).with_outputs("failures", main="refs"))
+        return {"refs": out.refs, "failures": out.failures}
+
+
 class MatchAudio(beam.PTransform):
     """Patterns and manifests -> PCollection[AudioRef] (main) and Failure (``failures``)."""
 
@@ -439,9 +565,10 @@ class MatchAudio(beam.PTransform):
 
     def expand(self, pbegin):
         listed = pbegin | "ListInputs" >> ListInputs(self.config)
-        refs = ([batches | f"Unbatch{i}" >> beam.FlatMap(lambda batch: batch[1])
-                 for i, batches in enumerate(listed["batches"])]
-                | "AllRefs" >> beam.Flatten()
-                # Each batch came from one lister; spread the files over all the workers.
-                | "SpreadFiles" >> beam.Reshuffle())
-        return {"refs": refs, "failures": listed["failures"]}
+        ordered = ([batches | f"Unbatch{i}" >> beam.FlatMap(lambda batch: batch[1])
+                    for i, batches in enumerate(listed["batches"])]
+                   | "AllRefs" >> beam.Flatten())
+        # Each batch came from one lister; grouping by input spreads the files over all the workers.
+        unique = ordered | "UniqueInputs" >> UniqueInputs()
+        fails = (listed["failures"], unique["failures"]) | "AllMatchFailures" >> beam.Flatten()
+        return {"refs": unique["refs"], "failures": fails}

@@ -69,7 +69,7 @@ class Segment:
         key: the WebDataset sample key (safe characters only, no dots).
         source: the input it was cut from.
         start_s, end_s: position in the source, seconds.
-        sample_rate: of ``audio``, Hz.
+        sample_rate: of ``audio``, Hz: the source's own (each tokenizer resamples from it).
         audio: float32 [samples], mono.
         source_info: the source's rate, channels and format.
     """

@@ -8,12 +8,11 @@ Segmenters (``SegmentConfig.segmenter``; see ``transforms/SEGMENTERS.md``):
   segments of ``min_segment_s``..``segment_s`` seconds (``transforms/vad.py``); the time left
   out is counted (``nonspeech_ms``), not tokenized.
 
-Short files (up to ``split_s`` seconds by their header) are decoded whole
-(``DecodeAudio``) and segmented in memory. Longer ones are never held whole: a planning step
-reads their header, cuts them into work items of about ``split_s`` seconds (at window
-multiples for ``fixed``, at the quietest point near each border for the speech segmenters),
-the items are reshuffled over the workers, and each item is decoded in chunks
-(``transforms/streaming.py``) and segmented on its own.
+Short files (up to ``split_s`` seconds by their header) are decoded whole and segmented in
+memory. Longer ones are never held whole: the decoder plans them into work items of about
+``split_s`` seconds (``transforms/decode.py``), the items are reshuffled over the workers, and
+each item is decoded in chunks by the decoder (behind its process boundary) and segmented on
+its own (:func:`segment_work_item`).
 
 A manifest may give a timed transcript (``words``: [{start, end, word}] or ``segments``:
 [{start, end, text}], seconds in the source); each segment then carries the entries whose
@@ -29,18 +28,18 @@ import math
 import posixpath
 import re
 import unicodedata
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from audiotok.transforms import failures, metrics, streaming, vad
-from audiotok.transforms.decode import DecodeConfig, check_format, resample
+from audiotok.transforms import failures, metrics, vad
+from audiotok.transforms.decode import (DEFAULT_CHUNK_S, QUIET_SEARCH_S, SEGMENTERS, DecodeConfig, Plan, SplitConfig,
+                                        WorkItem, cut_stream, resample, resample_stream)
 from audiotok.transforms.failures import AudiotokError, Failure
 from audiotok.transforms.progress import Progress
 from audiotok.transforms.records import AudioRef, Decoded, Segment
-from audiotok.transforms.streaming import Probe
 from audiotok.transforms.vad import VAD_RATE, VadConfig
 
 logger = logging.getLogger(__name__)
@@ -48,13 +47,12 @@ logger = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 KEY_STEM_CHARS = 40
 
-SEGMENTERS: tuple[str, ...] = ("fixed", "vad", "energy")
-# Half-width of the stretch searched for the quietest point around a work item border.
-QUIET_SEARCH_S = 5.0
-# The speech segmenters score a work item, then cut it: the item's audio (at the segment rate)
-# is kept between the two passes up to this size (a 10-minute item at 24 kHz: 55 MiB), and
+# The speech segmenters score a work item, then cut it: the item's audio (at the source rate)
+# is kept between the two passes up to this size (a 10-minute item at 48 kHz: 110 MiB), and
 # decoded a second time beyond it (an item of a file whose header gives no length).
 ITEM_BUFFER_BYTES = 128 << 20
+# A stretch is resampled for the speech detectors from this much earlier (the resampler's warm-up).
+VAD_PREROLL_S = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +78,7 @@ class SegmentConfig:
     segmenter: str = "fixed"
     vad: VadConfig = VadConfig()
     split_s: float | None = 600.0
-    chunk_s: float = streaming.DEFAULT_CHUNK_S
+    chunk_s: float = DEFAULT_CHUNK_S
 
     def __post_init__(self) -> None:
         if not self.segment_s > 0:
@@ -99,6 +97,13 @@ class SegmentConfig:
     @property
     def splits(self) -> bool:
         return bool(self.split_s)
+
+    def split_config(self) -> SplitConfig | None:
+        """How the decoder plans long files for these segments (None: every file decoded whole)."""
+        if not self.splits:
+            return None
+        return SplitConfig(split_s=self.split_s, segment_s=self.segment_s, segmenter=self.segmenter,
+                           chunk_s=self.chunk_s)
 
 
 def fixed_windows(n_samples: int, sample_rate: int, config: SegmentConfig) -> list[tuple[int, int]]:
@@ -403,187 +408,93 @@ class SegmentAudio(beam.PTransform):
 # ---------------------------------------------------------------------------- long files
 
 
-@dataclasses.dataclass(frozen=True)
-class WorkItem:
-    """A stretch of a long file, segmented by one worker.
+def work_items(ref: AudioRef, plan: Plan) -> list[WorkItem]:
+    """The work items of a planned long file, each with its share of a timed transcript.
 
-    Attributes:
-        source: the input (its timed transcript narrowed to the stretch).
-        info: the file's probe.
-        sample_rate: the rate segments are cut at, Hz.
-        start, stop: the stretch, in samples at ``sample_rate`` (``stop=None``: to the end).
-        index, count: position of the item among the file's items.
+    Raises:
+        AudiotokError: ``bad_manifest`` when the manifest's timed transcript is malformed.
     """
-
-    source: AudioRef
-    info: Probe
-    sample_rate: int
-    start: int
-    stop: int | None
-    index: int
-    count: int
-
-    @property
-    def start_s(self) -> float:
-        return self.start / self.sample_rate
-
-    @property
-    def stop_s(self) -> float | None:
-        return None if self.stop is None else self.stop / self.sample_rate
-
-
-def fixed_borders(n_est: int, rate: int, config: SegmentConfig) -> list[int]:
-    """Item borders for the fixed segmenter: multiples of the window close to ``split_s``, so that
-    every item's windows are the whole file's windows."""
-    window = max(1, int(round(config.segment_s * rate)))
-    step = window * max(1, int(round(config.split_s * rate / window)))
-    return list(range(step, n_est - window, step))
-
-
-def nominal_borders(n_est: int, rate: int, config: SegmentConfig) -> list[int]:
-    """Every ``split_s`` seconds, keeping the last item at least half as long."""
-    step = int(round(config.split_s * rate))
-    return list(range(step, n_est - step // 2, step))
-
-
-def quiet_cuts(ref: AudioRef, info: Probe, borders: list[int], rate: int, config: SegmentConfig,
-               decode: DecodeConfig) -> list[int]:
-    """Moves each border to the quietest point within ``QUIET_SEARCH_S`` of it (by 16 kHz frame
-    energy). Borders whose stretch the file does not hold (a header that overstates the
-    length) are dropped."""
-    half = int(round(min(QUIET_SEARCH_S, config.split_s / 4) * rate))
-    windows = [(b - half, b + half) for b in borders]
-    # Cuts on the whole file's frame grid keep the frames of every item where they would be
-    # for the whole file (when a frame is a whole number of samples at ``rate``).
-    hop = vad.SILERO_HOP if config.segmenter == "vad" else vad.ENERGY_HOP
-    grid = hop * rate // VAD_RATE if (hop * rate) % VAD_RATE == 0 else 1
-    cuts = []
-    for (lo, hi), audio in zip(windows, read_windows(ref.uri, info, windows, rate, config.chunk_s, decode)):
-        if audio.shape[0] < hi - lo:
-            break
-        db = vad.frame_energy_db(resample(audio, rate, VAD_RATE), vad.ENERGY_HOP)
-        cut = lo + to_rate(vad.quietest_point(db, vad.ENERGY_HOP), rate)
-        cuts.append((2 * cut + grid) // (2 * grid) * grid)
-    return cuts
-
-
-def read_windows(uri: str, info: Probe, windows: list[tuple[int, int]], rate: int, chunk_s: float,
-                 decode: DecodeConfig) -> Iterator[np.ndarray]:
-    """The audio of each (sorted, disjoint) window: one seek each for libsndfile formats, one
-    pass over the file for the others. A window past the end comes back short."""
-    if info.seekable:
-        for lo, hi in windows:
-            yield streaming.read_all(uri, rate, chunk_s, start=lo, stop=hi, config=decode, info=info)
-        return
-    chunks = streaming.iter_chunks(uri, chunk_s, rate, start=windows[0][0] if windows else 0,
-                                   stop=windows[-1][1] if windows else 0, config=decode, info=info)
-    pos = windows[0][0] if windows else 0
-    got = 0
-    for lo, hi, audio in cut_stream(chunks, [(lo - pos, hi - pos) for lo, hi in windows]):
-        got += 1
-        yield audio
-    for _ in range(got, len(windows)):  # windows past the end of the file
-        yield np.zeros(0, np.float32)
-
-
-def plan_work_items(ref: AudioRef, info: Probe, rate: int, config: SegmentConfig,
-                    decode: DecodeConfig) -> list[WorkItem]:
-    """Cuts a long file into work items of about ``split_s`` seconds (see the module docstring)."""
-    n_est = int(info.frames * rate / info.sample_rate)
-    if config.segmenter == "fixed":
-        cuts = fixed_borders(n_est, rate, config)
-    else:
-        cuts = quiet_cuts(ref, info, nominal_borders(n_est, rate, config), rate, config, decode)
-    edges = [0, *cuts, None]
+    timed_transcript(ref.meta)
+    edges = [0, *plan.cuts, None]
     count = len(edges) - 1
     items = []
     for i, (start, stop) in enumerate(zip(edges, edges[1:])):
         source = ref
         if ref.meta:
+            rate = plan.probe.sample_rate
             narrowed = narrow_transcript(ref.meta, start / rate, math.inf if stop is None else stop / rate)
             source = ref if narrowed is ref.meta else dataclasses.replace(ref, meta=narrowed)
-        items.append(WorkItem(source, info, rate, start, stop, i, count))
+        items.append(WorkItem(source, plan.probe, start, stop, i, count, plan.repair, plan.frames))
     return items
-
-
-def cut_stream(chunks: Iterable[np.ndarray], intervals: list[tuple[int, int]]) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Cuts a stream of float32 chunks along sorted, disjoint (start, end) sample intervals.
-
-    Yields:
-        (start, end, audio) for each interval, in order, audio a fresh array (it holds no chunk
-        alive). An interval the stream ends inside comes back shorter; the ones after are skipped.
-    """
-    todo = iter(intervals)
-    current = next(todo, None)
-    pos = 0
-    parts: list[np.ndarray] = []
-    for chunk in chunks:
-        if current is None:
-            return
-        end_of_chunk = pos + chunk.shape[0]
-        while current is not None and current[0] < end_of_chunk:
-            lo, hi = current
-            a, b = max(lo, pos) - pos, min(hi, end_of_chunk) - pos
-            if b > a:
-                parts.append(chunk[a:b])
-            if hi > end_of_chunk:
-                break
-            yield lo, hi, _join(parts)
-            parts = []
-            current = next(todo, None)
-        pos = end_of_chunk
-    if current is not None and parts:
-        yield current[0], pos, _join(parts)
-
-
-def _join(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 class _Counted:
     """Passes chunks through, counting their samples, and keeping them while they take at most
-    ``keep_bytes`` (so that a second pass need not decode again)."""
+    ``keep_bytes`` (so that a second pass need not decode again). The first ``skip`` samples (a
+    pre-roll) pass through without being counted or kept."""
 
-    def __init__(self, chunks: Iterable[np.ndarray], keep_bytes: int = 0):
-        self._chunks, self.n = chunks, 0
+    def __init__(self, chunks: Iterable[np.ndarray], keep_bytes: int = 0, skip: int = 0):
+        self._chunks, self.n, self._skip = chunks, 0, skip
         self._keep_bytes, self._kept_bytes = keep_bytes, 0
         self.kept: list[np.ndarray] | None = [] if keep_bytes else None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for chunk in self._chunks:
-            self.n += chunk.shape[0]
+            if self._skip >= chunk.shape[0]:
+                self._skip -= chunk.shape[0]
+                yield chunk
+                continue
+            counted, self._skip = chunk[self._skip:], 0
+            self.n += counted.shape[0]
             if self.kept is not None:
-                self._kept_bytes += chunk.nbytes
+                self._kept_bytes += counted.nbytes
                 if self._kept_bytes <= self._keep_bytes:
-                    self.kept.append(chunk)
+                    self.kept.append(counted)
                 else:
                     self.kept = None  # too long to hold: the second pass reads again
             yield chunk
 
 
-def segment_work_item(item: WorkItem, config: SegmentConfig, decode: DecodeConfig, model=None,
-                      stats: SegmentStats | None = None) -> Iterator[Segment | Failure]:
+def _drop(chunks: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
+    """``chunks`` without their first ``n`` samples."""
+    for chunk in chunks:
+        if n >= chunk.shape[0]:
+            n -= chunk.shape[0]
+            continue
+        yield chunk[n:]
+        n = 0
+
+
+def vad_preroll(start: int, rate: int) -> int:
+    """Where a stretch starting at ``start`` is read from for speech detection: ``VAD_PREROLL_S``
+    or more earlier, at a sample that falls on the 16 kHz grid, so that the stretch's 16 kHz
+    audio is the whole file's (to float rounding) from ``start`` on."""
+    unit = rate // math.gcd(rate, VAD_RATE)
+    return max(0, start - int(VAD_PREROLL_S * rate)) // unit * unit
+
+
+def segment_work_item(item: WorkItem, config: SegmentConfig, stretch: Callable[[WorkItem], Iterable[np.ndarray]],
+                      model=None, stats: SegmentStats | None = None) -> Iterator[Segment | Failure]:
     """Segments one work item by streaming it: one pass for ``fixed``; for the speech
     segmenters a first pass scores the stretch and a second cuts it (from the audio kept by the
     first, up to ``ITEM_BUFFER_BYTES``; decoded again beyond).
 
+    Args:
+        stretch: the decoder's stretch reader (``decoder.stretch``): the item's mono chunks.
+
     Yields:
         Segments (absolute positions in the file) and, when the stretch ends early against an
-        exact header, one ``truncated`` Failure.
+        exact length, one ``truncated`` Failure.
 
     Raises:
         AudiotokError: when the stretch cannot be read.
     """
     rate, ref = item.sample_rate, item.source
-
-    def chunks():
-        return streaming.iter_chunks(ref.uri, config.chunk_s, rate, item.start, item.stop, decode, item.info)
-
     info = item.info.source_info()
     if config.segmenter == "fixed":
         window = max(1, int(round(config.segment_s * rate)))
         min_len = int(round(config.min_segment_s * rate))
-        counted = _Counted(chunks())
+        counted = _Counted(stretch(item))
         pos = item.start
         for block in vad.reblock(counted, window):
             n = block.shape[0]
@@ -594,18 +505,23 @@ def segment_work_item(item: WorkItem, config: SegmentConfig, decode: DecodeConfi
         if stats is not None:
             stats.streamed_samples += got
     else:
-        counted = _Counted(chunks(), keep_bytes=ITEM_BUFFER_BYTES)
-        scores = speech_scores(streaming.resample_stream(counted, rate, VAD_RATE), config, model)
+        # The detectors see the stretch at 16 kHz as the whole file's resample has it: read from a
+        # pre-roll on the common grid, resampled, and the pre-roll dropped at 16 kHz.
+        early = vad_preroll(item.start, rate)
+        counted = _Counted(stretch(dataclasses.replace(item, start=early)), keep_bytes=ITEM_BUFFER_BYTES,
+                           skip=item.start - early)
+        at_16k = _drop(resample_stream(counted, rate, VAD_RATE), (item.start - early) * VAD_RATE // rate)
+        scores = speech_scores(at_16k, config, model)
         got = counted.n
         if stats is not None:
             stats.streamed_samples += got
         intervals = [(a, min(b, got)) for a, b in speech_intervals(scores, config, rate, stats) if a < got]
-        second_pass = counted.kept if counted.kept is not None else chunks()
+        second_pass = counted.kept if counted.kept is not None else stretch(item)
         counted.kept = None
         for lo, hi, audio in cut_stream(second_pass, intervals):
             if hi > lo:
                 yield make_segment(ref, item.start + lo, item.start + hi, rate, audio, info)
-    expected = _expected_length(item)
+    expected = item.expected_length()
     if expected is not None and got < expected - int(0.1 * rate):
         yield Failure(ref.uri, failures.TRUNCATED,
                       f"the stretch ends after {got / rate:.2f} of {expected / rate:.2f} s "
@@ -613,67 +529,25 @@ def segment_work_item(item: WorkItem, config: SegmentConfig, decode: DecodeConfi
                       start_s=item.start_s, end_s=(item.start + expected) / rate)
 
 
-def _expected_length(item: WorkItem) -> int | None:
-    if item.stop is not None:
-        return item.stop - item.start if item.info.exact else None
-    if item.info.exact and item.info.frames is not None:
-        return max(0, int(item.info.frames * item.sample_rate / item.info.sample_rate) - item.start)
-    return None
-
-
-class _PlanFn(beam.DoFn):
-    """Long files -> work items (``items``); the rest pass on (main) to be decoded whole."""
-
-    def __init__(self, rate: int, config: SegmentConfig, decode: DecodeConfig):
-        self._rate, self._config, self._decode = rate, config, decode
-
-    def process(self, ref: AudioRef):
-        try:
-            info = streaming.probe(ref.uri)
-        except Exception:  # noqa: BLE001 - the whole-file decoder gives the reason a file is bad
-            yield ref
-            return
-        duration = info.duration_s
-        unknown_and_big = duration is None and (info.size_bytes or 0) >= streaming.UNKNOWN_LENGTH_STREAM_BYTES
-        if not unknown_and_big and (duration is None or duration <= self._config.split_s or not info.believable()):
-            yield ref
-            return
-        try:
-            check_format(info.sample_rate, info.channels, self._decode)
-            limit = self._decode.max_duration_s
-            if duration is not None and limit is not None and duration > limit:
-                raise AudiotokError(failures.TOO_LONG, f"the header declares {duration:.1f} s > {limit} s")
-            timed_transcript(ref.meta)
-            if unknown_and_big:  # no length to plan with: one worker streams it, in bounded memory
-                items = [WorkItem(ref, info, self._rate, 0, None, 0, 1)]
-            else:
-                items = plan_work_items(ref, info, self._rate, self._config, self._decode)
-        except Exception as e:  # every failure is a record, never a failed bundle
-            failure = Failure.from_error(ref.uri, e, "decode")
-            metrics.failure(failure.reason, "decode")
-            yield beam.pvalue.TaggedOutput("failures", failure)
-            return
-        metrics.counter("long_files").inc()
-        metrics.counter("work_items").inc(len(items))
-        logger.info("%s: %s s in %d work item(s)", failures.redact(failures.printable(ref.uri)),
-                    "?" if duration is None else f"{duration:.0f}", len(items))
-        for item in items:
-            yield beam.pvalue.TaggedOutput("items", item)
-
-
 class _SegmentItemFn(beam.DoFn):
     def __init__(self, config: SegmentConfig, decode: DecodeConfig):
         self._config, self._decode = config, decode
 
     def setup(self) -> None:
+        from audiotok.transforms import isolation
+
         self._model = vad.loaded_silero() if self._config.segmenter == "vad" else None
         self._progress = Progress("streamed")
+        self._decoder = isolation.make_decoder(self._decode)
+
+    def _stretch(self, item: WorkItem) -> Iterator[np.ndarray]:
+        return self._decoder.stretch(item, self._config.chunk_s)
 
     def process(self, item: WorkItem):
         stats = SegmentStats()
         n = 0
         try:
-            for out in segment_work_item(item, self._config, self._decode, self._model, stats):
+            for out in segment_work_item(item, self._config, self._stretch, self._model, stats):
                 if isinstance(out, Failure):
                     metrics.failure(out.reason, out.stage)
                     yield beam.pvalue.TaggedOutput("failures", out)
@@ -681,6 +555,9 @@ class _SegmentItemFn(beam.DoFn):
                 n += 1
                 yield out
         except Exception as e:  # every failure is a record, never a failed bundle
+            if not isinstance(e, AudiotokError):
+                logger.warning("unexpected %s streaming %s (a bug: please report it): %s", type(e).__name__,
+                               failures.redact(failures.printable(item.source.uri)), failures.redact(str(e)))
             failure = Failure.from_error(item.source.uri, e, "decode", start_s=item.start_s, end_s=item.stop_s)
             metrics.failure(failure.reason, "decode")
             yield beam.pvalue.TaggedOutput("failures", failure)
@@ -694,24 +571,15 @@ class _SegmentItemFn(beam.DoFn):
         metrics.counter("audio_ms").inc(int(round(audio_s * 1000)))
         self._progress.add(audio_s)
 
-
-class PlanLongFiles(beam.PTransform):
-    """PCollection[AudioRef] -> AudioRef (main: decode whole), WorkItem (``items``, spread over
-    the workers) and Failure (``failures``)."""
-
-    def __init__(self, sample_rate: int, config: SegmentConfig, decode: DecodeConfig):
-        super().__init__()
-        self.sample_rate, self.config, self.decode = sample_rate, config, decode
-
-    def expand(self, refs):
-        planned = refs | "Probe" >> beam.ParDo(_PlanFn(self.sample_rate, self.config, self.decode)).with_outputs(
-            "items", "failures", main="whole")
-        items = planned.items | "SpreadWorkItems" >> beam.Reshuffle()
-        return {"whole": planned.whole, "items": items, "failures": planned.failures}
+    def teardown(self) -> None:
+        decoder = getattr(self, "_decoder", None)
+        if decoder is not None:
+            decoder.close()
 
 
 class SegmentWorkItems(beam.PTransform):
-    """PCollection[WorkItem] -> Segment (main) and Failure (``failures``)."""
+    """PCollection[WorkItem] -> Segment (main) and Failure (``failures``); each stretch is
+    decoded by the decoder ``decode.isolation`` asks for."""
 
     def __init__(self, config: SegmentConfig, decode: DecodeConfig):
         super().__init__()

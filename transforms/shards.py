@@ -25,7 +25,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
-from audiotok.transforms import dataset, incremental, metrics, storage
+from audiotok.transforms import dataset, incremental, lease, metrics, storage
+from audiotok.transforms import failures as failures_module
 from audiotok.transforms.failures import Failure
 from audiotok.transforms.records import AudioRef, Sample
 
@@ -56,19 +57,17 @@ class ShardConfig:
 
 @dataclasses.dataclass(frozen=True)
 class WrittenFile:
-    """A file a writer finished under a temporary name, waiting for finalize.
+    """A shard a writer finished under a temporary name, waiting to be published.
 
     Attributes:
-        kind: ``shard`` or ``failures``.
+        kind: ``shard``.
         temp_url: where it is now.
-        first_key: the smallest key (or URI for failures) it holds; orders the final names.
-        samples: samples (or failure records) in it.
+        first_key: the smallest key it holds; orders the final names.
+        samples: samples in it.
         bytes: its size.
         audio_s: seconds of audio in its samples.
         tokens: stream name -> tokens.
-        reasons: failure reason -> count (failures files only).
-        sources: for shards, source hash -> {"uri", "samples", "audio_s", "tokens"};
-            for failures files, URI -> records.
+        sources: source hash -> {"uri", "samples", "audio_s", "tokens"}.
     """
 
     kind: str
@@ -78,7 +77,6 @@ class WrittenFile:
     bytes: int
     audio_s: float = 0.0
     tokens: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    reasons: Mapping[str, int] = dataclasses.field(default_factory=dict)
     sources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -208,19 +206,62 @@ class RunPlan:
     Attributes:
         version: this run's dataset version (shards go under ``shards/vNNNNNN/``).
         fingerprint: the settings fingerprint inputs are compared with.
-        previous: the published dataset a refresh builds on (None for a fresh dataset).
+        previous: the published dataset a refresh builds on (None for a fresh dataset, or one
+            replaced by ``--overwrite``).
+        index_generation: the generation of the index the run planned from (None: there was
+            none); the run publishes only if it is still the live one.
+        lease_owner: the run that holds the dataset's lease; publishing checks it still does.
+        release_lease: whether publishing releases the lease (a job launched without waiting).
     """
 
     version: int = 1
     fingerprint: str = ""
     previous: incremental.Previous | None = None
+    index_generation: str | None = None
+    lease_owner: str | None = None
+    release_lease: bool = False
+
+
+class IndexChanged(storage.PreconditionFailed):
+    """The live index is no longer the one the run planned from: another writer published."""
+
+
+def check_publishable(output: str, plan: RunPlan) -> bytes | None:
+    """Checks, before anything is put in place, that the run still holds the dataset's lease
+    and that the live index is still the one it planned from; returns that index's bytes. Every
+    writer of a version's files checks it first (a run that lost its lease writes nothing).
+
+    Raises:
+        lease.LeaseLost, IndexChanged: nothing may be published.
+    """
+    if plan.lease_owner:
+        lease.check_owner(output, plan.lease_owner)
+    try:
+        data, generation = storage.read_versioned(dataset.join_index(output))
+    except FileNotFoundError:
+        data, generation = None, None
+    if generation != plan.index_generation:
+        raise IndexChanged(f"{dataset.join_index(output)} changed since this run planned from it (another run "
+                           "published meanwhile): nothing was published; run --incremental again")
+    return data
+
+
+def publish_index(output: str, index: Mapping[str, Any], plan: RunPlan) -> None:
+    """Writes the index in one atomic write, only over the index the run planned from."""
+    try:
+        storage.write_atomic(dataset.join_index(output), json.dumps(index, indent=1, sort_keys=True).encode("utf-8"),
+                             if_generation=plan.index_generation, if_absent=plan.index_generation is None)
+    except storage.PreconditionFailed as e:
+        raise IndexChanged(f"{dataset.join_index(output)} changed while this run published (another run published "
+                           f"meanwhile): this run's version {plan.version} is not live; run --incremental "
+                           "again") from e
 
 
 # ---------------------------------------------------------------------------- publishing, per part
 
 
 def publish_shard(output: str, version: int, bucket: int, seq: int, written: WrittenFile,
-                  parts: int) -> tuple[tuple[int, dict], list[tuple[int, tuple[str, dict]]]]:
+                  parts: int) -> tuple[tuple[int, dict], list[tuple[int, bytes]]]:
     """Renames a finished temp shard to its final name (idempotent: a retried writer renames the
     same bytes onto the same name).
 
@@ -234,7 +275,7 @@ def publish_shard(output: str, version: int, bucket: int, seq: int, written: Wri
            "tokens": dict(sorted(written.tokens.items()))}
     by_part: dict[int, dict] = {}
     for source, stats in sorted(written.sources.items()):
-        by_part.setdefault(dataset.part_of(dataset.slot_of(stats["uri"]), parts), {})[source] = stats
+        by_part.setdefault(dataset.part_of(dataset.order_key(stats["uri"])[0], parts), {})[source] = stats
     # As JSON bytes: the runner carries one of these per input of a first run.
     return (dataset.part_of(dataset.slot_of(rel), parts), row), [
         (p, json.dumps([rel, s], sort_keys=True).encode("utf-8")) for p, s in sorted(by_part.items())]
@@ -249,57 +290,71 @@ def contributions_of(produced: Iterable[bytes]) -> list[tuple[str, str, Mapping[
     return out
 
 
+def failure_record(f: Failure | Mapping[str, Any]) -> dict[str, Any]:
+    """A dead letter as the JSON object its file holds."""
+    return dict(f) if isinstance(f, Mapping) else json.loads(f.to_json())
+
+
+def _record_order(r: Mapping[str, Any]) -> tuple:
+    start = r.get("start_s")
+    return (r["uri"], r.get("stage", ""), start if start is not None else -1.0, r["reason"], r.get("message", ""))
+
+
 @dataclasses.dataclass(frozen=True)
 class PartWritten:
-    """A state part as published: its file (None: empty), summary, and dead-letter file's row."""
+    """A state part as published: its file (None: empty), summary, dead-letter file's row, and
+    the samples the part's inputs no longer have live (``(shard url, sources, samples)``)."""
 
     part: int
     state: str | None
     summary: Mapping[str, Any]
     failure_row: Mapping[str, Any] | None = None
+    stale: tuple[tuple[str, tuple[str, ...], int], ...] = ()
 
 
-def _failure_order(f: Failure) -> tuple:
-    return (f.uri, f.stage, f.start_s if f.start_s is not None else -1.0, f.reason, f.message)
-
-
-def write_state_part(output: str, version: int, draft: incremental.Draft, draft_lines: Iterable[str] | None,
+def write_state_part(output: str, version: int, draft: incremental.Draft, draft_lines: Iterable[dict] | None,
                      contributions: Iterable[tuple[str, str, Mapping[str, Any]]],
-                     failures: Iterable[Failure]) -> PartWritten:
+                     failures: Iterable[Failure | Mapping[str, Any]]) -> PartWritten:
     """Writes one part of the next state and this run's dead letters of the part.
 
     Args:
         draft: the part's join; when it is unchanged, its previous file is reused as it is.
         draft_lines: the draft's lines (None: read them from ``draft.url``).
         contributions: ``(shard url, source hash, stats)`` of this run's shards for inputs of the part.
-        failures: this run's dead-letter records whose URI falls in the part.
+        failures: this run's dead-letter records to publish whose URI falls in the part (the
+            match stage's only where they changed: ``incremental.apply_unlisted``).
     """
-    records = sorted(failures, key=_failure_order)
-    reasons: dict[str, dict[str, int]] = {}
-    for f in records:
-        by_reason = reasons.setdefault(f.uri, {})
-        by_reason[f.reason] = by_reason.get(f.reason, 0) + 1
+    records = sorted((failure_record(f) for f in failures), key=_record_order)
+    by_uri: dict[str, list[dict]] = {}
+    for r in records:
+        by_uri.setdefault(r["uri"], []).append(r)
     contributions = list(contributions)
+    stale: list = []
     if draft.reuse is not None and not contributions:
-        _, extra = incremental.finish_part((), {}, reasons)
+        attached = {r["uri"]: r for r in records if r.get("stage") != "match"}  # the match stage's are in the draft
+        _, extra, _ = incremental.finish_part((), {}, {u: by_uri[u] for u in attached}, version)
         state_rel, summary = draft.reuse or None, incremental.merge_summaries([draft.summary, extra])
     else:
         if draft_lines is None:
-            draft_lines = _read_lines(draft.url)
-        lines, summary = incremental.finish_part(draft_lines, incremental.produced_by_uri(contributions), reasons)
+            draft_lines = (json.loads(line) for line in _read_lines(draft.url))
+        unlisted = {r["uri"] for r in records if r.get("stage") == "match"}
+        lines, summary, stale = incremental.finish_part(
+            draft_lines, incremental.produced_by_uri(contributions),
+            {u: rs for u, rs in by_uri.items() if u not in unlisted}, version)
         state_rel = None
         if lines:
             state_rel = dataset.state_part_path(version, draft.part)
-            storage.write_bytes(storage.join(output, state_rel), "".join(l + "\n" for l in lines).encode("utf-8"))
+            storage.write_atomic(storage.join(output, state_rel), "".join(l + "\n" for l in lines).encode("utf-8"))
     row = None
     if records:
         rel = dataset.failures_part_path(version, draft.part)
-        storage.write_bytes(storage.join(output, rel), "".join(f.to_json() + "\n" for f in records).encode("utf-8"))
+        storage.write_atomic(storage.join(output, rel), "".join(
+            json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8"))
         by_reason: dict[str, int] = {}
-        for f in records:
-            by_reason[f.reason] = by_reason.get(f.reason, 0) + 1
+        for r in records:
+            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
         row = {"url": rel, "records": len(records), "reasons": dict(sorted(by_reason.items()))}
-    return PartWritten(draft.part, state_rel, summary, row)
+    return PartWritten(draft.part, state_rel, summary, row, tuple(stale))
 
 
 def _read_lines(url: str) -> Iterator[str]:
@@ -312,13 +367,15 @@ def _read_lines(url: str) -> Iterator[str]:
 
 @dataclasses.dataclass(frozen=True)
 class RowsWritten:
-    """A rows part as published: its file (None: empty) and what its live shards hold."""
+    """A rows part as published: its file (None: empty), what its live shards hold, and the
+    shards it stopped naming (all their samples superseded)."""
 
     part: int
     rows: str | None
     shards: int
     bytes: int
     live_samples: int
+    retired: tuple[str, ...] = ()
 
 
 def write_rows_part(output: str, version: int, part: int, parts: int, previous: incremental.Previous | None,
@@ -330,6 +387,8 @@ def write_rows_part(output: str, version: int, part: int, parts: int, previous: 
     new_shards, new_failures = list(new_shards), list(new_failures)
     before = previous.rows_of(output, part, parts) if previous is not None else {"shards": [], "failures": []}
     rows = incremental.live_shards(before["shards"], new_shards, stale)
+    kept = {r["url"] for r in rows}
+    retired = tuple(sorted(r["url"] for r in before["shards"] if r["url"] not in kept))
     fails = sorted({r["url"]: dict(r) for r in [*before["failures"], *new_failures]}.values(), key=lambda r: r["url"])
     reuse = previous.reusable(part, parts) if previous is not None else None
     rel: str | None
@@ -337,17 +396,19 @@ def write_rows_part(output: str, version: int, part: int, parts: int, previous: 
         rel = previous.rows[part] or None
     elif rows or fails:
         rel = dataset.rows_part_path(version, part)
-        storage.write_bytes(storage.join(output, rel),
-                            json.dumps({"shards": rows, "failures": fails}, indent=1, sort_keys=True).encode("utf-8"))
+        storage.write_atomic(storage.join(output, rel), json.dumps(
+            {"shards": rows, "failures": fails}, indent=1, sort_keys=True).encode("utf-8"))
     else:
         rel = None
     return RowsWritten(part, rel, len(rows), sum(int(r["bytes"]) for r in rows),
-                       sum(int(r["live_samples"]) for r in rows))
+                       sum(int(r["live_samples"]) for r in rows), retired)
 
 
-def write_index(output: str, version: int, run_info: Mapping[str, Any], parts: int,
-                states: Iterable[PartWritten], rows: Iterable[RowsWritten]) -> dict:
-    """Publishes the version: ``index.json``, one small object naming the part files, written last."""
+def write_index(output: str, plan: RunPlan, run_info: Mapping[str, Any], parts: int,
+                states: Iterable[PartWritten], rows: Iterable[RowsWritten], retired: Iterable[str] = ()) -> dict:
+    """Publishes the version: the list of the files it retires (those the rows parts dropped,
+    the previous parts not kept, and ``retired``), then ``index.json``, one small object naming
+    the part files, written last, only over the index the run planned from."""
     state_urls: list[str | None] = [None] * parts
     rows_urls: list[str | None] = [None] * parts
     states, rows = list(states), list(rows)
@@ -371,13 +432,31 @@ def write_index(output: str, version: int, run_info: Mapping[str, Any], parts: i
     index = {
         "format": dataset.INDEX_FORMAT,
         "version": dataset.INDEX_VERSION,
-        "dataset_version": version,
+        "dataset_version": plan.version,
         **run_info,
         "totals": totals,
         "layout": {"slots": dataset.SLOTS, "parts": parts, "state": state_urls, "rows": rows_urls},
     }
-    storage.write_bytes(dataset.join_index(output), json.dumps(index, indent=1, sort_keys=True).encode("utf-8"))
+    retired = set(retired) | {rel for r in rows for rel in r.retired}
+    previous = plan.previous
+    if previous is not None:
+        live = set(state_urls) | set(rows_urls)
+        retired |= {rel for rel in (*previous.state, *previous.rows) if rel and rel not in live}
+    elif plan.index_generation is not None:  # --overwrite: everything the replaced index named
+        retired |= dataset.referenced_files(output, dataset.read_index(output))
+    record_retired(output, plan.version, retired)
+    publish_index(output, index, plan)
     return index
+
+
+def record_retired(output: str, version: int, retired: Iterable[str]) -> None:
+    """Writes ``state/retired-vNNNNNN.json``: the files the previous index named and version
+    ``version`` no longer does. Readers holding the previous index still read them; ``audiotok
+    gc`` deletes them once version ``version`` is older than its grace period."""
+    retired = sorted(retired)
+    if retired:
+        storage.write_atomic(storage.join(output, dataset.retired_path(version)),
+                             json.dumps({"version": version, "retired": retired}, indent=1).encode("utf-8"))
 
 
 def remove_temp(output: str, temp_dir: str) -> None:
@@ -399,7 +478,9 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
     names (in order of their first key), the state and rows parts, then the index, last.
 
     For small datasets and tools (tests, ``compact``): it holds the listing in memory. When the
-    run changes nothing, nothing is written.
+    run changes nothing, nothing is written. Nothing is put in place unless the run still holds
+    the lease and the index is the one it planned from; the index is replaced only if it still
+    is (compare-and-swap on its generation).
 
     Args:
         written: temp shards (``ShardWriter``'s output).
@@ -409,34 +490,51 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
     Returns:
         The live index.
     """
-    listed, chosen, failures = list(listed), set(selected), list(failures)
+    try:
+        return _finalize(output, temp_dir, written, run_info, plan, listed, selected, failures)
+    finally:
+        if plan.release_lease and plan.lease_owner:
+            lease.release_if_owner(output, plan.lease_owner)
+
+
+def _finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_info: Mapping[str, Any],
+              plan: RunPlan, listed: Iterable[AudioRef], selected: Iterable[str], failures: Iterable[Failure]) -> dict:
+    listed, chosen = list(listed), set(selected)
+    match_failures = [f for f in failures if f.stage == "match"]
+    other_failures = [f for f in failures if f.stage != "match"]
     previous = plan.previous
     parts = incremental.choose_parts(len(listed), previous.parts if previous else 0)
+    check_publishable(output, plan)
+
+    def part(uri: str) -> int:
+        return dataset.part_of(dataset.order_key(uri)[0], parts)
+
     by_part: dict[int, list[tuple[tuple[int, str], str]]] = {}
-    for ref in listed:
-        by_part.setdefault(dataset.part_of(dataset.slot_of(ref.uri), parts), []).append(
-            (dataset.order_key(ref.uri), incremental.ref_line(ref)))
+    for i, ref in enumerate(listed):
+        by_part.setdefault(part(ref.uri), []).append((dataset.order_key(ref.uri), incremental.ref_line(ref, (i,))))
     migrated: dict[int, list[tuple[tuple[int, str], str]]] = {}
     if previous is not None and previous.index_version == 1 and previous.state:
         state = json.loads(storage.read_bytes(storage.join(output, previous.state[0])))
         old_failures = incremental.read_v1_failures(output, dataset.read_index(output))
         for uri, line in incremental.migrate_state(state, old_failures):
-            migrated.setdefault(dataset.part_of(dataset.slot_of(uri), parts), []).append((dataset.order_key(uri), line))
+            migrated.setdefault(part(uri), []).append((dataset.order_key(uri), line))
+    match_by_part: dict[int, list[dict]] = {}
+    for f in match_failures:
+        match_by_part.setdefault(part(f.uri), []).append(failure_record(f))
 
     def select(ref: AudioRef, entry: Mapping[str, Any] | None) -> str | None:
         return (incremental.needs_processing(ref, entry, plan.fingerprint) or "rerun") if ref.uri in chosen else None
 
-    joins, stale = {}, []
+    joins = {}
     for p in range(parts):
         if previous is not None and previous.index_version >= 2:
             prev_lines: Iterable[str] = previous.state_lines(output, p, parts)
         else:
             prev_lines = [line for _, line in sorted(migrated.get(p, []))]
         joins[p] = incremental.join_part([line for _, line in sorted(by_part.get(p, []))], prev_lines, select,
-                                         plan.version, plan.fingerprint, p, parts, previous)
-        stale.extend(joins[p].stale)
+                                         plan.version, plan.fingerprint, p, parts, previous, match_by_part.get(p, []))
     shards = sorted((w for w in written if w.kind == "shard"), key=lambda w: (w.first_key, w.temp_url))
-    if previous is not None and not shards and not failures and not any(j.changed for j in joins.values()):
+    if previous is not None and not shards and not other_failures and not any(j.changed for j in joins.values()):
         remove_temp(output, temp_dir)
         return dataset.read_index(output)  # a refresh that changes nothing writes nothing
     new_rows: dict[int, list[dict]] = {}
@@ -446,25 +544,25 @@ def finalize(output: str, temp_dir: str, written: Iterable[WrittenFile], run_inf
         new_rows.setdefault(q, []).append(row)
         for p, blob in produced:
             contributions.setdefault(p, []).extend(contributions_of([blob]))
-    fails_by_part: dict[int, list[Failure]] = {}
-    for f in failures:
-        fails_by_part.setdefault(dataset.part_of(dataset.slot_of(f.uri), parts), []).append(f)
+    fails_by_part: dict[int, list] = {}
+    for f in other_failures:
+        fails_by_part.setdefault(part(f.uri), []).append(f)
     states = []
     for p, joined in joins.items():
         draft = incremental.Draft(p, None, joined.reuse, joined.summary, joined.changed)
         states.append(write_state_part(output, plan.version, draft, joined.draft, contributions.get(p, []),
-                                       fails_by_part.get(p, [])))
+                                       [*fails_by_part.get(p, []), *joined.publish]))
     stale_by_part: dict[int, list] = {}
-    for shard, sources, n in stale:
-        stale_by_part.setdefault(dataset.part_of(dataset.slot_of(shard), parts), []).append((shard, sources, n))
     failure_rows: dict[int, list[dict]] = {}
     for s in states:
+        for shard, sources, n in s.stale:
+            stale_by_part.setdefault(dataset.part_of(dataset.slot_of(shard), parts), []).append((shard, sources, n))
         if s.failure_row:
             failure_rows.setdefault(dataset.part_of(dataset.slot_of(s.failure_row["url"]), parts), []).append(
                 s.failure_row)
     rows = [write_rows_part(output, plan.version, q, parts, previous, stale_by_part.get(q, []),
                             new_rows.get(q, []), failure_rows.get(q, [])) for q in range(parts)]
-    index = write_index(output, plan.version, run_info, parts, states, rows)
+    index = write_index(output, plan, run_info, parts, states, rows)
     remove_temp(output, temp_dir)
     return index
 
@@ -541,17 +639,35 @@ class _SpillFn(beam.DoFn):
         yield from out
 
 
+def key_collisions(refs: Sequence[tuple[str, list]]) -> dict[str, tuple[str, str]]:
+    """The inputs of one bucket whose samples would get another input's keys (same stem, same
+    40-bit source hash; forced in tests): URI -> (the input kept, the keys' prefix). Of those
+    that share a prefix, the first by URI is kept."""
+    uris_by_prefix: dict[str, set[str]] = {}
+    for _, (key, _, _, _, uri, _) in refs:
+        uris_by_prefix.setdefault(key.rsplit("-", 1)[0], set()).add(uri)
+    out = {}
+    for prefix, uris in uris_by_prefix.items():
+        if len(uris) > 1:
+            first, *others = sorted(uris)
+            out.update({uri: (first, prefix) for uri in others})
+    return out
+
+
 class _WriteBucketFn(beam.DoFn):
     """(bucket, spill sections) -> the bucket's shards, published under their final names.
 
     The bucket's samples are sorted by key before writing, so the shards' bytes do not depend on
     how the runner bundled the work: a rerun over the same inputs writes byte-identical shards.
-    Outputs: ``rows`` ((rows part, row)) and ``produced`` ((state part, JSON of its sources' stats)).
+    All samples of a source hash fall in one bucket: inputs whose keys would collide are told
+    apart here (the first by URI is written, the others are ``key_collision`` dead letters).
+    Outputs: ``rows`` ((rows part, row)), ``produced`` ((state part, JSON of its sources' stats))
+    and ``failures``.
     """
 
-    def __init__(self, output: str, temp_dir: str, version: int, config: ShardConfig,
+    def __init__(self, output: str, temp_dir: str, plan: RunPlan, config: ShardConfig,
                  stream_specs: Mapping[str, Mapping[str, Any]]):
-        self._output, self._temp_dir, self._version = output, temp_dir, version
+        self._output, self._temp_dir, self._plan = output, temp_dir, plan
         self._config = config
         self._stream_specs = dict(stream_specs)
 
@@ -562,10 +678,19 @@ class _WriteBucketFn(beam.DoFn):
             for line in storage.read_range(url, offset, offset + length).decode("utf-8").splitlines():
                 refs.append((url, json.loads(line)))
         refs.sort(key=lambda r: r[1][0])
+        collided = key_collisions(refs)
+        for uri, (first, prefix) in sorted(collided.items()):
+            metrics.failure(failures_module.KEY_COLLISION, "match")
+            yield beam.pvalue.TaggedOutput("failures", Failure(
+                uri, failures_module.KEY_COLLISION, f"its samples would get the keys of {first} ({prefix}-...): "
+                "rename the file or give it a manifest id", stage="write"))
+        check_publishable(self._output, self._plan)
         seq = 0
         writer = ShardWriter(storage.join(self._temp_dir, "shards"), self._config, self._stream_specs)
         with writer, storage.RangeReader() as spill:
             for url, (key, offset, sizes, duration_s, uri, tokens) in refs:
+                if uri in collided:
+                    continue
                 data = spill.read(url, offset, offset + sum(n for _, n in sizes))
                 members, at = [], 0
                 for name, n in sizes:
@@ -581,7 +706,7 @@ class _WriteBucketFn(beam.DoFn):
 
     def _publish(self, bucket: int, seq: int, written: WrittenFile, parts: int):
         metrics.counter("shards").inc()
-        row, produced = publish_shard(self._output, self._version, bucket, seq, written, parts)
+        row, produced = publish_shard(self._output, self._plan.version, bucket, seq, written, parts)
         yield beam.pvalue.TaggedOutput("rows", row)
         for element in produced:
             yield beam.pvalue.TaggedOutput("produced", element)
@@ -590,40 +715,46 @@ class _WriteBucketFn(beam.DoFn):
 class _WriteStateFn(beam.DoFn):
     """(part, {"draft", "produced", "failures"}) -> the part's state file and dead letters."""
 
-    def __init__(self, output: str, version: int):
-        self._output, self._version = output, version
+    def __init__(self, output: str, plan: RunPlan):
+        self._output, self._plan = output, plan
 
     def process(self, element, changed: bool):
         if not changed:
             return
         _, groups = element
         [draft] = groups["draft"]
-        contributions = contributions_of(groups["produced"])
-        yield write_state_part(self._output, self._version, draft, None, contributions, groups["failures"])
+        check_publishable(self._output, self._plan)
+        yield write_state_part(self._output, self._plan.version, draft, None, contributions_of(groups["produced"]),
+                               groups["failures"])
 
 
 class _WriteRowsFn(beam.DoFn):
     """(part, {"all", "stale", "shards", "failures"}) -> the part's rows file."""
 
-    def __init__(self, output: str, version: int, previous: incremental.Previous | None):
-        self._output, self._version, self._previous = output, version, previous
+    def __init__(self, output: str, plan: RunPlan):
+        self._output, self._plan = output, plan
 
     def process(self, element, changed: bool, parts: int):
         if not changed:
             return
         part, groups = element
-        yield write_rows_part(self._output, self._version, part, parts, self._previous, groups["stale"],
+        check_publishable(self._output, self._plan)
+        yield write_rows_part(self._output, self._plan.version, part, parts, self._plan.previous, groups["stale"],
                               groups["shards"], groups["failures"])
 
 
-def _publish_index(changed: bool, output: str, temp_dir: str, version: int, run_info: Mapping[str, Any],
+def _publish_index(changed: bool, output: str, temp_dir: str, plan: RunPlan, run_info: Mapping[str, Any],
                    parts: int, states: Sequence[PartWritten], rows: Sequence[RowsWritten]) -> dict:
-    if not changed:
+    try:
+        if not changed:
+            remove_temp(output, temp_dir)
+            return dataset.read_index(output)  # a refresh that changes nothing writes nothing
+        index = write_index(output, plan, run_info, parts, states, rows)
         remove_temp(output, temp_dir)
-        return dataset.read_index(output)  # a refresh that changes nothing writes nothing
-    index = write_index(output, version, run_info, parts, states, rows)
-    remove_temp(output, temp_dir)
-    return index
+        return index
+    finally:
+        if plan.release_lease and plan.lease_owner:
+            lease.release_if_owner(output, plan.lease_owner)
 
 
 class WriteDataset(beam.PTransform):
@@ -632,9 +763,10 @@ class WriteDataset(beam.PTransform):
 
     Applied to a dict with ``samples`` (a tuple of PCollection[Sample]: one per path the samples
     come by; flattening them first would make the in-process runner hold them all), ``failures``
-    (PCollection[Failure]) and what :class:`incremental.SelectInputs` returned (``parts``,
-    ``drafts``, ``stale``, ``n_selected``, ``changed``); returns a PCollection holding the live
-    index that was published.
+    (PCollection[Failure]: those of the stages after the match) and what
+    :class:`incremental.SelectInputs` returned (``parts``, ``drafts``, ``match_failures``,
+    ``n_selected``, ``changed``); returns a PCollection holding the live index that was
+    published.
     """
 
     def __init__(self, output: str, config: ShardConfig, stream_specs: Mapping[str, Mapping[str, Any]],
@@ -657,24 +789,30 @@ class WriteDataset(beam.PTransform):
                    | "AllSpilled" >> beam.Flatten()
                    | "GroupByBucket" >> beam.GroupByKey()
                    | "WriteShards" >> beam.ParDo(
-                       _WriteBucketFn(output, self.temp_dir, plan.version, self.config, self.stream_specs),
-                       parts).with_outputs("rows", "produced"))
-        failures = inputs["failures"] | "KeyFailures" >> beam.Map(
-            lambda f, n: (dataset.part_of(dataset.slot_of(f.uri), n), f), parts)
+                       _WriteBucketFn(output, self.temp_dir, plan, self.config, self.stream_specs),
+                       parts).with_outputs("rows", "produced", "failures"))
+        failures = ((inputs["failures"], written.failures)
+                    | "LaterFailures" >> beam.Flatten()
+                    | "KeyFailures" >> beam.Map(lambda f, n: (dataset.part_of(dataset.order_key(f.uri)[0], n), f),
+                                                parts))
+        all_failures = (failures, inputs["match_failures"]) | "FailuresToPublish" >> beam.Flatten()
         changed = ((inputs["changed"], failures | "AnyFailure" >> beam.Map(lambda _: True))
                    | "ChangeFlags" >> beam.Flatten()
                    | "Changed" >> beam.CombineGlobally(any))
         changed_si = beam.pvalue.AsSingleton(changed)
-        states = ({"draft": inputs["drafts"], "produced": written.produced, "failures": failures}
+        states = ({"draft": inputs["drafts"], "produced": written.produced, "failures": all_failures}
                   | "GroupStateParts" >> beam.CoGroupByKey()
-                  | "WriteState" >> beam.ParDo(_WriteStateFn(output, plan.version), changed_si))
+                  | "WriteState" >> beam.ParDo(_WriteStateFn(output, plan), changed_si))
+        stale = states | "Superseded" >> beam.FlatMap(
+            lambda s, n: [(dataset.part_of(dataset.slot_of(shard), n), (shard, sources, k))
+                          for shard, sources, k in s.stale], parts)
         failure_rows = states | "FailureRows" >> beam.FlatMap(
             lambda s, n: [(dataset.part_of(dataset.slot_of(s.failure_row["url"]), n), s.failure_row)]
             if s.failure_row else [], parts)
         all_parts = inputs["parts"] | "AllRowsParts" >> beam.FlatMap(lambda n: [(q, None) for q in range(n)])
-        rows = ({"all": all_parts, "stale": inputs["stale"], "shards": written.rows, "failures": failure_rows}
+        rows = ({"all": all_parts, "stale": stale, "shards": written.rows, "failures": failure_rows}
                 | "GroupRowsParts" >> beam.CoGroupByKey()
-                | "WriteRows" >> beam.ParDo(_WriteRowsFn(output, plan.version, plan.previous), changed_si, parts))
+                | "WriteRows" >> beam.ParDo(_WriteRowsFn(output, plan), changed_si, parts))
         return changed | "Publish" >> beam.Map(
-            _publish_index, output, self.temp_dir, plan.version, self.run_info, parts,
+            _publish_index, output, self.temp_dir, plan, self.run_info, parts,
             beam.pvalue.AsList(states), beam.pvalue.AsList(rows))

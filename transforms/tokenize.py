@@ -61,7 +61,8 @@ class TokenizeConfig:
             elsewhere one per process; 0: one per SDK process; N: N copies per worker shared
             by its processes, round-robin over its GPUs.
         batch_buffer_s: seconds of audio one bundle's batcher holds to group similar lengths
-            (memory: this x sample rate x 4 bytes per harness thread); None: 12 x batch_max_s.
+            (memory: this x the sources' sample rate x 4 bytes per harness thread); None:
+            12 x batch_max_s.
         torch_threads: torch intra-op threads per worker process for CPU inference; None: 1
             (one SDK process per core already fills a CPU worker; see ``inference.cpu_threads``).
     """
@@ -92,8 +93,9 @@ class TokenizeConfig:
     def tokenizers(self) -> list[Tokenizer]:
         return registry.create_all(self.specs)
 
-    def sample_rate(self) -> int:
-        """The rate segments are cut at: the highest any tokenizer takes (others resample down)."""
+    def length_rate(self) -> int:
+        """The rate segment lengths are measured at when batching (segments keep their sources'
+        rates, so lengths are compared in time): the highest any tokenizer takes."""
         return max(t.sample_rate for t in self.tokenizers())
 
     def buffer_s(self) -> float:
@@ -109,6 +111,7 @@ def stream_descriptions(tokenizers: Sequence[Tokenizer]) -> dict[str, dict[str, 
         for spec in tok.streams:
             out[spec.name] = {
                 **spec.to_dict(),
+                "sample_rate": tok.sample_rate,  # what the tokenizer resampled the segment to
                 "family": tok.family,
                 "tokenizer": tok.name,
                 "tokenizer_version": tok.version,
@@ -142,6 +145,9 @@ def sample_meta(segment: Segment, streams: dict[str, np.ndarray], descriptions: 
 
 
 def _audio_at(segment: Segment, rate: int, cache: dict[int, np.ndarray]) -> np.ndarray:
+    """The segment at ``rate``, resampled once from its source rate (``cache``: per segment,
+    so each distinct tokenizer rate is computed once and no stream sees audio that went through
+    another tokenizer's rate)."""
     if rate not in cache:
         cache[rate] = decode.resample(segment.audio, segment.sample_rate, rate)
     return cache[rate]
@@ -265,6 +271,12 @@ def plan_batches(lengths: Sequence[int], rate: int, max_s: float, max_items: int
     return chunking.forward_groups(lengths, same_length_only, max_s * rate, max_items)
 
 
+def length_at(segment: Segment, rate: int) -> int:
+    """How long ``segment`` is in samples at ``rate`` (segments of different source rates are
+    batched together, so the batcher measures them all at one rate)."""
+    return int(round(segment.audio.shape[-1] * rate / segment.sample_rate))
+
+
 def padding_of(lengths: Sequence[int]) -> tuple[int, int]:
     """(padding, padded size) of one batch, in samples: every member padded to the longest."""
     padded = max(lengths, default=0) * len(lengths)
@@ -381,7 +393,7 @@ class _BatchByLengthFn(beam.DoFn):
 
     def setup(self) -> None:
         tokenizers = self._config.tokenizers()
-        rate = max(t.sample_rate for t in tokenizers)
+        self._rate = rate = self._config.length_rate()
         self._max_samples = int(self._config.batch_max_s * rate)
         self._buffer_samples = int(self._config.buffer_s() * rate)
         self._same_length_only = not all(t.padding_invariant for t in tokenizers)
@@ -392,16 +404,15 @@ class _BatchByLengthFn(beam.DoFn):
                                       self._same_length_only)
 
     def process(self, segment: Segment):
-        for batch in self._batcher.add(segment, segment.audio.shape[-1]):
+        for batch in self._batcher.add(segment, length_at(segment, self._rate)):
             yield self._counted(batch)
 
     def finish_bundle(self):
         for batch in self._batcher.flush():
             yield GlobalWindows.windowed_value(self._counted(batch))
 
-    @staticmethod
-    def _counted(batch: list[Segment]) -> list[Segment]:
-        padding, padded = padding_of([s.audio.shape[-1] for s in batch])
+    def _counted(self, batch: list[Segment]) -> list[Segment]:
+        padding, padded = padding_of([length_at(s, self._rate) for s in batch])
         metrics.counter("padding_samples").inc(padding)
         metrics.counter("batched_samples").inc(padded)
         metrics.distribution("batch_size").update(len(batch))

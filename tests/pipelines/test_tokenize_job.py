@@ -83,8 +83,7 @@ def test_pipeline_writes_readable_shards_and_dead_letters(corpus, tmp_path):
 
 def test_read_segments_counts_match(corpus):
     with TestPipeline(runner=RUNNER) as p:
-        read = p | ReadSegments(MatchConfig(patterns=(f"{corpus}/**/*",)), DecodeConfig(), 16000,
-                                SegmentConfig(2.0, 0.5))
+        read = p | ReadSegments(MatchConfig(patterns=(f"{corpus}/**/*",)), DecodeConfig(), SegmentConfig(2.0, 0.5))
         assert_that(read["segments"] | beam.combiners.Count.Globally(), equal_to([8]), label="segments")
         assert_that(read["failures"] | beam.Map(lambda f: f.reason), equal_to([failures.UNSUPPORTED_FORMAT]),
                     label="failures")

@@ -1,4 +1,6 @@
-"""Fuzzing decode -> policy -> downmix -> resample -> segment -> tokenize (logmel).
+"""Fuzzing decode -> policy -> downmix -> resample -> segment -> tokenize (logmel), and the
+long-file route (header probe, plan with its statistics pass, the whole file streamed and a
+stretch from its middle).
 
 The target takes any bytes: real files of every format with their headers and data mutated
 (truncated, bytes flipped, size and rate fields overwritten, bytes inserted and deleted),
@@ -35,8 +37,8 @@ if __package__ in (None, ""):  # run as a script: the repo and tests/ on the pat
     sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
 import hostile_corpus as hc  # noqa: E402
-from audiotok.transforms import decode, failures, streaming, tokenize  # noqa: E402
-from audiotok.transforms.decode import DecodeConfig  # noqa: E402
+from audiotok.transforms import containers, decode, failures, policy, readers, tokenize  # noqa: E402
+from audiotok.transforms.decode import DecodeConfig, FileDecoder, SplitConfig  # noqa: E402
 from audiotok.transforms.failures import AudiotokError  # noqa: E402
 from audiotok.transforms.records import AudioRef, Decoded, Sample  # noqa: E402
 from audiotok.transforms.segment import SegmentConfig, cut_segments  # noqa: E402
@@ -51,6 +53,7 @@ TARGET_RATE = 16000
 # Small limits: the fuzzer explores the guards, not the machine's memory.
 BASE_CONFIG = DecodeConfig(isolation="none", max_duration_s=20.0, max_decoded_bytes=4 << 20, timeout_s=10.0)
 SEGMENTS = SegmentConfig(segment_s=2.0, min_segment_s=0.025)  # >= 2 logmel frames (see the report on shorter)
+SPLIT = SplitConfig(split_s=20.0, segment_s=2.0, chunk_s=0.25)
 MAGICS = (b"RIFF\x24\x00\x00\x00WAVEfmt ", b"RF64\xff\xff\xff\xffWAVEds64", b"fLaC", b"OggS\x00\x02",
           b"ID3\x04\x00\x00\x00\x00\x00\x00", b"\xff\xfb\x90\x64", b"\xff\xf1\x50\x80", b"\x00\x00\x00\x20ftypM4A ",
           b"FORM\x00\x00\x00\x20AIFFCOMM", b"\x1a\x45\xdf\xa3")
@@ -128,18 +131,22 @@ def logmel():
 
 
 def check_stream(data: bytes, config: DecodeConfig) -> str:
-    """The long-file path on the same bytes: probe the header, then stream the file in chunks and
-    a stretch from its middle. Only AudiotokErrors with known reasons may come out."""
+    """The long-file route on the same bytes: probe the header, plan the file (statistics pass,
+    cut check), then stream it in chunks and a stretch from its middle. Only AudiotokErrors with
+    known reasons may come out."""
+    route, uri = FileDecoder(), "fuzz://input"
     try:
-        info = streaming.probe_stream(io.BytesIO(data), "fuzz://input")
+        info = route.probe(io.BytesIO(data), uri)
         assert info.sample_rate > 0 and info.channels > 0, info
+        plan = route.plan(io.BytesIO(data), uri, info, config, SPLIT, None)
         total = 0
-        for chunk in streaming._iter_open(io.BytesIO(data), "fuzz://input", 0.25, TARGET_RATE, 0, None, config, info):
+        for chunk in route._stretch(io.BytesIO(data), uri, info, 0, None, plan.repair, 0.25, config,
+                                    decode._Budget(None), plan.frames):
             assert chunk.dtype == np.float32 and chunk.ndim == 1 and np.isfinite(chunk).all()
             total += chunk.shape[0]
         middle = total // 2
-        for chunk in streaming._iter_open(io.BytesIO(data), "fuzz://input", 0.25, TARGET_RATE, middle, total, config,
-                                          info):
+        for chunk in route._stretch(io.BytesIO(data), uri, info, middle, total, plan.repair, 0.25, config,
+                                    decode._Budget(None), plan.frames):
             assert chunk.dtype == np.float32 and np.isfinite(chunk).all()
     except AudiotokError as e:
         assert e.reason in failures.REASONS, e.reason
@@ -151,7 +158,7 @@ def check_chain(data: bytes, config: DecodeConfig = BASE_CONFIG) -> str:
     """The property; returns what happened (a reason code or ``ok``), raises AssertionError on a bug."""
     check_stream(data, config)
     try:
-        audio = decode.decode_audio(data, "fuzz://input", config)
+        audio = readers.decode_audio(data, "fuzz://input", config)
     except AudiotokError as e:
         assert e.reason in failures.REASONS, e.reason
         return e.reason
@@ -162,11 +169,11 @@ def check_chain(data: bytes, config: DecodeConfig = BASE_CONFIG) -> str:
     assert config.min_sample_rate <= audio.sample_rate <= config.max_sample_rate, audio.sample_rate
     assert n <= config.max_frames(audio.sample_rate, channels), n
     try:
-        audio = decode.apply_policy(audio, config, "fuzz://input")
+        samples, _ = policy.apply_policy(audio.samples, audio.sample_rate, config)
     except AudiotokError as e:
         assert e.reason in failures.REASONS, e.reason
         return e.reason
-    mono = decode.downmix(audio.samples)
+    mono = decode.downmix(samples)
     assert mono.shape == (n,) and np.isfinite(mono).all() and np.abs(mono).max() <= 1.0
     resampled = decode.resample(mono, audio.sample_rate, TARGET_RATE)
     assert resampled.dtype == np.float32 and np.isfinite(resampled).all()
@@ -248,7 +255,7 @@ def _run_atheris(minutes: float) -> int:
 
     from audiotok.transforms import isolation, segment
 
-    for module in (decode, failures, segment, isolation):  # coverage of our code guides the search
+    for module in (containers, readers, policy, decode, failures, segment, isolation):  # coverage of our code guides the search
         for name, value in vars(module).items():
             if callable(value) and getattr(value, "__module__", None) == module.__name__ and not isinstance(
                     value, type):

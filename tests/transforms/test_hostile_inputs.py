@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import hostile_corpus as hc
 from audiotok.pipelines import cli
 from audiotok.pipelines import tokenize as job
-from audiotok.transforms import decode, failures, match
+from audiotok.transforms import decode, failures, match, policy, readers
 from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.failures import AudiotokError, Failure
 from audiotok.transforms.records import AudioRef, Sample
@@ -113,21 +113,21 @@ def test_decoding_stops_at_the_limits_with_memory_bounded():
     flac = hc.flac_with_total(hc.encode_audio(np.tile(tile, 12), 8000, "flac"), 0)
     tracemalloc.start()
     with pytest.raises(AudiotokError) as e:
-        decode.decode_audio(flac, "x.flac", DecodeConfig(max_duration_s=30.0))
+        readers.decode_audio(flac, "x.flac", DecodeConfig(max_duration_s=30.0))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert e.value.reason == failures.TOO_LONG and "decoding passed" in e.value.message
     assert peak < 3 * 30 * 8000 * 4  # ~30 s decoded (1 MB), not 2 minutes
     # The memory guard, whatever the duration limit.
     with pytest.raises(AudiotokError, match="max_decoded_bytes") as e:
-        decode.decode_audio(flac, "x.flac", DecodeConfig(max_duration_s=None, max_decoded_bytes=1 << 20))
+        readers.decode_audio(flac, "x.flac", DecodeConfig(max_duration_s=None, max_decoded_bytes=1 << 20))
     assert e.value.reason == failures.TOO_LONG
 
 
 def test_decoded_size_is_the_peak():
     wav = hc.wav16(np.tile(hc.speech(1.0, 16000, channels=2, seed=4), 30), 16000)
     tracemalloc.start()
-    audio = decode.decode_audio(io.BytesIO(wav), "x.wav")
+    audio = readers.decode_audio(io.BytesIO(wav), "x.wav")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert audio.samples.shape == (2, 480000)
@@ -140,9 +140,9 @@ def test_truncated_keep_keeps_what_decodes(fmt, ext):
     rate = 48000 if fmt == "opus" else 16000
     data = hc.cut(hc.encode_audio(hc.speech(3.0, rate, seed=5), rate, fmt))
     with pytest.raises(AudiotokError) as e:
-        decode.decode_audio(data, f"x.{ext}")
+        readers.decode_audio(data, f"x.{ext}")
     assert e.value.reason == failures.TRUNCATED
-    audio = decode.decode_audio(data, f"x.{ext}", DecodeConfig(truncated="keep"))
+    audio = readers.decode_audio(data, f"x.{ext}", DecodeConfig(truncated="keep"))
     assert audio.notes == ("truncated",) and 0.5 < audio.duration_s < 2.5
 
 
@@ -155,8 +155,9 @@ def test_sample_value_policy_knobs():
     square = hc.wav16(np.sign(np.sin(np.arange(16000) / 5.0))[None], 16000)
 
     def run(data, **knobs):
-        audio = decode.decode_audio(data, "x", DecodeConfig(**knobs))
-        return decode.apply_policy(audio, DecodeConfig(**knobs), "x")
+        audio = readers.decode_audio(data, "x", DecodeConfig(**knobs))
+        samples, notes = policy.apply_policy(audio.samples, audio.sample_rate, DecodeConfig(**knobs))
+        return readers.Audio(samples, audio.sample_rate, audio.format, notes)
 
     scaled = run(loud)
     assert scaled.notes == ("out_of_range_scaled",) and np.abs(scaled.samples).max() == pytest.approx(1.0)
@@ -183,11 +184,11 @@ def test_sample_value_policy_knobs():
 def test_rates_and_channels_limits_are_knobs():
     eight_k = hc.wav16(hc.speech(1.0, 8000, seed=8), 8000)
     with pytest.raises(AudiotokError, match="outside") as e:
-        decode.decode_audio(eight_k, "x", DecodeConfig(min_sample_rate=16000))
+        readers.decode_audio(eight_k, "x", DecodeConfig(min_sample_rate=16000))
     assert e.value.reason == failures.BAD_SAMPLE_RATE
     six = hc.wav16(hc.speech(0.5, channels=6, seed=9), 16000)
     with pytest.raises(AudiotokError) as e:
-        decode.decode_audio(six, "x", DecodeConfig(max_channels=2))
+        readers.decode_audio(six, "x", DecodeConfig(max_channels=2))
     assert e.value.reason == failures.TOO_MANY_CHANNELS
     for bad in ({"truncated": "maybe"}, {"silence": "drop"}, {"clipping_fraction": 0}, {"timeout_s": -1},
                 {"max_decoded_bytes": 10}, {"isolation": "thread"}):
@@ -350,11 +351,7 @@ def test_every_reason_code_and_policy_flag_is_documented_in_the_readme():
     section = section[:section.index("\n## ", 1)]
     missing = [r for r in failures.REASONS if f"| `{r}` |" not in section]
     assert not missing, f"reason codes without a row in the README's table: {missing}"
-    # The decode policy flags are the ones decode_config reads, and the run's failure threshold.
-    source = Path(options.__file__).read_text(encoding="utf-8")
-    body = source[source.index("def decode_config("):]
-    body = body[:body.index("\ndef ")]
-    dests = set(re.findall(r"args\.(\w+)", body)) | {"max_failure_fraction"}
-    flags = [a.option_strings[0] for a in options.parser(options.TokenizeOptions, "t")._actions if a.dest in dests]
+    # The decode policy flags (every flag that sets a DecodeConfig field), and the run's failure threshold.
+    flags = [f.name for f in options.DECODE_FLAGS] + ["--max-failure-fraction"]
     undocumented = [f for f in flags if f"`{f}" not in section]
     assert len(flags) >= 14 and not undocumented, f"policy flags missing from the README: {undocumented}"

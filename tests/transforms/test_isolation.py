@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import apache_beam as beam
@@ -18,7 +19,7 @@ from audiotok.transforms.failures import AudiotokError
 from audiotok.transforms.records import AudioRef
 
 TIMEOUT_S = 1.5
-FAULTS = DecodeConfig(isolation="process", timeout_s=TIMEOUT_S, decoder="hostile_corpus:fault_kinds")
+FAULTS = DecodeConfig(isolation="process", timeout_s=TIMEOUT_S, decoder="hostile_corpus:FaultKinds")
 
 
 @pytest.fixture(scope="module")
@@ -105,26 +106,44 @@ def test_a_bad_decoder_path_fails_loudly():
     d = isolation.ProcessDecoder(DecodeConfig(decoder="no_such_module_here:decode"))
     with pytest.raises(RuntimeError, match="ModuleNotFoundError"):
         d.decode(AudioRef("/nonexistent.wav"))
-    with pytest.raises(ValueError, match="module:function"):
+    with pytest.raises(RuntimeError, match="not a FileDecoder subclass"):
+        isolation.ProcessDecoder(DecodeConfig(decoder="json:dumps")).decode(AudioRef("/nonexistent.wav"))
+    with pytest.raises(ValueError, match="module:Class"):
         DecodeConfig(decoder="not a path")
 
 
 def test_answers_are_checked_not_trusted():
     good = {"ok": True, "samples": 10, "sample_rate": 16000, "source_sample_rate": 16000, "source_channels": 1,
             "source_format": "wav", "notes": [], "max_rss_mb": 1.0}
-    isolation._check_header(good, DecodeConfig())
+    isolation._check_whole(good, DecodeConfig())
     for bad in ({"samples": -1}, {"samples": 1 << 40}, {"samples": "10"}, {"sample_rate": 0},
                 {"notes": ["../x"]}, {"notes": "x"}, {"source_format": None}, {"max_rss_mb": "1"}):
         with pytest.raises(isolation._ProtocolError):
-            isolation._check_header({**good, **bad}, DecodeConfig())
+            isolation._check_whole({**good, **bad}, DecodeConfig())
 
 
-def test_decode_stage_under_beam_turns_faults_into_records(files):
-    refs = [AudioRef(files[k]) for k in ("good", "segfault", "hang", "bug", "loud")]
+def test_requests_in_flight_are_answered_in_turn(decoder, files):
+    """submit() returns at once; collect() gets that file's answer, a failure included."""
+    decoder.submit(AudioRef(files["loud"]))
+    assert decoder.busy
+    with pytest.raises(RuntimeError, match="in flight"):
+        decoder.submit(AudioRef(files["good"]))
+    decoded, notes = decoder.collect()
+    assert not decoder.busy and notes == ("out_of_range_scaled",) and decoded.source.uri == files["loud"]
+    decoder.submit(AudioRef(files["bug"]))
+    with pytest.raises(AudiotokError, match="KeyError"):
+        decoder.collect()
+    decoder.submit(AudioRef(files["good"]))
+    assert decoder.collect()[0].audio.shape == (22050,)
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_decode_stage_under_beam_turns_faults_into_records(files, processes):
+    refs = [AudioRef(files[k]) for k in ("good", "segfault", "hang", "bug", "loud", "good")]
     with TestPipeline(runner="FnApiRunner") as p:
-        out = p | beam.Create(refs) | DecodeAudio(FAULTS)
+        out = p | beam.Create(refs) | DecodeAudio(dataclasses.replace(FAULTS, decoder_processes=processes))
         assert_that(out.decoded | beam.Map(lambda d: d.source.uri.rsplit("/", 1)[1]),
-                    equal_to(["good.flac", "loud.wav"]), label="decoded")
+                    equal_to(["good.flac", "loud.wav", "good.flac"]), label="decoded")
         assert_that(out.failures | beam.Map(lambda f: (f.uri.rsplit("/", 1)[1], f.reason, f.stage)),
                     equal_to([("segfault.wav", "decoder_crash", "decode"), ("hang.wav", "timeout", "decode"),
                               ("bug.wav", "decode_error", "decode")]), label="failures")

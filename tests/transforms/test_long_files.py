@@ -11,20 +11,20 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from audio_fixtures import synth_speechlike, write_audio
-from test_vad import REAL_BORDERS, TOLERANCE_S, assert_borders, speech_with_pauses
-from audiotok.transforms import dataset, failures, segment, streaming, vad
-from audiotok.transforms.decode import DecodeConfig, decode_ref, resample
+from audio_fixtures import clips_between_pauses, speech_with_pauses, synth_speechlike, write_audio
+from test_vad import TOLERANCE_S, assert_borders, speech_at_vad_rate
+from audiotok.transforms import dataset, failures, read, segment, vad
+from audiotok.transforms.decode import DecodeConfig, FileDecoder, Plan, decode_ref, resample
 from audiotok.transforms.failures import Failure
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.read import ReadSegments
 from audiotok.transforms.records import AudioRef, Decoded
-from audiotok.transforms.segment import SegmentConfig, plan_work_items, segment_work_item
+from audiotok.transforms.segment import SegmentConfig, segment_work_item
 from audiotok.transforms.vad import VAD_RATE, VadConfig
 
 RUNNER = "FnApiRunner"
-RATE = 16000  # the rate segments are cut at
 SOURCE_RATE = 22050
+RATE = SOURCE_RATE  # long files are planned and streamed at their own rate
 DECODE = DecodeConfig(isolation="none")
 SPANS = [(1.0 + 0.25 * (i % 4), 2.0 + 0.7 * (i % 5)) for i in range(14)]  # ~67 s
 
@@ -44,11 +44,15 @@ def whole_decoded(path, rate: int = RATE) -> Decoded:
                    d.source_format)
 
 
-def run_items(path, config: SegmentConfig, ref: AudioRef | None = None):
+def run_items(path, config: SegmentConfig, ref: AudioRef | None = None, decode: DecodeConfig = DECODE):
+    """The long-file route in this process: the decoder's plan, then each item segmented."""
     ref = ref or AudioRef(str(path))
-    info = streaming.probe(str(path))
-    items = plan_work_items(ref, info, RATE, config, DECODE)
-    outs = [out for item in items for out in segment_work_item(item, config, DECODE)]
+    route = FileDecoder()
+    plan = route.open(ref, decode, config.split_config())
+    assert isinstance(plan, Plan), plan
+    items = segment.work_items(ref, plan)
+    outs = [out for item in items
+            for out in segment_work_item(item, config, lambda it: route.stretch(it, decode, config.chunk_s))]
     return items, [o for o in outs if not isinstance(o, Failure)], [o for o in outs if isinstance(o, Failure)]
 
 
@@ -146,21 +150,13 @@ def test_second_pass_decodes_again_when_the_item_is_too_big_to_keep(long_file, m
     assert all(np.array_equal(x.audio, y.audio) for x, y in zip(again, kept))
 
 
-def test_real_speech_across_work_items(speech_dir, tmp_path):
-    """Real utterances (cut at their eye-checked borders) with pauses, written as one FLAC and
-    split into work items: Silero's borders within 100 ms."""
-    rng = np.random.default_rng(3)
-    parts, truth, pos = [], [], 0
-    for i, name in enumerate(sorted(REAL_BORDERS) * 2):
-        start, end = REAL_BORDERS[name]
-        clip = streaming.read_all(str(speech_dir / name), VAD_RATE)[int(start * VAD_RATE): int(end * VAD_RATE)]
-        gap = np.zeros(int((1.0 + 0.3 * (i % 3)) * VAD_RATE), np.float32)
-        parts += [gap, clip]
-        truth.append(((pos + gap.shape[0]) / VAD_RATE, (pos + gap.shape[0] + clip.shape[0]) / VAD_RATE))
-        pos += gap.shape[0] + clip.shape[0]
-    parts.append(np.zeros(VAD_RATE, np.float32))
-    audio = np.concatenate(parts)
-    path = write_audio(tmp_path / "real.flac", audio + 0.0005 * rng.standard_normal(audio.shape[0]), VAD_RATE, "flac")
+def test_speech_across_work_items(tmp_path):
+    """Spoken sentences (speech from their first sample to their last) with pauses, written as
+    one FLAC and split into work items: Silero's borders within 100 ms."""
+    clips = speech_at_vad_rate() * 3
+    audio, truth = clips_between_pauses(clips, [1.0 + 0.3 * (i % 3) for i in range(len(clips))] + [1.0], 0.0005,
+                                         seed=3)
+    path = write_audio(tmp_path / "speech.flac", audio, VAD_RATE, "flac")
     config = SegmentConfig(segment_s=30.0, min_segment_s=0.0, segmenter="vad", split_s=20, chunk_s=2.0,
                            vad=VadConfig(pad_s=0.0, merge_gap_s=0.0))
     items, segs, fails = run_items(path, config)
@@ -257,37 +253,44 @@ def test_a_bad_transcript_is_a_bad_manifest(long_file):
 # ---------------------------------------------------------------------------- planning and Beam
 
 
-def test_plan_sends_short_unknown_and_too_long_files_the_right_way(long_file, tmp_path):
+def test_one_decode_step_sends_short_unknown_and_too_long_files_the_right_way(long_file, tmp_path):
     path, _ = long_file
     short = write_audio(tmp_path / "short.wav", synth_speechlike(3.0, 16000, seed=1), 16000, "wav")
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(b"RIFF" + bytes(100))
-    fn = segment._PlanFn(RATE, SegmentConfig(split_s=20), DECODE)
-    for p in (short, garbage):
-        assert [type(o).__name__ for o in fn.process(AudioRef(str(p)))] == ["AudioRef"]
-    outs = list(fn.process(AudioRef(str(path))))
-    assert {o.tag for o in outs} == {"items"} and len(outs) == 2  # 30 s windows: items of 30 s
-    strict = segment._PlanFn(RATE, SegmentConfig(split_s=20), DecodeConfig(max_duration_s=30, isolation="none"))
-    (out,) = strict.process(AudioRef(str(path)))
-    assert out.tag == "failures" and out.value.reason == failures.TOO_LONG
+
+    def outputs(decode: DecodeConfig, uri: str):
+        fn = read._DecodeFn(decode, SegmentConfig(split_s=20).split_config())
+        fn.setup()
+        fn.start_bundle()
+        outs = [*fn.process(AudioRef(uri)), *fn.finish_bundle()]
+        fn.teardown()
+        unwrapped = [(getattr(o, "tag", None), getattr(o, "value", o)) for o in outs]
+        return [(tag, getattr(value, "value", value)) for tag, value in unwrapped]  # WindowedValue -> value
+
+    ((tag, decoded),) = outputs(DECODE, str(short))
+    assert tag is None and decoded.duration_s == pytest.approx(3.0)
+    ((tag, failure),) = outputs(DECODE, str(garbage))
+    assert tag == "failures" and failure.reason in (failures.UNSUPPORTED_FORMAT, failures.TRUNCATED)
+    outs = outputs(DECODE, str(path))
+    assert {tag for tag, _ in outs} == {"items"} and len(outs) == 2  # 30 s windows: items of 30 s
+    assert all(item.sample_rate == SOURCE_RATE for _, item in outs)  # streamed at the file's own rate
+    ((tag, failure),) = outputs(DecodeConfig(max_duration_s=30, isolation="none"), str(path))
+    assert tag == "failures" and failure.reason == failures.TOO_LONG
 
 
-def test_truncated_long_file_keeps_what_it_has_and_says_so(long_file, tmp_path):
+def test_truncated_long_file_is_judged_as_a_whole(long_file, tmp_path):
+    """Cut to 60 %: rejected as the whole-file decoder would, or kept up to where it decodes."""
     path, _ = long_file
     data = path.read_bytes()
     cut = tmp_path / "cut.flac"
     cut.write_bytes(data[: int(len(data) * 0.6)])
     config = SegmentConfig(segment_s=4.0, min_segment_s=1.0, split_s=20, chunk_s=3.0)
-    info = streaming.probe(str(cut))
-    assert info.exact
-    fn = segment._SegmentItemFn(config, DECODE)
-    fn.setup()
-    outs = [o for item in plan_work_items(AudioRef(str(cut)), info, RATE, config, DECODE) for o in fn.process(item)]
-    segs = [o for o in outs if not isinstance(o, beam.pvalue.TaggedOutput)]
-    fails = [o.value for o in outs if isinstance(o, beam.pvalue.TaggedOutput)]
-    assert segs and max(s.end_s for s in segs) <= 0.6 * 67 + 4
-    assert fails and all(f.reason in (failures.TRUNCATED, failures.DECODE_ERROR) for f in fails)
-    assert all(f.start_s is not None for f in fails)
+    with pytest.raises(failures.AudiotokError) as e:
+        run_items(cut, config)
+    assert e.value.reason == failures.TRUNCATED
+    items, segs, fails = run_items(cut, config, decode=DecodeConfig(isolation="none", truncated="keep"))
+    assert not fails and segs and 0.6 * 67 - 6 <= max(s.end_s for s in segs) <= 0.6 * 67 + 4
 
 
 @pytest.mark.parametrize("segmenter", ["fixed", "energy"])
@@ -298,8 +301,9 @@ def test_pipeline_spreads_long_files_and_decodes_short_ones_whole(long_file, tmp
     (root / "talk.flac").write_bytes(path.read_bytes())
     write_audio(root / "short.wav", synth_speechlike(3.0, 16000, seed=1), 16000, "wav")
     config = SegmentConfig(segment_s=4.0, min_segment_s=0.5, segmenter=segmenter, split_s=20, chunk_s=3.0)
-    # What the work items give for the long file, what the whole-file path gives for the short one.
-    whole = whole_decoded(root / "short.wav")
+    # What the work items give for the long file, what the whole-file path gives for the short one,
+    # both at their sources' own rates (nothing is resampled before the tokenizers).
+    whole = whole_decoded(root / "short.wav", 16000)
     if segmenter == "fixed":
         short_segs = list(segment.cut_segments(whole, config))
     else:
@@ -308,9 +312,11 @@ def test_pipeline_spreads_long_files_and_decodes_short_ones_whole(long_file, tmp
     expected = [(s.key, round(s.start_s, 4), round(s.end_s, 4))
                 for s in run_items(root / "talk.flac", config)[1] + short_segs]
     p = TestPipeline(runner=RUNNER)
-    read = p | ReadSegments(MatchConfig(patterns=(f"{root}/*",)), DECODE, RATE, config)
+    read = p | ReadSegments(MatchConfig(patterns=(f"{root}/*",)), DECODE, config)
     assert_that(read["segments"] | beam.Map(lambda s: (s.key, round(s.start_s, 4), round(s.end_s, 4))),
                 equal_to(expected), label="segments")
+    assert_that(read["segments"] | beam.Map(lambda s: (s.sample_rate, s.source_info["sample_rate"]))
+                | beam.Distinct(), equal_to([(SOURCE_RATE, SOURCE_RATE), (16000, 16000)]), label="rates")
     assert_that(read["failures"], equal_to([]), label="failures")
     result = p.run()
     result.wait_until_finish()
@@ -335,8 +341,8 @@ def test_pipeline_cuts_manifest_transcripts(long_file, tmp_path):
             return pbegin | beam.Create([ref])
 
     with TestPipeline(runner=RUNNER) as p:
-        planned = p | _Refs() | segment.PlanLongFiles(RATE, config, DECODE)
-        segs = planned["items"] | segment.SegmentWorkItems(config, DECODE)
+        opened = p | _Refs() | read.DecodeAudio(DECODE, config.split_config())
+        segs = opened.items | segment.SegmentWorkItems(config, DECODE)
         words = segs.segments | beam.FlatMap(lambda s: [w["word"] for w in s.source.meta["words"]])
         assert_that(words | beam.combiners.Count.Globally(), equal_to([len(truth) * 3]))
         texts = segs.segments | beam.Map(lambda s: s.source.meta["text"].split()[0])

@@ -24,6 +24,11 @@ UNITS = "units"  # int16 [T], one discrete stream
 VECTORS = "vectors"  # float16 [T, D]
 DURATIONS = "durations"  # int16 [T], run lengths of deduplicated units
 
+# How every tokenizer's input is made from a decoded file; part of every fingerprint, so a
+# change here retokenizes on refresh. Segments keep the source rate and each tokenizer gets them
+# resampled once, straight to its own rate (soxr, high quality), whatever else shares the run.
+INPUT_AUDIO = "mono (channel mean), source rate -> tokenizer rate in one soxr HQ resampling"
+
 # Tokenizer families, as in the README's table.
 CODEC = "codec"
 SSL_KMEANS = "ssl-kmeans"
@@ -42,6 +47,12 @@ class StreamSpec:
         num_codebooks: K for ``codes``; None otherwise.
         codebook_size: distinct values per codebook (discrete kinds); None for vectors.
         dim: D for ``vectors``; None otherwise.
+        frame0_center_s: where frame 0 is centred, seconds after the segment's start: frame i
+            is centred at ``start_s + frame0_center_s + i / frame_rate_hz``. A frame's centre is
+            the middle of the samples it stands for (an analysis window, a convolution's
+            receptive field, the hop a codec frame encodes), each sample counting as the
+            1 / sample_rate it lasts. Run-length deduplicated units and their durations are on
+            the same grid, one run per element.
     """
 
     name: str
@@ -51,6 +62,7 @@ class StreamSpec:
     num_codebooks: int | None = None
     codebook_size: int | None = None
     dim: int | None = None
+    frame0_center_s: float | None = None
 
     def shape(self, num_frames: int) -> tuple[int, ...]:
         if self.kind == CODES:
@@ -65,10 +77,21 @@ class StreamSpec:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-    """Base of every tokenizer's config: a frozen dataclass that round-trips through dicts."""
+    """Base of every tokenizer's config: a frozen dataclass that round-trips through dicts.
+
+    ``LOCATIONS`` names the fields that say where weights or a codebook are read from (a path,
+    a URL, a Hub id and revision): they are left out of the fingerprint, which holds the
+    content's hash instead (``Tokenizer.weights_identity``).
+    """
+
+    LOCATIONS: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def identity_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the ``LOCATIONS``: the settings that shape the tokens."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.LOCATIONS}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TokenizerConfig":
@@ -176,11 +199,15 @@ class Tokenizer(abc.ABC):
         return self.encode_batch([audio])[0]
 
     def fingerprint(self) -> str:
-        """16 hex characters that change whenever the tokens could: name, version, config, weights."""
+        """16 hex characters that change whenever the tokens could: name, version, config, the
+        weights' content, and how the input audio is made (``INPUT_AUDIO``); never where the
+        weights or codebook were read from (``TokenizerConfig.LOCATIONS``), so the same files named
+        by a relative path, an absolute one or a URL give one fingerprint."""
         identity = {
             "name": self.name,
             "version": self.version,
-            "config": self.config.to_dict(),
+            "input": INPUT_AUDIO,
+            "config": self.config.identity_dict(),
             "weights": self.weights_identity(),
         }
         blob = json.dumps(identity, sort_keys=True, default=str).encode()

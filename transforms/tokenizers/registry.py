@@ -106,6 +106,38 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name.strip(), options
 
 
+def format_spec(name: str, options: Mapping[str, Any]) -> str:
+    """(name, options) -> ``name[k=v,...]`` (``name`` alone without options)."""
+    return name + ("[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]" if options else "")
+
+
+# Options that name files or folders read by a tokenizer.
+_LOCATION_OPTIONS = ("model", "codebook")
+
+
+def absolute_locations(specs: str) -> str:
+    """``specs`` with every local checkpoint folder and codebook file named by its absolute path,
+    so the specs mean the same files in every worker, whatever its working directory (Hub ids
+    and remote URLs are left as they are)."""
+    from audiotok.transforms import storage
+    from audiotok.transforms.tokenizers import weights
+
+    out = []
+    for spec in split_specs(specs):
+        name, options = parse_spec(spec)
+        changed = False
+        for key in _LOCATION_OPTIONS:
+            value = options.get(key)
+            if not value or not storage.is_local(value):
+                continue
+            if key == "model" and weights.location_kind(value) != "local":
+                continue
+            options[key] = storage.absolute(value)
+            changed = True
+        out.append(format_spec(name, options) if changed else spec)
+    return ",".join(out)
+
+
 def create(spec: str, **overrides: Any) -> Tokenizer:
     """Builds (without loading weights) the tokenizer that ``spec`` names.
 

@@ -146,6 +146,8 @@ class SSLKMeansConfig(SSLConfig):
         seed: k-means seed when fitting.
     """
 
+    LOCATIONS: ClassVar[tuple[str, ...]] = (*ModelConfig.LOCATIONS, "codebook")
+
     k: int = 500
     codebook: str | None = None
     dedup: bool = False
@@ -282,6 +284,13 @@ class _SSLMixin:
         return SAMPLE_RATE / self.backbone.arch.hop_length
 
     @property
+    def frame0_center_s(self) -> float:
+        """Frame i is the convolutional front end's output over samples ``[i hop, i hop +
+        receptive field)`` (400 samples every 320: centred at 12.5 ms + 20 i ms), as the models
+        were trained: the input is not padded to move it."""
+        return self.backbone.arch.receptive_field / 2 / SAMPLE_RATE
+
+    @property
     def feature_dim(self) -> int:
         return self.backbone.arch.hidden_size
 
@@ -324,7 +333,7 @@ class SSLKMeans(_SSLMixin, KMeansTokenizer):
 
     def weights_identity(self) -> str | None:
         model = self.backbone.checkpoint.identity()
-        return f"{model}+codebook-sha256:{self.codebook.sha256()}" if self.config.codebook else model
+        return f"{model}+codebook-sha256:{self.codebook_sha256}" if self.config.codebook else model
 
     def _features(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.backbone.features(audios)
@@ -345,7 +354,8 @@ class SSLEmbedding(_SSLMixin, Tokenizer):
 
     @property
     def streams(self) -> tuple[StreamSpec, ...]:
-        return (StreamSpec(self.name, base.VECTORS, self.frame_rate_hz, "float16", dim=self.feature_dim),)
+        return (StreamSpec(self.name, base.VECTORS, self.frame_rate_hz, "float16", dim=self.feature_dim,
+                           frame0_center_s=self.frame0_center_s),)
 
     def weights_identity(self) -> str | None:
         return self.backbone.checkpoint.identity()

@@ -31,7 +31,7 @@ import shutil
 import sys
 import threading
 import uuid
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from audiotok.transforms import storage
 from audiotok.transforms.tokenizers.base import TokenizerConfig
@@ -108,6 +108,8 @@ class Checkpoint:
 
     def __post_init__(self) -> None:
         kind = location_kind(self.location)
+        if kind == "local":  # resolved once per process: the same name must mean the same folder
+            object.__setattr__(self, "location", storage.absolute(self.location))
         if self.revision and kind != "hub":
             raise ValueError(f"revision={self.revision!r} only applies to Hub ids. Found location: {self.location!r}")
         if self.sha256 is not None and not _SHA256.match(self.sha256):
@@ -160,6 +162,8 @@ class ModelConfig(TokenizerConfig):
         overlap_s: overlap between chunks; stitching keeps each chunk's frames up to the middle
             of its overlaps.
     """
+
+    LOCATIONS: ClassVar[tuple[str, ...]] = ("model", "revision", "sha256")
 
     model: str = ""
     revision: str | None = None
