@@ -61,6 +61,9 @@ class JobConfig:
             misconfiguration; 1: never).
         wait_for_lock_s: when another run is writing ``output``, wait up to this many seconds
             for it to finish (0: refuse at once).
+        gc_grace_s: after publishing, delete the files of versions replaced more than this many
+            seconds ago (readers holding an older index keep working until then; -1: never; see
+            ``audiotok gc``).
     """
 
     output: str
