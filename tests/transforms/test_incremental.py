@@ -244,16 +244,24 @@ def test_runs_split_into_parts_by_slot(tmp_path):
         assert sorted(seen, key=lambda r: r.uri) == refs
 
 
-def test_next_state_is_the_same_whatever_order_the_references_arrive_in():
-    """A file matched by a pattern and named by a manifest line is listed twice under one URI;
-    runners deliver the listing in any order (Flink did not follow the in-process one)."""
+def test_the_join_reads_the_same_input_whatever_order_the_runs_arrive_in():
+    """A file matched by a pattern and named by a manifest line is listed twice (under two URIs
+    naming one file); runners deliver the listers' runs in any order (Flink did not follow the
+    in-process one): the manifest's entry is read, whatever the order."""
     from audiotok.transforms.records import AudioRef
 
-    listed = [AudioRef("a", 10, "m1"), AudioRef("a", None, None, {"id": "x"}), AudioRef("b", 5, "m2")]
-    states = [incremental.next_state(incremental.empty_state(), 1, "fp", order, ["a", "b"], {}, {})[0]
-              for order in (listed, listed[::-1], [listed[1], listed[2], listed[0]])]
-    assert states[0] == states[1] == states[2]
-    assert states[0]["inputs"]["a"]["size"] == 10
+    pattern = [incremental.ref_line(AudioRef("/c/a.flac", 10, "m1"), (1, 0, 0, 0)),
+               incremental.ref_line(AudioRef("/c/b.flac", 5, "m2"), (1, 0, 0, 0))]
+    manifest = [incremental.ref_line(AudioRef("/c/./a.flac", None, None, {"id": "x"}), (0, 0, 0, 1))]
+    runs = [sorted(lines, key=lambda line: dataset.order_key(incremental.uri_of_line(line)))
+            for lines in (pattern, manifest)]
+    chosen = []
+    for order in (runs, runs[::-1]):
+        decisions = list(incremental.merge_inputs(incremental.merge_keyed(*order), [],
+                                                  lambda ref, entry: "new"))
+        chosen.append([(d.ref.uri, dict(d.ref.meta), d.duplicates) for d in decisions])
+    assert chosen[0] == chosen[1]
+    assert sorted(chosen[0]) == [("/c/./a.flac", {"id": "x"}, 1), ("/c/b.flac", {}, 0)]
 
 
 def test_compact_rewrites_live_samples_only(tmp_path):
