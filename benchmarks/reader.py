@@ -325,11 +325,12 @@ def measure(workdir: Path, samples: int, repeats: int = 3, warmup: bool = True, 
     def size(paths: Iterable[Path | str]) -> int:
         return sum(os.path.getsize(p) for p in paths)
 
-    shard_bytes = size(Path(out, r["url"]) for r in index["shards"])
+    shard_list = list(dataset.shard_rows(str(out), index))
+    shard_bytes = size(Path(out, r["url"]) for r in shard_list)
     for row in rows:
         if row.name.startswith("stock"):
             # webdataset opens bucket URLs by piping whole objects through gsutil or curl.
-            row.bucket = {"bytes": shard_bytes, "requests": len(index["shards"])}
+            row.bucket = {"bytes": shard_bytes, "requests": len(shard_list)}
             continue
         root = workdir / "split" if row.layout == "split" else out
         with bucket_view(root) as (prefix, counter):
@@ -356,7 +357,7 @@ def measure(workdir: Path, samples: int, repeats: int = 3, warmup: bool = True, 
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "load_before": _load(),
-        "dataset": {"samples": samples, "shards": len(index["shards"]), "audio_s": index["totals"]["audio_s"],
+        "dataset": {"samples": samples, "shards": len(shard_list), "audio_s": index["totals"]["audio_s"],
                     "tokens": index["totals"]["tokens"], "shard_bytes": shard_bytes,
                     "split_bytes": {k: size(v) for k, v in split_sets.items()}, "write_s": round(written_s, 1)},
         "repeats": repeats,
