@@ -325,6 +325,8 @@ def measure(workdir: Path, samples: int, repeats: int = 3, warmup: bool = True, 
     def size(paths: Iterable[Path | str]) -> int:
         return sum(os.path.getsize(p) for p in paths)
 
+    from audiotok.transforms import dataset
+
     shard_list = list(dataset.shard_rows(str(out), index))
     shard_bytes = size(Path(out, r["url"]) for r in shard_list)
     for row in rows:
