@@ -69,23 +69,22 @@ class TokenSample:
     streams: Mapping[str, np.ndarray]
 
 
+def _shard_url(output: str, row: Mapping[str, Any]) -> str:
+    url = row["url"]
+    return url if "://" in url or url.startswith("/") else storage.join(output, url)
+
+
 def shard_urls(output: str, index: Mapping[str, Any] | None = None) -> list[str]:
     """The shards of a dataset, as URLs (relative index entries resolved against ``output``)."""
-    index = dataset.read_index(output) if index is None else index
-    urls = []
-    for row in index["shards"]:
-        url = row["url"]
-        urls.append(url if "://" in url or url.startswith("/") else storage.join(output, url))
-    return urls
+    return [_shard_url(output, row) for row in dataset.shard_rows(output, index)]
 
 
-def excluded_sources(output: str, index: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+def excluded_sources(output: str, index: Mapping[str, Any] | None = None) -> dict[str, frozenset[str]]:
     """Shard URL -> source hashes whose samples are no longer live (inputs that changed or
     disappeared since the shard was written; see ``audiotok.transforms.incremental``). Shards with
     none are left out."""
-    urls = shard_urls(output, index)
-    return {url: frozenset(row["excluded_sources"]) for url, row in zip(urls, index["shards"])
-            if row.get("excluded_sources")}
+    return {_shard_url(output, row): frozenset(row["excluded_sources"])
+            for row in dataset.shard_rows(output, index) if row.get("excluded_sources")}
 
 
 def live_only(samples: Iterable[Mapping[str, Any]],

@@ -9,7 +9,7 @@ import pytest
 
 import dataset_fixtures as fx
 from audiotok.pipelines import inspect as inspect_cli
-from audiotok.transforms import lm, reader
+from audiotok.transforms import dataset, lm, reader
 
 torch = pytest.importorskip("torch")
 
@@ -51,7 +51,7 @@ def test_stream_selection_and_fsspec_urls(tmp_path):
 
 def test_declared_shape_is_enforced(tmp_path):
     out, _, index = _dataset(tmp_path, n=1)
-    shard = tmp_path / "ds" / index["shards"][0]["url"]
+    shard = tmp_path / "ds" / next(dataset.shard_rows(str(tmp_path / "ds"), index))["url"]
     members = fx.read_members(shard)
     meta = json.loads(members[0][1])
     meta["streams"]["units"]["shape"] = [1]
