@@ -1,7 +1,8 @@
 """The main job: audio files in, WebDataset token shards out.
 
-match -> decode -> segment (at each source's rate) -> tokenize (each tokenizer resamples to
-its own rate) -> write shards (temp, then finalize) -> index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
+list (fanned out) -> join with the previous state -> decode -> segment (at each source's rate)
+-> tokenize (each tokenizer resamples to its own rate) -> write shards, state and rows parts ->
+index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
 ``audiotok tokenize ...``.
 """
 
@@ -14,6 +15,7 @@ import os
 import posixpath
 import sys
 import time
+import uuid
 from typing import Any
 
 import apache_beam as beam
@@ -22,11 +24,10 @@ from apache_beam.runners.runner import PipelineState
 
 from audiotok.pipelines import fit_kmeans
 from audiotok.pipelines import gc
-from audiotok.pipelines import options as opts
 from audiotok.runners import profiles
 from audiotok.transforms import card, dataset, failures, incremental, lease, lm, metrics, shards, storage
 from audiotok.transforms.decode import DecodeConfig
-from audiotok.transforms.match import MatchConfig
+from audiotok.transforms.match import ListInputs, MatchConfig
 from audiotok.transforms.read import ReadSegments
 from audiotok.transforms.segment import SegmentConfig
 from audiotok.transforms.shards import ShardConfig, WriteDataset
@@ -43,7 +44,26 @@ EXIT_BUSY = lease.EXIT_BUSY
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    """Everything one tokenize run needs (built from flags by the CLI, or directly in code)."""
+    """Everything one tokenize run needs (built from flags by the CLI, or directly in code).
+
+    Attributes:
+        output: the dataset folder (any fsspec URL).
+        match, decode, segment, tokenize, shards: the stages' settings.
+        overwrite: replace an existing dataset in ``output`` (otherwise an existing one is
+            refused).
+        incremental: refresh the dataset in ``output``: process only new and changed inputs (and
+            all of them when the settings changed), exclude deleted ones, publish a new version.
+        kmeans_max_frames: frames sampled to fit a k-means codebook on the fly, for a k-means
+            tokenizer given no codebook.
+        max_failure_fraction: after writing the dataset and its failures, fail the run when more
+            than this fraction of the inputs has a dead-letter record (a sign of
+            misconfiguration; 1: never).
+        wait_for_lock_s: when another run is writing ``output``, wait up to this many seconds
+            for it to finish (0: refuse at once).
+        gc_grace_s: after publishing, delete the files of versions replaced more than this many
+            seconds ago (readers holding an older index keep working until then; -1: never; see
+            ``audiotok gc``).
+    """
 
     output: str
     match: MatchConfig
@@ -129,18 +149,42 @@ def settings(config: JobConfig) -> dict[str, Any]:
     }
 
 
-def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = None, run_id: str | None = None):
-    """Adds the whole job to ``p``; returns the PCollection holding the published index."""
+def tokenize_audio(refs, config: JobConfig) -> tuple[list, list]:
+    """The audio stages: inputs -> ([PCollection[Sample], ...], [PCollection[Failure], ...]).
+
+    Segments made from whole files and from long files in stretches are tokenized apart (one
+    model per process all the same): a Flatten of segments would make the in-process runner hold
+    every segment's audio in memory.
+    """
+    read = refs | "ReadSegments" >> ReadSegments(config.match, config.decode, config.segment, per_path=True)
+    tokenize = TokenizeSegments(config.tokenize)
+    samples, fails = [], [read["failures"]]
+    for i, segments in enumerate(read["segments"]):
+        tokenized = segments | ("Tokenize" if i == 0 else f"Tokenize{i}") >> tokenize
+        samples.append(tokenized.samples)
+        fails.append(tokenized.failures)
+    return samples, fails
+
+
+def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = None, run_id: str | None = None,
+          audio=tokenize_audio):
+    """Adds the whole job to ``p``; returns the PCollection holding the published index.
+
+    ``audio`` makes the samples from the selected inputs (:func:`tokenize_audio`; the scale
+    benchmark puts a stub there).
+    """
     plan = plan or shards.RunPlan(fingerprint=incremental.settings_fingerprint(settings(config)))
-    select = incremental.SelectChanged(plan.previous_state, plan.fingerprint) if plan.previous_state else None
-    read = p | "ReadSegments" >> ReadSegments(config.match, config.decode, config.segment, select=select)
-    tokenized = read["segments"] | "Tokenize" >> TokenizeSegments(config.tokenize)
-    all_failures = (read["failures"], tokenized.failures) | "AllFailures" >> beam.Flatten()
+    temp_dir = storage.join(config.output, dataset.TMP_DIR, run_id or uuid.uuid4().hex)
+    listed = p | "ListInputs" >> ListInputs(config.match)
+    runs = listed["batches"] | "WriteRuns" >> incremental.WriteRuns(temp_dir)
+    selection = {"runs": runs, "failures": listed["failures"]} | "SelectInputs" >> incremental.SelectInputs(
+        config.output, temp_dir, plan.version, plan.fingerprint, plan.previous)
+    samples, fails = audio(selection["refs"], config)
+    all_failures = fails | "AllFailures" >> beam.Flatten()
     info = run_info(config)
-    outputs = {"samples": tokenized.samples, "failures": all_failures, "listed": read["listed"],
-               "selected": read["selected"]}
-    return outputs | "WriteDataset" >> WriteDataset(
-        config.output, config.shards, info["streams"], info, plan=plan, run_id=run_id)
+    return ({**selection, "samples": tuple(samples), "failures": all_failures}
+            | "WriteDataset" >> WriteDataset(config.output, config.shards, info["streams"], info, plan=plan,
+                                             temp_dir=temp_dir))
 
 
 def plan_run(config: JobConfig, owner: str | None = None, release_lease: bool = False) -> shards.RunPlan:
@@ -167,11 +211,13 @@ def plan_run(config: JobConfig, owner: str | None = None, release_lease: bool = 
             index = json.loads(data)
         except ValueError as e:
             raise SystemExit(f"{index_url} does not parse ({e}): restore it, or remove it to start over") from None
+        if index.get("version", 1) not in dataset.READABLE_INDEX_VERSIONS:
+            raise SystemExit(f"{config.output}: index version {index.get('version')!r}; this audiotok reads "
+                             f"{', '.join(map(str, dataset.READABLE_INDEX_VERSIONS))}")
         version = int(index.get("dataset_version", 0)) + 1
-        previous = (storage.join(config.output, index["state"])
-                    if config.incremental and not config.overwrite and index.get("state") else None)
+        previous = incremental.Previous.of_index(index) if config.incremental and not config.overwrite else None
     gc.clean_unpublished(config.output, version)
-    return shards.RunPlan(version=version, fingerprint=fingerprint, previous_state=previous,
+    return shards.RunPlan(version=version, fingerprint=fingerprint, previous=previous,
                           index_generation=generation, lease_owner=owner, release_lease=release_lease)
 
 
@@ -407,14 +453,13 @@ def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[st
 def failed_inputs(output: str, index: dict) -> set[str]:
     """The inputs (URIs, manifest lines, patterns) named by this run's dead-letter records."""
     failed = set()
-    for row in index.get("failures", []):
+    for row in dataset.failure_rows(output, index):
         parts = row["url"].split("/")
         if len(parts) > 2 and parts[1].lstrip("v").isdigit() and int(parts[1].lstrip("v")) != index.get(
                 "dataset_version", int(parts[1].lstrip("v"))):
             continue  # an earlier version's records: not this run's inputs
-        for line in storage.read_bytes(storage.join(output, row["url"])).decode("utf-8").splitlines():
-            if line.strip():
-                failed.add(json.loads(line)["uri"])
+        for line in dataset.read_jsonl(output, row["url"]):
+            failed.add(json.loads(line)["uri"])
     return failed
 
 
@@ -424,7 +469,7 @@ def check_failure_fraction(config: JobConfig, index: dict, counters: dict[str, i
     An input counts as failed when any dead-letter record names it; the inputs are the files
     matched plus the manifest lines and patterns that yielded none.
     """
-    if config.max_failure_fraction >= 1 or not index.get("failures"):
+    if config.max_failure_fraction >= 1 or not index["totals"].get("failures"):
         return None
     if "files_matched" not in counters:
         logger.warning("the runner reports no metrics: --max-failure-fraction is not checked")
@@ -492,22 +537,17 @@ def print_tokenizer_help(out=None) -> None:
 
 def main(argv: list[str] | None = None, wait: bool = True) -> int:
     """``audiotok tokenize``; with ``wait=False`` it returns once the job is submitted."""
+    from audiotok.pipelines import options as opts  # the flags are built from this module's JobConfig
+
     args, beam_args = opts.parse(opts.TokenizeOptions, list(sys.argv[1:] if argv is None else argv),
                                  prog="audiotok tokenize")
     if args.tokenizer.strip() == "help":
         print_tokenizer_help()
         return 0
-    if not args.input and not args.manifest:
-        raise SystemExit("audiotok tokenize: give --input PATTERN or --manifest URL")
     if not args.output:
         raise SystemExit("audiotok tokenize: give --output URL")
     try:
-        config = JobConfig(
-            output=args.output, match=opts.match_config(args), decode=opts.decode_config(args),
-            segment=opts.segment_config(args), tokenize=opts.tokenize_config(args), shards=opts.shard_config(args),
-            overwrite=args.overwrite, incremental=args.incremental, kmeans_max_frames=args.kmeans_max_frames,
-            max_failure_fraction=args.max_failure_fraction, wait_for_lock_s=args.wait_for_lock_s,
-            gc_grace_s=args.gc_grace_s)
+        config = opts.job_config(args)
         beam_options = profiles.pipeline_options(args.profile, beam_args)
     except ValueError as e:
         raise SystemExit(f"audiotok tokenize: {e}") from None

@@ -16,8 +16,10 @@ key, and the others stay).
 * ``dataflow-gpu``: ``dataflow`` with one NVIDIA L4 per worker; needs the CUDA container of
   ``runners/dataflow/Dockerfile``.
 * ``spark``: Beam's Spark job server (its jar from ``audiotok.runners.jobservers``' cache, or downloaded
-  by Beam); ``local[2]`` unless ``--spark_master_url``.
-* ``flink``: Beam's Flink job server; ``[local]`` unless ``--flink_master``.
+  by Beam; with a local master, the assembled test job server when the SDK's jar is not cached);
+  ``local[2]`` with LOOPBACK workers unless ``--spark_master_url``.
+* ``flink``: Beam's Flink job server, the same way; ``[local]`` with 2 parallel tasks and LOOPBACK
+  workers unless ``--flink_master``.
 * ``prism``: Beam's Prism runner, a portable runner in Go (its binary from
   ``audiotok.runners.jobservers``' cache, built with ``go install``, or downloaded by Beam).
 
@@ -202,6 +204,9 @@ def _job_server_jar(runner: str, flag: str, local: bool, given: Flags, **coords)
 
 
 _DATAFLOW = ("--runner=DataflowRunner",)
+
+# What --profile is when not given.
+DEFAULT_PROFILE = "direct"
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile("direct", "in this process (default)", ("--runner=FnApiRunner",)),

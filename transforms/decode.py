@@ -34,10 +34,9 @@ processes import it).
 
 Positions of stretches (``start``, ``stop``) are sample indices at the source rate: nothing is
 resampled here (each tokenizer resamples from the source rate, ``transforms/tokenize.py``).
-A stretch of a PCM, float or FLAC file holds exactly the whole decode's samples. Lossy decoders
-differ by float rounding: libsndfile's MP3 decoder rounds by where its reads end (~1e-7), and
-a decoder restarted by a seek into the middle of a file differs in its first frames (Opus:
-up to ~1e-3), never in position.
+A stretch holds exactly the whole decode's samples, except where a lossy decoder is restarted
+by a seek into the middle of a file: MP3 then differs by float rounding (~2e-7), Opus by up to
+~1e-3 in its first frames; never in position.
 """
 
 from __future__ import annotations
@@ -301,16 +300,16 @@ class FileDecoder:
 
     def probe(self, f: BinaryIO, uri: str) -> Probe:
         """What the header of the open file ``f`` says (raises ``AudiotokError``)."""
-        return probe_stream(f, uri)
+        return probe_stream(f, uri, storage.local_path(uri))
 
     def decode_whole(self, f: BinaryIO, uri: str, config: DecodeConfig, deadline: float | None) -> Audio:
         """The whole of the open file ``f``, before the sample-value policy."""
-        return decode_audio(f, uri, config, deadline)
+        return decode_audio(f, uri, config, deadline, storage.local_path(uri))
 
     def blocks(self, f: BinaryIO, uri: str, probe: Probe, start: int, block_frames: int,
                stop: int | None = None) -> Iterator[np.ndarray]:
         """float32 [channels, n] blocks of the open file ``f`` from source frame ``start`` (to ``stop``)."""
-        return read_blocks(f, probe, start, block_frames, stop)
+        return read_blocks(f, probe, start, block_frames, stop, storage.local_path(uri))
 
     def plan(self, f: BinaryIO, uri: str, probe: Probe, config: DecodeConfig, split: SplitConfig,
              deadline: float | None) -> Plan:

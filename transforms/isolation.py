@@ -104,6 +104,7 @@ class InProcessDecoder:
     def __init__(self, config: DecodeConfig, split: SplitConfig | None = None):
         self.config, self.split = config, split
         self._route: FileDecoder = resolve_decoder(config.decoder)()
+        self._pending: AudioRef | None = None
 
     def open(self, ref: AudioRef) -> Opened:
         """A short file decoded whole ``(Decoded, notes)``, or a long one's :class:`Plan`."""
@@ -112,6 +113,22 @@ class InProcessDecoder:
     def decode(self, ref: AudioRef) -> tuple[Decoded, tuple[str, ...]]:
         """``ref`` decoded whole, whatever its length."""
         return self._route.open(ref, self.config, None)
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None
+
+    def submit(self, ref: AudioRef) -> None:
+        """Takes ``ref`` for :meth:`collect`, which opens it (in-process, nothing runs alongside)."""
+        if self._pending is not None:
+            raise RuntimeError("collect() the answer to the request in flight first")
+        self._pending = ref
+
+    def collect(self) -> Opened:
+        ref, self._pending = self._pending, None
+        if ref is None:
+            raise RuntimeError("no request in flight")
+        return self.open(ref)
 
     def stretch(self, item: WorkItem, chunk_s: float = DEFAULT_CHUNK_S) -> Iterator[np.ndarray]:
         """The stretch of ``item``: mono float32 chunks at the source rate."""
@@ -145,6 +162,7 @@ class ProcessDecoder:
         self.max_rss_mb = 0.0  # the largest peak resident memory a decoder process reported
         self._process = None
         self._conn = None
+        self._pending: tuple[AudioRef, float] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -190,6 +208,7 @@ class ProcessDecoder:
         """Ends the child; returns its exit code."""
         process, conn = self._process, self._conn
         self._process = self._conn = None
+        self._pending = None
         if conn is not None:
             conn.close()  # the child's recv sees EOF and returns
         if process is None:
@@ -241,19 +260,49 @@ class ProcessDecoder:
         Raises:
             AudiotokError: what the decoder raised, or ``timeout`` / ``decoder_crash``.
         """
-        return self._open(ref, self.split)
+        self.submit(ref)
+        return self.collect()
 
     def decode(self, ref: AudioRef) -> tuple[Decoded, tuple[str, ...]]:
         """``ref`` decoded whole in the child, whatever its length."""
-        return self._open(ref, None)
+        self.submit(ref, whole=True)
+        return self.collect()
 
-    def _open(self, ref: AudioRef, split: SplitConfig | None) -> Opened:
+    @property
+    def busy(self) -> bool:
+        """Whether a request was submitted and its answer not yet collected."""
+        return self._pending is not None
+
+    def submit(self, ref: AudioRef, whole: bool = False) -> None:
+        """Sends ``ref`` to the child and returns at once: the child opens it while the caller
+        works on something else; :meth:`collect` gets the answer. One request at a time.
+
+        Raises:
+            AudiotokError: ``decoder_crash`` when the request cannot be sent.
+        """
+        if self._pending is not None:
+            raise RuntimeError("collect() the answer to the request in flight first")
         conn = self._ready()
-        timeout = self.config.timeout_s
+        split = None if whole or self.split is None else dataclasses.asdict(self.split)
         with self._guarded(ref.uri):
-            request = {"op": "open", "uri": ref.uri, "split": None if split is None else dataclasses.asdict(split)}
-            conn.send_bytes(_encode(request))
-            header = self._receive_header(conn, None if timeout is None else timeout + GRACE_S, ref.uri)
+            conn.send_bytes(_encode({"op": "open", "uri": ref.uri, "split": split}))
+        self._pending = (ref, time.monotonic())
+
+    def collect(self) -> Opened:
+        """The answer to the submitted request; ``timeout_s`` (plus the grace period) counts
+        from the submission.
+
+        Raises:
+            AudiotokError: what the decoder raised, or ``timeout`` / ``decoder_crash``.
+        """
+        if self._pending is None:
+            raise RuntimeError("no request in flight")
+        (ref, submitted), self._pending = self._pending, None
+        conn = self._conn
+        timeout = self.config.timeout_s
+        left = None if timeout is None else max(0.0, submitted + timeout + GRACE_S - time.monotonic())
+        with self._guarded(ref.uri):
+            header = self._receive_header(conn, left, ref.uri)
             if header.get("kind") == "plan":
                 return _parse_plan(header, self.config)
             if header.get("kind") != "whole":
@@ -274,6 +323,8 @@ class ProcessDecoder:
         Raises:
             AudiotokError: what the decoder raised, or ``timeout`` / ``decoder_crash``.
         """
+        if self._pending is not None:
+            raise RuntimeError("collect() the answer to the request in flight first")
         conn = self._ready()
         uri = item.source.uri
         timeout = self.config.timeout_s

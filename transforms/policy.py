@@ -33,7 +33,8 @@ LENGTH_SLACK_FRAMES = 2304
 # Statistics are gathered over blocks of this many frames (no full-size temporaries).
 SCAN_FRAMES = 1 << 18
 
-_CHOICES = {
+# The allowed values of DecodeConfig's policy fields (the CLI offers the same).
+CHOICES = {
     "truncated": ("reject", "keep"),
     "non_finite": ("reject", "zero"),
     "out_of_range": ("scale", "clip", "reject"),
@@ -42,7 +43,7 @@ _CHOICES = {
     "isolation": ("process", "none"),
 }
 # Fields that change how decoding runs, not what it produces.
-_EXECUTION_FIELDS = ("isolation", "timeout_s")
+_EXECUTION_FIELDS = ("isolation", "timeout_s", "decoder_processes")
 DEFAULT_DECODER = "audiotok.transforms.decode:FileDecoder"
 _DECODER_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -63,13 +64,17 @@ class DecodeConfig:
             a peak of 1, ``clip`` them, or ``reject`` (``out_of_range``).
         silence: ``keep`` or ``reject`` (``silent``) a file whose peak is at or below
             ``silence_threshold_dbfs``.
+        silence_threshold_dbfs: the peak level, dBFS, at or below which a file is silent.
         clipping: ``keep`` or ``reject`` (``clipped``) a file with more than
             ``clipping_fraction`` of its samples at full scale (|x| >= 0.99).
+        clipping_fraction: the fraction of samples at full scale above which a file is clipped.
         isolation: ``process``: decode in child processes (a crash or hang becomes a
             ``decoder_crash``/``timeout`` record); ``none``: in the worker itself.
         timeout_s: time limit of one decoder request (a whole file, a long file's plan, or a
             stretch's decoding time); None: none. In-process it is checked between chunks;
             with process isolation a hung decoder is killed.
+        decoder_processes: with process isolation, decoder processes per decoding thread: as many
+            inputs are decoded at a time, alongside the thread's own work on those already decoded.
         decoder: ``module:Class`` of the decoder, a :class:`audiotok.transforms.decode.FileDecoder`
             (or a subclass: custom decoders, fault injection in tests).
     """
@@ -88,6 +93,7 @@ class DecodeConfig:
     clipping_fraction: float = 0.01
     isolation: str = "process"
     timeout_s: float | None = 300.0
+    decoder_processes: int = 1
     decoder: str = DEFAULT_DECODER
 
     def __post_init__(self) -> None:
@@ -100,7 +106,7 @@ class DecodeConfig:
             raise ValueError(f"max_channels must be >= 1. Found: {self.max_channels}")
         if self.max_decoded_bytes < 1 << 20:
             raise ValueError(f"max_decoded_bytes must be >= 1 MiB. Found: {self.max_decoded_bytes}")
-        for name, allowed in _CHOICES.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}. Found: {getattr(self, name)!r}")
         if not self.silence_threshold_dbfs <= 0:
@@ -109,6 +115,8 @@ class DecodeConfig:
             raise ValueError(f"clipping_fraction must be in (0, 1]. Found: {self.clipping_fraction}")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive. Found: {self.timeout_s}")
+        if not 1 <= self.decoder_processes <= 64:
+            raise ValueError(f"decoder_processes must be in [1, 64]. Found: {self.decoder_processes}")
         if not _DECODER_PATH.match(self.decoder):
             raise ValueError(f"decoder must be 'module:Class'. Found: {self.decoder!r}")
 

@@ -14,9 +14,11 @@ decoder start-up the 2.5 s of importing Beam.
 
 from __future__ import annotations
 
+import collections
 import logging
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 
 from audiotok.transforms import failures, metrics, segment
 from audiotok.transforms.decode import DecodeConfig, Plan, SplitConfig
@@ -33,19 +35,29 @@ class ReadSegments(beam.PTransform):
     """Inputs -> ``{"segments": PCollection[Segment], "failures": PCollection[Failure],
     "listed": PCollection[AudioRef], "selected": PCollection[AudioRef]}``.
 
-    Segments are mono at their source's rate. ``listed`` holds every matched input; when
-    ``select`` is given (a PTransform over AudioRefs, e.g. the incremental filter), only the
-    inputs it passes are decoded.
+    Applied to the pipeline, it matches ``match``'s inputs; applied to a PCollection[AudioRef],
+    it reads those (``listed`` is then that PCollection). Segments are mono at their source's
+    rate. When ``select`` is given (a PTransform over AudioRefs), only the inputs it passes are
+    decoded.
+
+    With ``per_path``, ``segments`` is a tuple of PCollections, one per way segments are made
+    (whole files, long files in stretches): the in-process runner holds every element of a
+    Flatten in memory, so a job that must not hold every segment's audio applies its next steps
+    to each.
     """
 
     def __init__(self, match: MatchConfig, decode: DecodeConfig, segment: SegmentConfig,
-                 select: beam.PTransform | None = None):
+                 select: beam.PTransform | None = None, per_path: bool = False):
         super().__init__()
         self.match, self.decode, self.segment = match, decode, segment
         self.select = select
+        self.per_path = per_path
 
     def expand(self, pbegin):
-        matched = pbegin | "MatchAudio" >> MatchAudio(self.match)
+        if isinstance(pbegin, beam.pvalue.PBegin):
+            matched = pbegin | "MatchAudio" >> MatchAudio(self.match)
+        else:
+            matched = {"refs": pbegin, "failures": pbegin.pipeline | "NoMatchFailures" >> beam.Create([])}
         refs = matched["refs"] if self.select is None else matched["refs"] | "SelectInputs" >> self.select
         decoded = refs | "DecodeAudio" >> DecodeAudio(self.decode, self.segment.split_config())
         segmented = decoded.decoded | "Segment" >> SegmentAudio(self.segment)
@@ -55,8 +67,10 @@ class ReadSegments(beam.PTransform):
             streamed = items | "SegmentLongFiles" >> SegmentWorkItems(self.segment, self.decode)
             segments.append(streamed.segments)
             fails.append(streamed.failures)
-        return {"segments": tuple(segments) | "AllSegments" >> beam.Flatten(),
-                "failures": tuple(fails) | "ReadFailures" >> beam.Flatten(),
+        segments = tuple(segments)
+        if not self.per_path:
+            segments = segments | "AllSegments" >> beam.Flatten() if len(segments) > 1 else segments[0]
+        return {"segments": segments, "failures": tuple(fails) | "ReadFailures" >> beam.Flatten(),
                 "listed": matched["refs"], "selected": refs}
 
 
@@ -64,6 +78,10 @@ class ReadSegments(beam.PTransform):
 
 
 class _DecodeFn(beam.DoFn):
+    """Opens each input in the decoder; with process isolation, ``decoder_processes`` inputs are
+    in flight at a time, so the decoders work while this thread runs the steps fused after this
+    one on the inputs already decoded. What is in flight when the bundle ends comes out then."""
+
     def __init__(self, config: DecodeConfig, split: SplitConfig | None):
         self._config, self._split = config, split
 
@@ -71,25 +89,41 @@ class _DecodeFn(beam.DoFn):
         from audiotok.transforms import isolation
 
         self._progress = Progress("decoded")
-        self._decoder = isolation.make_decoder(self._config, self._split)
+        count = self._config.decoder_processes if self._config.isolation == "process" else 1
+        self._decoders = [isolation.make_decoder(self._config, self._split) for _ in range(count)]
+
+    def start_bundle(self) -> None:
+        self._in_flight: collections.deque = collections.deque()  # (decoder, ref), oldest first
 
     def process(self, ref: AudioRef):
+        if len(self._in_flight) == len(self._decoders):
+            yield from self._finish_oldest()
+        decoder = next(d for d in self._decoders if not d.busy)
         try:
-            opened = self._decoder.open(ref)
+            decoder.submit(ref)
+        except AudiotokError as e:
+            yield from self._failed(ref, e)
+            return
+        self._in_flight.append((decoder, ref))
+
+    def finish_bundle(self):
+        while self._in_flight:
+            for out in self._finish_oldest():
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+                else:
+                    yield GlobalWindows.windowed_value(out)
+
+    def _finish_oldest(self):
+        decoder, ref = self._in_flight.popleft()
+        try:
+            opened = decoder.collect()
             items = segment.work_items(ref, opened) if isinstance(opened, Plan) else None
         except Exception as e:  # every failure is a record, never a failed bundle
-            failure = Failure.from_error(ref.uri, e, "decode")
-            if failure.transient:
-                logger.warning("could not read %s (the storage may be unavailable; the next --incremental tries "
-                               "again): %s", failure.uri, " ".join(failure.message.split())[:300])
-            elif not isinstance(e, AudiotokError):
-                logger.warning("unexpected %s decoding %s (a bug: please report it): %s", type(e).__name__,
-                               failures.redact(failures.printable(ref.uri)), failures.redact(str(e)))
-            metrics.failure(failure.reason, "decode")
-            yield beam.pvalue.TaggedOutput("failures", failure)
+            yield from self._failed(ref, e)
             return
-        if getattr(self._decoder, "max_rss_mb", 0):
-            metrics.distribution("decoder_max_rss_mb").update(int(self._decoder.max_rss_mb))
+        if getattr(decoder, "max_rss_mb", 0):
+            metrics.distribution("decoder_max_rss_mb").update(int(decoder.max_rss_mb))
         if items is not None:
             yield from self._planned(ref, opened, items)
             return
@@ -100,6 +134,18 @@ class _DecodeFn(beam.DoFn):
         metrics.counter("audio_ms").inc(int(round(decoded.duration_s * 1000)))
         self._progress.add(decoded.duration_s)
         yield decoded
+
+    @staticmethod
+    def _failed(ref: AudioRef, e: Exception):
+        failure = Failure.from_error(ref.uri, e, "decode")
+        if failure.transient:
+            logger.warning("could not read %s (the storage may be unavailable; the next --incremental tries "
+                           "again): %s", failure.uri, " ".join(failure.message.split())[:300])
+        elif not isinstance(e, AudiotokError):
+            logger.warning("unexpected %s decoding %s (a bug: please report it): %s", type(e).__name__,
+                           failures.redact(failures.printable(ref.uri)), failures.redact(str(e)))
+        metrics.failure(failure.reason, "decode")
+        yield beam.pvalue.TaggedOutput("failures", failure)
 
     def _planned(self, ref: AudioRef, plan: Plan, items: list):
         for note in plan.notes:
@@ -113,8 +159,7 @@ class _DecodeFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("items", item)
 
     def teardown(self) -> None:
-        decoder = getattr(self, "_decoder", None)
-        if decoder is not None:
+        for decoder in getattr(self, "_decoders", ()):
             decoder.close()
 
 

@@ -149,9 +149,15 @@ def check_deadline(deadline: float | None) -> None:
 
 
 class _Soundfile:
-    """libsndfile on a stream: header values, reads of float32 [n, channels], seeks."""
+    """libsndfile on a stream, or on a local path (read natively: no Python call per read, which
+    costs as much as decoding MP3): header values, reads of float32 [n, channels], seeks.
 
-    def __init__(self, stream: BinaryIO):
+    Reads go straight to ``sf_readf_float``: soundfile's ``read`` asks libsndfile for its position
+    before each read and seeks there again after it, which costs a seek per read and makes
+    libsndfile's MP3 decoder round differently depending on where reads end.
+    """
+
+    def __init__(self, stream: BinaryIO | str):
         import soundfile
 
         self.errors = (soundfile.LibsndfileError, RuntimeError, ValueError)
@@ -162,12 +168,19 @@ class _Soundfile:
         self.rate, self.channels = int(self._f.samplerate), int(self._f.channels)
         self.frames = int(self._f.frames)
         self.bounded = str(self._f.subtype).startswith(_BOUNDED_SUBTYPES)
+        self._lib = (soundfile._snd, soundfile._ffi, soundfile._error_check)
 
     def read(self, n: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Up to ``n`` frames, float32 [n, channels] (into ``out`` when given)."""
+        """Up to ``n`` frames, float32 [n, channels] (into ``out``, C-contiguous, when given)."""
         if out is None:
-            return self._f.read(n, dtype="float32", always_2d=True)
-        return self._f.read(n, dtype="float32", always_2d=True, out=out)
+            out = np.empty((n, self.channels), np.float32)
+        snd, ffi, error_check = self._lib
+        f = self._f
+        if f.closed:
+            raise RuntimeError("the file is closed")
+        got = snd.sf_readf_float(f._file, ffi.from_buffer("float[]", out), n)
+        error_check(snd.sf_error(f._file))
+        return out[:got]
 
     def seek(self, frame: int) -> None:
         self._f.seek(frame)
@@ -255,20 +268,23 @@ class _FFmpeg:
 # ------------------------------------------------------------------ the header
 
 
-def probe_stream(f: BinaryIO, uri: str = "") -> Probe:
+def probe_stream(f: BinaryIO, uri: str = "", native: str | None = None) -> Probe:
     """What the header of an open, seekable binary file says, nothing decoded.
+
+    Args:
+        native: the local path of the same file, for libsndfile to read natively.
 
     Raises:
         AudiotokError: ``empty``, ``unsupported_format``.
     """
     try:
-        return _probe(f)
+        return _probe(f, native)
     except AudiotokError as e:
         e.uri = e.uri or uri
         raise
 
 
-def _probe(f: BinaryIO) -> Probe:
+def _probe(f: BinaryIO, native: str | None) -> Probe:
     f.seek(0)
     head = f.read(SNIFF_BYTES)
     if not head:
@@ -278,7 +294,7 @@ def _probe(f: BinaryIO) -> Probe:
     if fmt in containers.SOUNDFILE_FORMATS:
         f.seek(0)
         try:
-            with _Soundfile(f) as sf:
+            with _Soundfile(native or f) as sf:
                 # libsndfile reports streamed WAVs (no data size) as 0 frames and then reads
                 # nothing: those go to FFmpeg, which reads to the end, as decode_audio does.
                 if 0 < sf.frames < (1 << 62):
@@ -367,7 +383,7 @@ class _Sink:
 
 
 def decode_audio(source: bytes | BinaryIO, uri: str = "", config: DecodeConfig | None = None,
-                 deadline: float | None = None) -> Audio:
+                 deadline: float | None = None, native: str | None = None) -> Audio:
     """Decodes a whole file under the limits of ``config``.
 
     Args:
@@ -375,6 +391,7 @@ def decode_audio(source: bytes | BinaryIO, uri: str = "", config: DecodeConfig |
         uri: named in errors.
         config: limits and the truncation policy (default ``DecodeConfig()``).
         deadline: ``time.monotonic()`` value after which decoding stops with ``timeout``.
+        native: the local path of the same file, for libsndfile to read natively.
 
     Returns:
         The decoded audio, float32 [channels, samples], at the source rate (not yet
@@ -387,7 +404,7 @@ def decode_audio(source: bytes | BinaryIO, uri: str = "", config: DecodeConfig |
     """
     config = config or DecodeConfig()
     try:
-        return _decode_audio(source, config, deadline)
+        return _decode_audio(source, config, deadline, native)
     except AudiotokError as e:
         e.uri = e.uri or uri
         raise
@@ -397,7 +414,8 @@ def decode_audio(source: bytes | BinaryIO, uri: str = "", config: DecodeConfig |
         raise AudiotokError(failures.READ_ERROR, f"{type(e).__name__}: {e}", uri) from e
 
 
-def _decode_audio(source: bytes | BinaryIO, config: DecodeConfig, deadline: float | None) -> Audio:
+def _decode_audio(source: bytes | BinaryIO, config: DecodeConfig, deadline: float | None,
+                  native: str | None) -> Audio:
     stream = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
     size = containers.stream_size(stream)
     stream.seek(0)
@@ -419,7 +437,7 @@ def _decode_audio(source: bytes | BinaryIO, config: DecodeConfig, deadline: floa
     if use_soundfile:
         stream.seek(0)
         try:
-            audio = _decode_soundfile(stream, fmt, head, config, deadline, size, exact_frames)
+            audio = _decode_soundfile(stream, fmt, head, config, deadline, size, exact_frames, native)
             return dataclasses.replace(audio, notes=notes + audio.notes)
         except DecoderFailed as e:
             errors.append(f"soundfile: {e}")
@@ -468,8 +486,8 @@ def _finish(audio: Audio, sink: _Sink, declared: int | None, error: str | None, 
 
 
 def _decode_soundfile(stream: BinaryIO, fmt: str, head: bytes, config: DecodeConfig, deadline: float | None,
-                      size: int | None, exact_frames: int | None) -> Audio:
-    with _Soundfile(stream) as f:
+                      size: int | None, exact_frames: int | None, native: str | None) -> Audio:
+    with _Soundfile(native or stream) as f:
         rate, channels = f.rate, f.channels
         check_format(rate, channels, config)
         declared = containers.declared_frames(f.frames, fmt, head)
@@ -540,11 +558,12 @@ def _decode_ffmpeg(stream: BinaryIO, fmt: str | None, head: bytes, config: Decod
 # ------------------------------------------------------------------ blocks from a position
 
 
-def read_blocks(f: BinaryIO, probe: Probe, start: int, block_frames: int,
-                stop: int | None = None) -> Iterator[np.ndarray]:
+def read_blocks(f: BinaryIO, probe: Probe, start: int, block_frames: int, stop: int | None = None,
+                native: str | None = None) -> Iterator[np.ndarray]:
     """The samples of an open file from source frame ``start`` on (to ``stop``, or the end), as
     float32 [channels, n] blocks of about ``block_frames`` frames (FFmpeg: its own frame sizes),
-    at the source rate. Nothing past ``stop`` is read from libsndfile formats.
+    at the source rate. Nothing past ``stop`` is read from libsndfile formats; ``native``: the
+    local path of the same file, for libsndfile to read natively.
 
     Raises:
         AudiotokError: ``decode_error`` when a reader fails mid-way or the stream changes
@@ -552,7 +571,10 @@ def read_blocks(f: BinaryIO, probe: Probe, start: int, block_frames: int,
             ``unsupported_format`` when no reader opens it.
     """
     f.seek(0)
-    blocks = _soundfile_blocks(f, start, block_frames, stop) if probe.seekable else _ffmpeg_blocks(f, start)
+    if probe.seekable:
+        blocks = _soundfile_blocks(native or f, start, block_frames, stop)
+    else:
+        blocks = _ffmpeg_blocks(f, start)
     position = start
     for block in blocks:
         if block.shape[0] != probe.channels:
@@ -571,7 +593,7 @@ def _check_rate(rate: int, probe_rate: int) -> None:
         raise AudiotokError(failures.HEADER_MISMATCH, f"the header says {probe_rate} Hz, the stream is {rate} Hz")
 
 
-def _soundfile_blocks(f: BinaryIO, start: int, block: int, stop: int | None) -> Iterator[np.ndarray]:
+def _soundfile_blocks(f: BinaryIO | str, start: int, block: int, stop: int | None) -> Iterator[np.ndarray]:
     try:
         reader = _Soundfile(f)
     except DecoderFailed as e:

@@ -17,9 +17,9 @@ worker pool, Flink, Spark) are started without our pipeline options:
 
 :func:`storage_options` is the one place that reads them.
 
-Memory per open object is bounded: reads keep one ``READ_BLOCK_BYTES`` read-ahead block,
-writes buffer one ``WRITE_BLOCK_BYTES`` part, whatever the filesystem's default (s3fs
-buffers 50 MiB per file by default, which times a worker's dozen threads adds up).
+Memory per open object is bounded: reads keep at most ``READ_BLOCKS`` blocks of
+``READ_BLOCK_BYTES``, writes buffer one ``WRITE_BLOCK_BYTES`` part, whatever the filesystem's
+default (s3fs buffers 50 MiB per file by default, which times a worker's dozen threads adds up).
 """
 
 from __future__ import annotations
@@ -43,8 +43,11 @@ logger = logging.getLogger(__name__)
 # fsspec protocols that run programs or are otherwise not storage.
 _REFUSED_PROTOCOLS = frozenset({"pipe", "cmd", "exec", "shell"})
 
-# Read-ahead per open file (gcsfs defaults to 5 MiB, s3fs to 50 MiB).
+# Reads fetch whole aligned blocks of this size (gcsfs defaults to 5 MiB, s3fs to 50 MiB) ...
 READ_BLOCK_BYTES = 4 * 1024 * 1024
+# ... and an open file keeps the last few it used: decoders read a file's head, then its tail
+# (an ID3v1 tag, Ogg's last page), then its head again; each block is requested once.
+READ_BLOCKS = 3
 # Write buffer per open file: one multipart part (S3 needs >= 5 MiB parts; GCS resumable
 # chunks must be multiples of 256 KiB).
 WRITE_BLOCK_BYTES = 8 * 1024 * 1024
@@ -280,9 +283,18 @@ def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
 _is_local = is_local_fs
 
 
+def local_path(url: str) -> str | None:
+    """The operating system's path of ``url`` when it names a local file (a plain path or
+    ``file://``), else None."""
+    if "::" in url or ("://" in url and protocol_of(url) not in ("file", "local")):
+        return None  # another store, or a scheme fsspec does not know (nothing local to name)
+    fs, path = filesystem(url)
+    return path if _is_local(fs) else None
+
+
 @contextlib.contextmanager
 def open_input(url: str) -> Iterator[IO[bytes]]:
-    """Opens a file for streaming reads, holding at most one ``READ_BLOCK_BYTES`` block.
+    """Opens a file for reads, holding at most ``READ_BLOCKS`` blocks of ``READ_BLOCK_BYTES``.
 
     On object stores, a read that fails with a transient error (see :func:`is_transient`) is
     retried with backoff, reopening the object at the same offset; what still fails raises
@@ -293,7 +305,8 @@ def open_input(url: str) -> Iterator[IO[bytes]]:
         with fs.open(path, "rb") as f:
             yield f
         return
-    raw = _RetryingReader(lambda: fs.open(path, "rb", block_size=READ_BLOCK_BYTES, cache_type="readahead"), url)
+    raw = _RetryingReader(lambda: fs.open(path, "rb", block_size=READ_BLOCK_BYTES, cache_type="blockcache",
+                                          cache_options={"maxblocks": READ_BLOCKS}), url)
     with io.BufferedReader(raw, buffer_size=64 * 1024) as f:
         yield f
 
@@ -311,6 +324,46 @@ def open_output(url: str) -> IO[bytes]:
 def read_bytes(url: str) -> bytes:
     with open_input(url) as f:
         return f.read()
+
+
+def read_range(url: str, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of a file: one ranged request on object stores, no read-ahead."""
+    if end <= start:
+        return b""
+    fs, path = filesystem(url)
+    return fs.cat_file(path, start=start, end=end)
+
+
+class RangeReader:
+    """Reads ranges of many files: local files stay open between reads (a seek each); on object
+    stores each range is one ranged request (no read-ahead). A context manager."""
+
+    def __init__(self, max_open: int = 8):
+        self._open: dict[str, IO[bytes]] = {}
+        self._max_open = max_open
+
+    def read(self, url: str, start: int, end: int) -> bytes:
+        f = self._open.get(url)
+        if f is None:
+            fs, path = filesystem(url)
+            if not _is_local(fs):
+                return read_range(url, start, end)
+            if len(self._open) >= self._max_open:
+                self._open.pop(next(iter(self._open))).close()
+            f = self._open[url] = fs.open(path, "rb")
+        f.seek(start)
+        return f.read(end - start)
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+    def __enter__(self) -> "RangeReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -383,12 +436,9 @@ def list_folder(url: str) -> list[tuple[str, str]]:
     """(URL, name) of each entry directly in a folder (files and folders); [] when there is none."""
     fs, path = filesystem(url)
     try:
-        found = retrying(lambda: fs.ls(path, detail=False, refresh=True), f"listing {url}")
+        found = retrying(lambda: fs.ls(path, detail=False), f"listing {url}")
     except (FileNotFoundError, NotADirectoryError):
         return []
-    finally:
-        # Other processes (a job's workers) write here next; a cached listing would hide their files.
-        fs.invalidate_cache(path)
     out = []
     for entry in found:
         entry = entry.rstrip("/")
@@ -641,7 +691,7 @@ class _RetryingReader(io.RawIOBase):
 
     @property
     def file(self) -> IO[bytes] | None:
-        """The store's file object currently open (replaced after a failed read)."""
+        """The store's file object read through now (None between a failure and the reopen)."""
         return self._file
 
     def readable(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 import zipfile
 
@@ -127,3 +128,26 @@ def test_log4j1_in_the_libraries_fails_the_assembly_and_caches_nothing(fake_mvn,
         jobservers.fetch_job_server("spark")
     assert jobservers.cached_test_job_server("spark") is None
     assert not (jobservers.cache_dir() / jobservers.TEST_JOB_SERVERS["spark"].name).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mvn") is None or shutil.which("unshare") is None, reason="no mvn or unshare here")
+def test_maven_that_reaches_no_registry_gives_its_answer_not_a_hang(tmp_path):
+    """What a CI machine whose Maven cannot reach the registry sees (the Spark/Flink tests skip
+    with this message): Maven run with an empty local repository in a namespace with no network."""
+    from job_server_runs import loopback_only
+
+    if subprocess.run(loopback_only(["true"]), capture_output=True).returncode != 0:
+        pytest.skip("no network namespace here (root needed)")
+    code = ("import sys\nfrom audiotok.runners import jobservers\n"
+            "try:\n    jobservers.fetch_job_server('flink', timeout_s=120)\n"
+            "except jobservers.JarUnavailable as e:\n    print(e)\n    sys.exit(3)\n")
+    env = {**os.environ, "AUDIOTOK_JAR_CACHE": str(tmp_path / "cache"),
+           "MAVEN_OPTS": f"-Dmaven.repo.local={tmp_path / 'm2'}"}
+    done = subprocess.run(loopback_only([sys.executable, "-c", code]), capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 3, done.stderr[-2000:]
+    message = done.stdout
+    assert "beam-runners-flink-2.2-job-server" in message and "and the test job server" in message
+    assert message.count("[ERROR]") >= 2  # Maven's own answer, for each of the two tries
+    assert not list((tmp_path / "cache").glob("*.jar"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import apache_beam as beam
@@ -121,12 +122,28 @@ def test_answers_are_checked_not_trusted():
             isolation._check_whole({**good, **bad}, DecodeConfig())
 
 
-def test_decode_stage_under_beam_turns_faults_into_records(files):
-    refs = [AudioRef(files[k]) for k in ("good", "segfault", "hang", "bug", "loud")]
+def test_requests_in_flight_are_answered_in_turn(decoder, files):
+    """submit() returns at once; collect() gets that file's answer, a failure included."""
+    decoder.submit(AudioRef(files["loud"]))
+    assert decoder.busy
+    with pytest.raises(RuntimeError, match="in flight"):
+        decoder.submit(AudioRef(files["good"]))
+    decoded, notes = decoder.collect()
+    assert not decoder.busy and notes == ("out_of_range_scaled",) and decoded.source.uri == files["loud"]
+    decoder.submit(AudioRef(files["bug"]))
+    with pytest.raises(AudiotokError, match="KeyError"):
+        decoder.collect()
+    decoder.submit(AudioRef(files["good"]))
+    assert decoder.collect()[0].audio.shape == (22050,)
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_decode_stage_under_beam_turns_faults_into_records(files, processes):
+    refs = [AudioRef(files[k]) for k in ("good", "segfault", "hang", "bug", "loud", "good")]
     with TestPipeline(runner="FnApiRunner") as p:
-        out = p | beam.Create(refs) | DecodeAudio(FAULTS)
+        out = p | beam.Create(refs) | DecodeAudio(dataclasses.replace(FAULTS, decoder_processes=processes))
         assert_that(out.decoded | beam.Map(lambda d: d.source.uri.rsplit("/", 1)[1]),
-                    equal_to(["good.flac", "loud.wav"]), label="decoded")
+                    equal_to(["good.flac", "loud.wav", "good.flac"]), label="decoded")
         assert_that(out.failures | beam.Map(lambda f: (f.uri.rsplit("/", 1)[1], f.reason, f.stage)),
                     equal_to([("segfault.wav", "decoder_crash", "decode"), ("hang.wav", "timeout", "decode"),
                               ("bug.wav", "decode_error", "decode")]), label="failures")

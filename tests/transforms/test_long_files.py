@@ -262,7 +262,11 @@ def test_one_decode_step_sends_short_unknown_and_too_long_files_the_right_way(lo
     def outputs(decode: DecodeConfig, uri: str):
         fn = read._DecodeFn(decode, SegmentConfig(split_s=20).split_config())
         fn.setup()
-        return [(getattr(o, "tag", None), getattr(o, "value", o)) for o in fn.process(AudioRef(uri))]
+        fn.start_bundle()
+        outs = [*fn.process(AudioRef(uri)), *fn.finish_bundle()]
+        fn.teardown()
+        unwrapped = [(getattr(o, "tag", None), getattr(o, "value", o)) for o in outs]
+        return [(tag, getattr(value, "value", value)) for tag, value in unwrapped]  # WindowedValue -> value
 
     ((tag, decoded),) = outputs(DECODE, str(short))
     assert tag is None and decoded.duration_s == pytest.approx(3.0)
