@@ -205,16 +205,19 @@ def check_audiotok_output(output_dir: Path) -> dict[str, Any]:
     """The index lists shards and no failure; the first shard's ``logmel`` arrays are float16 [T, N_MELS]."""
     import numpy as np
 
-    index = json.loads((output_dir / "index.json").read_text())
-    if not index["shards"] or index["totals"]["failures"]:
-        raise RuntimeError(f"{output_dir}: {len(index['shards'])} shards, {index['totals']['failures']} failures")
-    with tarfile.open(output_dir / index["shards"][0]["url"]) as tar:
+    from audiotok.transforms import dataset
+
+    index = dataset.read_index(str(output_dir))
+    rows = list(dataset.shard_rows(str(output_dir), index))
+    if not rows or index["totals"]["failures"]:
+        raise RuntimeError(f"{output_dir}: {len(rows)} shards, {index['totals']['failures']} failures")
+    with tarfile.open(output_dir / rows[0]["url"]) as tar:
         for member in tar:
             if member.name.endswith(".logmel.npy"):
                 array = np.load(io.BytesIO(tar.extractfile(member).read()))
                 if array.dtype != np.float16 or array.ndim != 2 or array.shape[1] != N_MELS:
                     raise RuntimeError(f"{member.name}: {array.dtype} {array.shape}, expected float16 [T, {N_MELS}]")
-    return {"samples": index["totals"]["samples"], "shards": len(index["shards"])}
+    return {"samples": index["totals"]["samples"], "shards": len(rows)}
 
 
 # ---------------------------------------------------------------------------- the decode stage

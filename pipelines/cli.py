@@ -37,6 +37,8 @@ SUBCOMMANDS = {
     "export": Subcommand("audiotok.pipelines.export", "copy a dataset to another format (lhotse-shar)", "lhotse"),
     "compact": Subcommand("audiotok.pipelines.compact", "rewrite a dataset's live samples into fresh full shards",
                           "pipeline"),
+    "gc": Subcommand("audiotok.pipelines.gc", "delete the files only replaced dataset versions need (after a grace "
+                     "period)"),
 }
 
 

@@ -20,7 +20,6 @@ from typing import Iterator, Sequence
 import apache_beam as beam
 import numpy as np
 
-from audiotok.pipelines import options as opts
 from audiotok.runners import profiles
 from audiotok.transforms import metrics, storage
 from audiotok.transforms.decode import DecodeConfig, resample
@@ -38,16 +37,17 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """Attributes:
-        spec: the k-means tokenizer spec (its k and features).
-        output: codebook URL to write.
+        output: codebook URL to write (``.safetensors``).
+        spec: the k-means tokenizer to fit a codebook for (its k and features), e.g.
+            ``mfcc-kmeans[k=100]``.
         max_frames: frames sampled from the corpus at most.
         frames_per_segment: frames one segment contributes at most.
         seed: k-means seed.
-        device: where features are computed.
+        device: where features are computed: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
     """
 
-    spec: str
     output: str
+    spec: str = "mfcc-kmeans"
     max_frames: int = 200_000
     frames_per_segment: int = 300
     seed: int = 0
@@ -143,16 +143,19 @@ def run(match: MatchConfig, decode: DecodeConfig, segment: SegmentConfig, fit: F
 
 
 def main(argv: list[str] | None = None) -> int:
+    from audiotok.pipelines import options as opts  # the flags are built from this module's FitConfig
+
     args, beam_args = opts.parse(opts.FitKMeansOptions, list(sys.argv[1:] if argv is None else argv),
                                  prog="audiotok fit-kmeans")
-    if not args.input and not args.manifest:
-        raise SystemExit("audiotok fit-kmeans: give --input or --manifest")
     if not args.output:
         raise SystemExit("audiotok fit-kmeans: give --output (the codebook file to write)")
-    fit = FitConfig(spec=registry.absolute_locations(args.tokenizer), output=args.output, max_frames=args.max_frames,
-                    frames_per_segment=args.frames_per_segment, seed=args.seed, device=args.device)
-    url = run(opts.match_config(args), opts.decode_config(args), opts.segment_config(args), fit,
-              profiles.pipeline_options(args.profile, beam_args))
+    try:
+        fit = opts.fit_config(args, spec=registry.absolute_locations(args.tokenizer))
+        match, decode, segment = opts.match_config(args), opts.decode_config(args), opts.segment_config(args)
+        beam_options = profiles.pipeline_options(args.profile, beam_args)
+    except ValueError as e:
+        raise SystemExit(f"audiotok fit-kmeans: {e}") from None
+    url = run(match, decode, segment, fit, beam_options)
     book = kmeans.Codebook.from_bytes(storage.read_bytes(url), url)
     print(f"codebook: {url} (k={book.k}, D={book.dim}, {book.metadata.get('n_frames')} frames, "
           f"inertia {book.metadata.get('inertia')})")

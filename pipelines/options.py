@@ -1,4 +1,10 @@
-"""Every audiotok flag lives here, as PipelineOptions subclasses.
+"""Every audiotok flag lives here, as PipelineOptions subclasses, each flag bound to a field of
+a config dataclass.
+
+A flag restates nothing: its default is the field's default, its type the field's annotation,
+its choices the constant the dataclass checks the value against, and its help the field's entry
+in the dataclass's ``Attributes:`` docstring. Values are checked once, when the config is built
+(``__post_init__``); an invalid one ends the command with that message.
 
 The CLI parses these flags itself (so ``--help`` lists them); every other flag goes to
 Beam untouched (``--runner``, ``--project``, ``--temp_location``, ...).
@@ -7,176 +13,326 @@ Beam untouched (``--runner``, ``--project``, ``--temp_location``, ...).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
+import types
+import typing
+from typing import Any, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from audiotok.pipelines.fit_kmeans import FitConfig
+from audiotok.pipelines.tokenize import JobConfig
 from audiotok.runners import profiles
+from audiotok.transforms import policy
 from audiotok.transforms.decode import DecodeConfig
-from audiotok.transforms.match import DEFAULT_EXCLUDE, MatchConfig
+from audiotok.transforms.inference import AUTOCAST_CHOICES
+from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.segment import SEGMENTERS, SegmentConfig
-from audiotok.transforms.decode import DEFAULT_CHUNK_S
-from audiotok.transforms.vad import VadConfig
 from audiotok.transforms.shards import ShardConfig
 from audiotok.transforms.tokenize import TokenizeConfig
+from audiotok.transforms.vad import VadConfig
+
+MIB = 1 << 20
 
 
-def _csv(value: str) -> list[str]:
-    return [v for v in (s.strip() for s in value.split(",")) if v]
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One command-line flag, bound to one field of a config dataclass.
+
+    Attributes:
+        name: the option string (``--vad-threshold``); its value lands in ``args.vad_threshold``.
+        config: the dataclass.
+        field: the field of ``config`` the value goes to.
+        scale: the field holds the flag's value times this (``--max-decoded-mb``: MiB -> bytes).
+        zero_is_none: 0 on the command line is the field's None (``no limit``).
+        choices: the allowed values: the constant the dataclass checks them against.
+        repeat: given once per item of the field's tuple.
+        comma_list: the field's tuple as one comma-separated value.
+        metavar: the value's name in ``--help``.
+        note: said after the field's description, for what only the command line has.
+    """
+
+    name: str
+    config: type
+    field: str
+    scale: int = 1
+    zero_is_none: bool = False
+    choices: Sequence[str] | None = None
+    repeat: bool = False
+    comma_list: bool = False
+    metavar: str | None = None
+    note: str = ""
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
+
+    def field_default(self) -> Any:
+        """The dataclass's default for the field (``dataclasses.MISSING`` when it has none)."""
+        f = _fields(self.config)[self.field]
+        if f.default_factory is not dataclasses.MISSING:
+            return f.default_factory()
+        return f.default
+
+    def flag_default(self) -> Any:
+        """The field's default, as the command line writes it."""
+        value = self.field_default()
+        if value is dataclasses.MISSING:
+            return [] if self.repeat else None
+        if value is None:
+            return 0 if self.zero_is_none else None
+        if self.repeat:
+            return list(value)
+        if self.comma_list:
+            return ",".join(value)
+        return value // self.scale if self.scale != 1 else value
+
+    def to_field(self, value: Any) -> Any:
+        """A parsed command-line value -> the field's value."""
+        if self.repeat:
+            return tuple(value)
+        if self.comma_list:
+            return tuple(v for v in (s.strip() for s in value.split(",")) if v)
+        if self.zero_is_none and not value:
+            return None
+        if value is not None and self.scale != 1:
+            return value * self.scale
+        return value
+
+    def value_type(self) -> type:
+        """The type of one value: the field's annotation, without None and tuple."""
+        hint = typing.get_type_hints(self.config)[self.field]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = args[0]
+        elif typing.get_origin(hint) is tuple:
+            hint = args[0]
+        return hint
+
+    def help(self) -> str:
+        """What ``--help`` says of the flag (``description`` with argparse's ``%`` escaped)."""
+        return self.description().replace("%", "%%")
+
+    def description(self, note: bool = True) -> str:
+        """The field's docstring entry, in the flag's terms, with the default (and ``note``, the
+        command line's own remark, unless ``note`` is False)."""
+        text = field_docs(self.config).get(self.field, "")
+        if not text:
+            raise ValueError(f"{self.config.__name__}.{self.field} has no entry in its docstring's Attributes: "
+                             f"document it (that is {self.name}'s help)")
+        if self.zero_is_none:
+            text = re.sub(r"\bNone( or 0)?\b", "0", text)
+        elif self.field_default() is None:
+            text = re.sub(r"\bNone\b", "unset", text)
+        if self.scale == MIB:
+            text = re.sub(r"\bbytes\b", "MiB", text)
+        # Other fields named in the text by their flags (names with an underscore only: a plain
+        # word such as "silence" is also just a word).
+        # Other fields named in the text by their flags (a field's own name in its text is a
+        # reason code, and names without an underscore are plain words too).
+        for field, flag in flag_names(self.config).items():
+            if "_" in field and field != self.field:
+                text = re.sub(rf"\b{field}\b", flag, text)
+        text = text.rstrip(".")
+        if self.note and note:
+            text = f"{text}; {self.note}"
+        default = self.flag_default()
+        if self.field_default() is not dataclasses.MISSING and not (default is None or default is False or default == []):
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            text += f" (default {shown})" if shown else " (default: none)"
+        return text
+
+    def add_to(self, group: argparse._ArgumentGroup) -> None:
+        kwargs: dict[str, Any] = {"dest": self.dest, "help": self.help()}
+        if self.repeat:
+            kwargs.update(action="append", default=[])
+        elif self.value_type() is bool:
+            if self.field_default() is not False:
+                raise ValueError(f"{self.name}: a switch needs a field that defaults to False")
+            kwargs.update(action="store_true", default=False)
+        else:
+            kwargs.update(type=self.value_type(), default=self.flag_default())
+        if self.choices is not None:
+            kwargs["choices"] = list(self.choices)
+        if self.metavar:
+            kwargs["metavar"] = self.metavar
+        group.add_argument(self.name, **kwargs)
 
 
-def _add_segmenter_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("segmentation and long files (transforms/SEGMENTERS.md)")
-    v = VadConfig()
-    g.add_argument("--segmenter", default="fixed", choices=SEGMENTERS,
-                   help="fixed windows (default), vad (Silero VAD) or energy (no model): the speech segmenters "
-                        "leave non-speech out")
-    g.add_argument("--vad-threshold", dest="vad_threshold", type=float, default=v.threshold,
-                   help=f"vad: speech probability at which speech starts (default {v.threshold})")
-    g.add_argument("--vad-energy-margin-db", dest="vad_energy_margin_db", type=float, default=v.energy_margin_db,
-                   help=f"energy: dB above the noise floor at which speech starts (default {v.energy_margin_db})")
-    g.add_argument("--vad-min-speech-s", dest="vad_min_speech_s", type=float, default=v.min_speech_s,
-                   help=f"shorter bursts of speech are ignored (default {v.min_speech_s})")
-    g.add_argument("--vad-min-silence-s", dest="vad_min_silence_s", type=float, default=v.min_silence_s,
-                   help=f"a pause must last this long to split speech (default {v.min_silence_s})")
-    g.add_argument("--vad-pad-s", dest="vad_pad_s", type=float, default=v.pad_s,
-                   help=f"context kept around speech, seconds (default {v.pad_s})")
-    g.add_argument("--vad-merge-gap-s", dest="vad_merge_gap_s", type=float, default=v.merge_gap_s,
-                   help=f"stretches this close are merged while within --segment-s (default {v.merge_gap_s})")
-    g.add_argument("--vad-batch-lanes", dest="vad_batch_lanes", type=int, default=v.batch_lanes,
-                   help=f"vad: 16.4 s lanes per Silero batch (default {v.batch_lanes})")
-    g.add_argument("--split-s", dest="split_s", type=float, default=600.0,
-                   help="longer files are streamed and split into work items of about this many seconds over the "
-                        "workers (default 600; 0: decode every file whole)")
-    g.add_argument("--chunk-s", dest="chunk_s", type=float, default=DEFAULT_CHUNK_S,
-                   help=f"seconds decoded at a time when streaming; memory, not results (default {DEFAULT_CHUNK_S:g})")
+def _fields(config: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(config)}
+
+
+def field_docs(config: type) -> dict[str, str]:
+    """Field name -> its description in the class docstring's ``Attributes:`` section (Google
+    style; ``a, b: text`` describes both; RST ``code`` marks dropped)."""
+    doc = config.__doc__ or ""
+    lines = doc.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Attributes:" or
+                  line.strip().startswith('Attributes:')), None)
+    if start is None:
+        return {}
+    first = lines[start].split("Attributes:", 1)[1]
+    body = ([first] if first.strip() else []) + lines[start + 1:]
+    indent = min((len(line) - len(line.lstrip()) for line in body if line.strip()), default=0)
+    out: dict[str, str] = {}
+    names: list[str] = []
+    for line in body:
+        if not line.strip():
+            continue
+        if len(line) - len(line.lstrip()) < indent:
+            break
+        entry = re.match(r"\s*([a-z_][a-z0-9_]*(?:\s*,\s*[a-z_][a-z0-9_]*)*):\s+(.*)", line)
+        if entry and len(line) - len(line.lstrip()) == indent:
+            names = [n.strip() for n in entry.group(1).split(",")]
+            for n in names:
+                out[n] = entry.group(2).strip()
+        elif names:
+            for n in names:
+                out[n] += " " + line.strip()
+    return {k: v.replace("``", "") for k, v in out.items()}
+
+
+# ------------------------------------------------------------------ the flags, by what they configure
+
+MATCH_FLAGS = (
+    Flag("--input", MatchConfig, "patterns", repeat=True, metavar="PATTERN", note="repeatable"),
+    Flag("--manifest", MatchConfig, "manifests", repeat=True, metavar="URL", note="repeatable"),
+    Flag("--exclude", MatchConfig, "exclude", comma_list=True, metavar="GLOBS", note="comma-separated; '' skips nothing"),
+)
+
+SEGMENT_FLAGS = (
+    Flag("--segment-s", SegmentConfig, "segment_s"),
+    Flag("--min-segment-s", SegmentConfig, "min_segment_s"),
+    Flag("--segmenter", SegmentConfig, "segmenter", choices=SEGMENTERS),
+    Flag("--vad-threshold", VadConfig, "threshold"),
+    Flag("--vad-energy-margin-db", VadConfig, "energy_margin_db"),
+    Flag("--vad-min-speech-s", VadConfig, "min_speech_s"),
+    Flag("--vad-min-silence-s", VadConfig, "min_silence_s"),
+    Flag("--vad-pad-s", VadConfig, "pad_s"),
+    Flag("--vad-merge-gap-s", VadConfig, "merge_gap_s"),
+    Flag("--vad-batch-lanes", VadConfig, "batch_lanes"),
+    Flag("--split-s", SegmentConfig, "split_s", zero_is_none=True),
+    Flag("--chunk-s", SegmentConfig, "chunk_s"),
+)
+
+# Hostile and broken input: limits, repairs and isolation (README.md, "Bad input").
+DECODE_FLAGS = (
+    Flag("--max-duration-s", DecodeConfig, "max_duration_s", zero_is_none=True),
+    Flag("--min-sample-rate", DecodeConfig, "min_sample_rate"),
+    Flag("--max-sample-rate", DecodeConfig, "max_sample_rate"),
+    Flag("--max-channels", DecodeConfig, "max_channels"),
+    Flag("--max-decoded-mb", DecodeConfig, "max_decoded_bytes", scale=MIB),
+    Flag("--truncated", DecodeConfig, "truncated", choices=policy.CHOICES["truncated"]),
+    Flag("--non-finite", DecodeConfig, "non_finite", choices=policy.CHOICES["non_finite"]),
+    Flag("--out-of-range", DecodeConfig, "out_of_range", choices=policy.CHOICES["out_of_range"]),
+    Flag("--silence", DecodeConfig, "silence", choices=policy.CHOICES["silence"]),
+    Flag("--silence-threshold-db", DecodeConfig, "silence_threshold_dbfs"),
+    Flag("--clipping", DecodeConfig, "clipping", choices=policy.CHOICES["clipping"]),
+    Flag("--clipping-fraction", DecodeConfig, "clipping_fraction"),
+    Flag("--decode-isolation", DecodeConfig, "isolation", choices=policy.CHOICES["isolation"]),
+    Flag("--decode-timeout-s", DecodeConfig, "timeout_s", zero_is_none=True),
+    Flag("--decoder-processes", DecodeConfig, "decoder_processes"),
+)
+
+TOKENIZE_FLAGS = (
+    Flag("--tokenizer", TokenizeConfig, "specs", metavar="SPECS",
+         note="each 'name' or 'name[key=value,...]'; 'help' lists them"),
+    Flag("--batch-max-s", TokenizeConfig, "batch_max_s"),
+    Flag("--batch-max-items", TokenizeConfig, "batch_max_items"),
+    Flag("--device", TokenizeConfig, "device"),
+    Flag("--batch-buffer-s", TokenizeConfig, "batch_buffer_s"),
+    Flag("--autocast", TokenizeConfig, "autocast", choices=AUTOCAST_CHOICES),
+    Flag("--model-copies", TokenizeConfig, "model_copies"),
+    Flag("--torch-threads", TokenizeConfig, "torch_threads"),
+)
+
+SHARD_FLAGS = (
+    Flag("--shard-max-samples", ShardConfig, "max_samples"),
+    Flag("--shard-max-bytes", ShardConfig, "max_bytes"),
+    Flag("--files-per-bucket", ShardConfig, "files_per_bucket"),
+)
+
+JOB_FLAGS = (
+    Flag("--output", JobConfig, "output", metavar="URL"),
+    Flag("--overwrite", JobConfig, "overwrite"),
+    Flag("--incremental", JobConfig, "incremental"),
+    Flag("--wait-for-lock", JobConfig, "wait_for_lock_s", metavar="S"),
+    Flag("--gc-grace-s", JobConfig, "gc_grace_s", metavar="S"),
+    Flag("--kmeans-max-frames", JobConfig, "kmeans_max_frames"),
+    Flag("--max-failure-fraction", JobConfig, "max_failure_fraction"),
+)
+
+FIT_FLAGS = (
+    Flag("--tokenizer", FitConfig, "spec", metavar="SPEC"),
+    Flag("--output", FitConfig, "output", metavar="URL"),
+    Flag("--max-frames", FitConfig, "max_frames"),
+    Flag("--frames-per-segment", FitConfig, "frames_per_segment"),
+    Flag("--seed", FitConfig, "seed"),
+    Flag("--device", FitConfig, "device"),
+)
+
+ALL_FLAGS = MATCH_FLAGS + SEGMENT_FLAGS + DECODE_FLAGS + TOKENIZE_FLAGS + SHARD_FLAGS + JOB_FLAGS + FIT_FLAGS
+
+
+def flag_names(config: type) -> dict[str, str]:
+    """Field of ``config`` -> the flag that sets it."""
+    return {f.field: f.name for f in ALL_FLAGS if f.config is config}
+
+
+def find_flag(name: str, options_class: type[PipelineOptions] | None = None) -> Flag:
+    """The flag called ``name`` among ``options_class``'s (default: ``audiotok tokenize``'s)."""
+    (found,) = [f for f in (options_class or TokenizeOptions).FLAGS if f.name == name]
+    return found
+
+
+def _add_profile_flag(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--profile", default=profiles.DEFAULT_PROFILE, choices=list(profiles.PROFILES),
+                       metavar="PROFILE",
+                       help="runner profile (" + profiles.help_text() + "); other Beam flags pass through and win "
+                            "over the profile's")
+
+
+def _add_group(parser: argparse.ArgumentParser, title: str, flags: Sequence[Flag]) -> argparse._ArgumentGroup:
+    group = parser.add_argument_group(title)
+    for flag in flags:
+        flag.add_to(group)
+    return group
 
 
 class InputOptions(PipelineOptions):
     """Which audio to read and how to decode and cut it."""
 
+    FLAGS = MATCH_FLAGS + SEGMENT_FLAGS + DECODE_FLAGS
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("input")
-        g.add_argument("--input", action="append", default=[], metavar="PATTERN",
-                       help="file pattern or folder on any fsspec filesystem (local, file://, gs://, s3://); "
-                            "'**' recurses; repeatable")
-        g.add_argument("--manifest", action="append", default=[], metavar="URL",
-                       help="JSON lines manifest: 'uri' plus optional id, text, speaker, language; repeatable")
-        g.add_argument("--exclude", default=",".join(DEFAULT_EXCLUDE), metavar="GLOBS",
-                       help="comma-separated basename globs that pattern matching skips (default: text and "
-                            "metadata files, hidden files); '' skips nothing")
-        g.add_argument("--segment-s", dest="segment_s", type=float, default=30.0,
-                       help="segment length (fixed) or longest segment (vad, energy), seconds (default 30)")
-        g.add_argument("--min-segment-s", dest="min_segment_s", type=float, default=1.0,
-                       help="a shorter tail, file or stretch of speech is dropped (default 1)")
-        _add_segmenter_args(parser)
-        g.add_argument("--max-duration-s", dest="max_duration_s", type=float, default=4 * 3600.0,
-                       help="longer inputs are dead-lettered as too_long, refused from the header where it "
-                            "tells (default 14400; 0: no limit)")
-        # Hostile and broken input: limits, repairs and isolation (README.md, "Bad input").
-        d = DecodeConfig()
-        g.add_argument("--min-sample-rate", dest="min_sample_rate", type=int, default=d.min_sample_rate,
-                       help=f"lowest accepted source rate, Hz; lower is bad_sample_rate (default {d.min_sample_rate})")
-        g.add_argument("--max-sample-rate", dest="max_sample_rate", type=int, default=d.max_sample_rate,
-                       help=f"highest accepted source rate, Hz (default {d.max_sample_rate})")
-        g.add_argument("--max-channels", dest="max_channels", type=int, default=d.max_channels,
-                       help=f"more channels is too_many_channels (default {d.max_channels})")
-        g.add_argument("--max-decoded-mb", dest="max_decoded_mb", type=int, default=d.max_decoded_bytes >> 20,
-                       help="memory guard: a file whose decoded float32 samples would exceed this many MiB is "
-                            f"stopped and dead-lettered as too_long (default {d.max_decoded_bytes >> 20})")
-        g.add_argument("--truncated", choices=("reject", "keep"), default=d.truncated,
-                       help="a file cut short: dead-letter it (reject, default) or keep what decodes")
-        g.add_argument("--non-finite", dest="non_finite", choices=("reject", "zero"), default=d.non_finite,
-                       help="NaN/Inf samples: dead-letter the file (reject, default) or replace them by 0")
-        g.add_argument("--out-of-range", dest="out_of_range", choices=("scale", "clip", "reject"),
-                       default=d.out_of_range,
-                       help="float samples beyond [-1, 1]: scale the file to a peak of 1 (default), clip, or reject")
-        g.add_argument("--silence", choices=("keep", "reject"), default=d.silence,
-                       help="files whose peak is at or below --silence-threshold-db: keep (default) or reject")
-        g.add_argument("--silence-threshold-db", dest="silence_threshold_dbfs", type=float,
-                       default=d.silence_threshold_dbfs, help=f"dBFS (default {d.silence_threshold_dbfs:g})")
-        g.add_argument("--clipping", choices=("keep", "reject"), default=d.clipping,
-                       help="files with more than --clipping-fraction of samples at full scale: keep (default) "
-                            "or reject")
-        g.add_argument("--clipping-fraction", dest="clipping_fraction", type=float, default=d.clipping_fraction,
-                       help=f"(default {d.clipping_fraction:g})")
-        g.add_argument("--decode-isolation", dest="decode_isolation", choices=("process", "none"),
-                       default=d.isolation,
-                       help="process (default): decode in a reused child process, so a decoder crash or hang "
-                            "costs one file (decoder_crash, timeout); none: in the worker")
-        g.add_argument("--decode-timeout-s", dest="decode_timeout_s", type=float, default=d.timeout_s,
-                       help=f"per-file decode time limit (default {d.timeout_s:g}; 0: none)")
-        g.add_argument("--decoder-processes", dest="decoder_processes", type=int, default=d.decoder_processes,
-                       help="with process isolation: files decoded at a time per decoding thread, alongside the "
-                            f"thread's other work (default {d.decoder_processes})")
+        _add_group(parser, "input", MATCH_FLAGS)
+        _add_group(parser, "segmentation and long files (transforms/SEGMENTERS.md)", SEGMENT_FLAGS)
+        _add_group(parser, "decoding: limits, repairs, isolation (README: Bad input)", DECODE_FLAGS)
 
 
 class TokenizeOptions(InputOptions):
     """What to tokenize with and where the shards go."""
 
+    FLAGS = InputOptions.FLAGS + TOKENIZE_FLAGS + SHARD_FLAGS + JOB_FLAGS
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("tokenize")
-        g.add_argument("--output", required=False, metavar="URL", help="output folder (any fsspec URL)")
-        g.add_argument("--tokenizer", default="logmel", metavar="SPECS",
-                       help="comma-separated tokenizers, each 'name' or 'name[key=value,...]'; "
-                            "'help' lists them (default logmel)")
-        g.add_argument("--shard-max-samples", dest="shard_max_samples", type=int, default=1000,
-                       help="samples per shard at most (default 1000)")
-        g.add_argument("--shard-max-bytes", dest="shard_max_bytes", type=int, default=1 << 30,
-                       help="bytes per shard at most (default 1 GiB)")
-        g.add_argument("--batch-max-s", dest="batch_max_s", type=float, default=240.0,
-                       help="seconds of audio per inference batch at most (default 240)")
-        g.add_argument("--batch-max-items", dest="batch_max_items", type=int, default=64,
-                       help="segments per inference batch at most (default 64)")
-        g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-        g.add_argument("--batch-buffer-s", dest="batch_buffer_s", type=float, default=None,
-                       help="seconds of audio each worker thread holds to batch similar lengths together "
-                            "(default 12 x --batch-max-s)")
-        g.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"],
-                       help="mixed precision for the tokenizers that declare it safe; the others run in float32 "
-                            "(default none)")
-        g.add_argument("--model-copies", dest="model_copies", type=int, default=None,
-                       help="model copies per worker VM, shared by its SDK processes (default: one per GPU on CUDA, "
-                            "one per process on CPU); 0: one per SDK process")
-        g.add_argument("--torch-threads", dest="torch_threads", type=int, default=None,
-                       help="torch intra-op threads per worker process for CPU inference (default 1: CPU workers "
-                            "run one process per core; more threads spin against each other)")
-        g.add_argument("--overwrite", action="store_true",
-                       help="replace an existing dataset in --output (default: refuse)")
-        g.add_argument("--incremental", action="store_true",
-                       help="refresh the dataset in --output: process only new and changed inputs (and all of them "
-                            "when the settings changed), exclude deleted ones, publish a new version")
-        g.add_argument("--files-per-bucket", dest="files_per_bucket", type=int, default=64,
-                       help="inputs per shard group: each group is sorted and written by one worker, which makes "
-                            "shards reproducible (default 64)")
-        g.add_argument("--kmeans-max-frames", dest="kmeans_max_frames", type=int, default=200_000,
-                       help="frames sampled to fit a k-means codebook on the fly (default 200000)")
-        g.add_argument("--max-failure-fraction", dest="max_failure_fraction", type=float, default=0.5,
-                       help="exit non-zero (after writing the dataset and failures) when more than this fraction "
-                            "of the inputs has a dead-letter record: a sign of misconfiguration (default 0.5; "
-                            "1: never)")
-        g.add_argument("--profile", default="direct", choices=list(profiles.PROFILES), metavar="PROFILE",
-                       help="runner profile (" + profiles.help_text() + "); other Beam flags pass through "
-                            "and win over the profile's")
+        _add_group(parser, "tokenizers and inference", TOKENIZE_FLAGS)
+        _add_group(parser, "shards", SHARD_FLAGS)
+        _add_profile_flag(_add_group(parser, "the run", JOB_FLAGS))
 
 
 class FitKMeansOptions(InputOptions):
     """Fitting a k-means codebook from a corpus."""
 
+    FLAGS = InputOptions.FLAGS + FIT_FLAGS
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("fit-kmeans")
-        g.add_argument("--tokenizer", default="mfcc-kmeans", metavar="SPEC",
-                       help="the k-means tokenizer to fit a codebook for, e.g. 'mfcc-kmeans[k=100]'")
-        g.add_argument("--output", required=False, metavar="URL", help="codebook file to write (.safetensors)")
-        g.add_argument("--max-frames", dest="max_frames", type=int, default=200_000,
-                       help="frames sampled from the corpus (default 200000)")
-        g.add_argument("--frames-per-segment", dest="frames_per_segment", type=int, default=300,
-                       help="frames a segment contributes at most (default 300)")
-        g.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
-        g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-        g.add_argument("--profile", default="direct", help="runner profile (see tokenize)")
+        _add_profile_flag(_add_group(parser, "fit-kmeans", FIT_FLAGS))
 
 
 def parser(options_class: type[PipelineOptions], prog: str) -> argparse.ArgumentParser:
@@ -194,35 +350,39 @@ def parse(options_class: type[PipelineOptions], argv: list[str], prog: str) -> t
     return parser(options_class, prog).parse_known_args(argv)
 
 
+def config_values(config: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``config`` that flags set, from parsed ``args`` (flags that ``args`` lacks
+    are left out, so the dataclass's defaults apply)."""
+    flags = {f.dest: f for f in ALL_FLAGS if f.config is config}
+    return {f.field: f.to_field(getattr(args, dest)) for dest, f in flags.items() if hasattr(args, dest)}
+
+
 def match_config(args: argparse.Namespace) -> MatchConfig:
-    return MatchConfig(patterns=tuple(args.input), manifests=tuple(args.manifest), exclude=tuple(_csv(args.exclude)))
+    return MatchConfig(**config_values(MatchConfig, args))
 
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
-    return DecodeConfig(
-        max_duration_s=args.max_duration_s or None, min_sample_rate=args.min_sample_rate,
-        max_sample_rate=args.max_sample_rate, max_channels=args.max_channels,
-        max_decoded_bytes=args.max_decoded_mb << 20, truncated=args.truncated, non_finite=args.non_finite,
-        out_of_range=args.out_of_range, silence=args.silence, silence_threshold_dbfs=args.silence_threshold_dbfs,
-        clipping=args.clipping, clipping_fraction=args.clipping_fraction, isolation=args.decode_isolation,
-        timeout_s=args.decode_timeout_s or None, decoder_processes=args.decoder_processes)
+    return DecodeConfig(**config_values(DecodeConfig, args))
 
 
 def segment_config(args: argparse.Namespace) -> SegmentConfig:
-    vad = VadConfig(threshold=args.vad_threshold, energy_margin_db=args.vad_energy_margin_db,
-                    min_speech_s=args.vad_min_speech_s, min_silence_s=args.vad_min_silence_s, pad_s=args.vad_pad_s,
-                    merge_gap_s=args.vad_merge_gap_s, batch_lanes=args.vad_batch_lanes)
-    return SegmentConfig(segment_s=args.segment_s, min_segment_s=args.min_segment_s, segmenter=args.segmenter,
-                         vad=vad, split_s=args.split_s or None, chunk_s=args.chunk_s)
+    return SegmentConfig(vad=VadConfig(**config_values(VadConfig, args)), **config_values(SegmentConfig, args))
 
 
 def shard_config(args: argparse.Namespace) -> ShardConfig:
-    return ShardConfig(max_samples=args.shard_max_samples, max_bytes=args.shard_max_bytes,
-                       files_per_bucket=args.files_per_bucket)
+    return ShardConfig(**config_values(ShardConfig, args))
 
 
-def tokenize_config(args: argparse.Namespace, specs: str | None = None) -> TokenizeConfig:
-    return TokenizeConfig(specs=specs or args.tokenizer, batch_max_s=args.batch_max_s,
-                          batch_max_items=args.batch_max_items, device=args.device, autocast=args.autocast,
-                          model_copies=args.model_copies, batch_buffer_s=args.batch_buffer_s,
-                          torch_threads=args.torch_threads)
+def tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
+    return TokenizeConfig(**config_values(TokenizeConfig, args))
+
+
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """The tokenize job's whole config from its parsed flags (ValueError naming a bad value)."""
+    return JobConfig(match=match_config(args), decode=decode_config(args), segment=segment_config(args),
+                     tokenize=tokenize_config(args), shards=shard_config(args), **config_values(JobConfig, args))
+
+
+def fit_config(args: argparse.Namespace, **given: Any) -> FitConfig:
+    """``audiotok fit-kmeans``'s FitConfig from its parsed flags; ``given`` fields win."""
+    return FitConfig(**{**config_values(FitConfig, args), **given})

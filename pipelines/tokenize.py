@@ -1,7 +1,8 @@
 """The main job: audio files in, WebDataset token shards out.
 
-match -> decode -> segment (at each source's rate) -> tokenize (each tokenizer resamples to
-its own rate) -> write shards (temp, then finalize) -> index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
+list (fanned out) -> join with the previous state -> decode -> segment (at each source's rate)
+-> tokenize (each tokenizer resamples to its own rate) -> write shards, state and rows parts ->
+index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
 ``audiotok tokenize ...``.
 """
 
@@ -11,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import posixpath
 import sys
 import time
 import uuid
@@ -18,13 +20,14 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
 
 from audiotok.pipelines import fit_kmeans
-from audiotok.pipelines import options as opts
+from audiotok.pipelines import gc
 from audiotok.runners import profiles
-from audiotok.transforms import card, dataset, failures, incremental, lm, metrics, shards, storage
+from audiotok.transforms import card, dataset, failures, incremental, lease, lm, metrics, shards, storage
 from audiotok.transforms.decode import DecodeConfig
-from audiotok.transforms.match import MatchConfig
+from audiotok.transforms.match import ListInputs, MatchConfig
 from audiotok.transforms.read import ReadSegments
 from audiotok.transforms.segment import SegmentConfig
 from audiotok.transforms.shards import ShardConfig, WriteDataset
@@ -36,11 +39,31 @@ from audiotok.transforms.tokenizers.spectral import KMeansTokenizer
 logger = logging.getLogger(__name__)
 
 CODEBOOKS_DIR = "codebooks"
+EXIT_BUSY = lease.EXIT_BUSY
 
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    """Everything one tokenize run needs (built from flags by the CLI, or directly in code)."""
+    """Everything one tokenize run needs (built from flags by the CLI, or directly in code).
+
+    Attributes:
+        output: the dataset folder (any fsspec URL).
+        match, decode, segment, tokenize, shards: the stages' settings.
+        overwrite: replace an existing dataset in ``output`` (otherwise an existing one is
+            refused).
+        incremental: refresh the dataset in ``output``: process only new and changed inputs (and
+            all of them when the settings changed), exclude deleted ones, publish a new version.
+        kmeans_max_frames: frames sampled to fit a k-means codebook on the fly, for a k-means
+            tokenizer given no codebook.
+        max_failure_fraction: after writing the dataset and its failures, fail the run when more
+            than this fraction of the inputs has a dead-letter record (a sign of
+            misconfiguration; 1: never).
+        wait_for_lock_s: when another run is writing ``output``, wait up to this many seconds
+            for it to finish (0: refuse at once).
+        gc_grace_s: after publishing, delete the files of versions replaced more than this many
+            seconds ago (readers holding an older index keep working until then; -1: never; see
+            ``audiotok gc``).
+    """
 
     output: str
     match: MatchConfig
@@ -52,11 +75,15 @@ class JobConfig:
     incremental: bool = False
     kmeans_max_frames: int = 200_000
     max_failure_fraction: float = 0.5
+    wait_for_lock_s: float = 0.0
+    gc_grace_s: float = gc.DEFAULT_GRACE_S
 
     def __post_init__(self) -> None:
         storage.check_url(self.output)
         if not 0 <= self.max_failure_fraction <= 1:
             raise ValueError(f"max_failure_fraction must be in [0, 1]. Found: {self.max_failure_fraction}")
+        if self.wait_for_lock_s < 0:
+            raise ValueError(f"wait_for_lock_s must be >= 0. Found: {self.wait_for_lock_s}")
 
 
 class TooManyFailures(RuntimeError):
@@ -122,67 +149,186 @@ def settings(config: JobConfig) -> dict[str, Any]:
     }
 
 
-def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = None, run_id: str | None = None):
-    """Adds the whole job to ``p``; returns the PCollection holding the published index."""
+def tokenize_audio(refs, config: JobConfig) -> tuple[list, list]:
+    """The audio stages: inputs -> ([PCollection[Sample], ...], [PCollection[Failure], ...]).
+
+    Segments made from whole files and from long files in stretches are tokenized apart (one
+    model per process all the same): a Flatten of segments would make the in-process runner hold
+    every segment's audio in memory.
+    """
+    read = refs | "ReadSegments" >> ReadSegments(config.match, config.decode, config.segment, per_path=True)
+    tokenize = TokenizeSegments(config.tokenize)
+    samples, fails = [], [read["failures"]]
+    for i, segments in enumerate(read["segments"]):
+        tokenized = segments | ("Tokenize" if i == 0 else f"Tokenize{i}") >> tokenize
+        samples.append(tokenized.samples)
+        fails.append(tokenized.failures)
+    return samples, fails
+
+
+def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = None, run_id: str | None = None,
+          audio=tokenize_audio):
+    """Adds the whole job to ``p``; returns the PCollection holding the published index.
+
+    ``audio`` makes the samples from the selected inputs (:func:`tokenize_audio`; the scale
+    benchmark puts a stub there).
+    """
     plan = plan or shards.RunPlan(fingerprint=incremental.settings_fingerprint(settings(config)))
-    select = incremental.SelectChanged(plan.previous_state, plan.fingerprint) if plan.previous_state else None
-    read = p | "ReadSegments" >> ReadSegments(config.match, config.decode, config.segment, select=select)
-    tokenized = read["segments"] | "Tokenize" >> TokenizeSegments(config.tokenize)
-    all_failures = (read["failures"], tokenized.failures) | "AllFailures" >> beam.Flatten()
+    temp_dir = storage.join(config.output, dataset.TMP_DIR, run_id or uuid.uuid4().hex)
+    listed = p | "ListInputs" >> ListInputs(config.match)
+    runs = listed["batches"] | "WriteRuns" >> incremental.WriteRuns(temp_dir)
+    selection = {"runs": runs, "failures": listed["failures"]} | "SelectInputs" >> incremental.SelectInputs(
+        config.output, temp_dir, plan.version, plan.fingerprint, plan.previous)
+    samples, fails = audio(selection["refs"], config)
+    all_failures = fails | "AllFailures" >> beam.Flatten()
     info = run_info(config)
-    outputs = {"samples": tokenized.samples, "failures": all_failures, "listed": read["listed"],
-               "selected": read["selected"]}
-    return outputs | "WriteDataset" >> WriteDataset(
-        config.output, config.shards, info["streams"], info, plan=plan, run_id=run_id)
+    return ({**selection, "samples": tuple(samples), "failures": all_failures}
+            | "WriteDataset" >> WriteDataset(config.output, config.shards, info["streams"], info, plan=plan,
+                                             temp_dir=temp_dir))
 
 
-def plan_run(config: JobConfig) -> shards.RunPlan:
+def plan_run(config: JobConfig, owner: str | None = None, release_lease: bool = False) -> shards.RunPlan:
     """Decides this run's dataset version from what ``config.output`` already holds.
 
-    A fresh output starts at version 1. An existing dataset is continued with
-    ``incremental``, replaced with ``overwrite``, and otherwise refused. Anything a crashed
-    run left unpublished (shards, failures, state of versions the index does not name, temp
-    files) is removed first.
+    Called under the dataset's lease (run ``owner``). A fresh output starts at version 1. An
+    existing dataset is continued with ``incremental`` and replaced with ``overwrite``: either
+    way the new version is written beside the old one and published by the index write,
+    conditional on the index read here (its generation is in the plan). Anything a crashed
+    run left unpublished (versions the index does not reach, temp files) is removed first.
     """
     fingerprint = incremental.settings_fingerprint(settings(config))
     index_url = dataset.join_index(config.output)
-    if storage.exists(index_url) and not config.overwrite:
-        if not config.incremental:
-            raise SystemExit(f"{config.output} already holds a dataset ({dataset.INDEX_NAME}); pass --incremental "
-                             "to refresh it or --overwrite to replace it")
-        index = dataset.read_index(config.output)
-        version = int(index.get("dataset_version", 0)) + 1
-        previous = storage.join(config.output, index["state"]) if index.get("state") else None
-    else:
-        prepare_output(config.output, config.overwrite)
+    try:
+        data, generation = storage.read_versioned(index_url)
+    except FileNotFoundError:
+        data, generation = None, None
+    if data is None:
         version, previous = 1, None
-    clean_unpublished(config.output, version)
-    return shards.RunPlan(version=version, fingerprint=fingerprint, previous_state=previous)
+    else:
+        if not (config.incremental or config.overwrite):
+            raise SystemExit(already_a_dataset(config.output))
+        try:
+            index = json.loads(data)
+        except ValueError as e:
+            raise SystemExit(f"{index_url} does not parse ({e}): restore it, or remove it to start over") from None
+        if index.get("version", 1) not in dataset.READABLE_INDEX_VERSIONS:
+            raise SystemExit(f"{config.output}: index version {index.get('version')!r}; this audiotok reads "
+                             f"{', '.join(map(str, dataset.READABLE_INDEX_VERSIONS))}")
+        version = int(index.get("dataset_version", 0)) + 1
+        previous = incremental.Previous.of_index(index) if config.incremental and not config.overwrite else None
+    gc.clean_unpublished(config.output, version)
+    return shards.RunPlan(version=version, fingerprint=fingerprint, previous=previous,
+                          index_generation=generation, lease_owner=owner, release_lease=release_lease)
 
 
-def clean_unpublished(output: str, version: int) -> None:
-    """Removes what runs of ``version`` or later left behind without publishing it."""
-    storage.remove(storage.join(output, dataset.TMP_DIR))
-    for folder in (dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.STATE_DIR):
-        fs, path = storage.filesystem(storage.join(output, folder))
-        if not fs.exists(path):
-            continue
-        for entry in fs.ls(path, detail=False):
-            name = entry.rstrip("/").rsplit("/", 1)[-1]
-            digits = "".join(c for c in name.split(".")[0] if c.isdigit())
-            if digits and int(digits) >= version:
-                fs.rm(entry, recursive=True)
+def already_a_dataset(output: str) -> str:
+    return (f"{output} already holds a dataset ({dataset.INDEX_NAME}); pass --incremental to refresh it or "
+            "--overwrite to replace it")
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuses to mix with an existing dataset unless ``overwrite``; then clears the old one."""
-    index = storage.join(output, dataset.INDEX_NAME)
-    if not storage.exists(index):
-        return
-    if not overwrite:
-        raise SystemExit(f"{output} already holds a dataset ({dataset.INDEX_NAME}); pass --overwrite to replace it")
-    for name in (dataset.INDEX_NAME, dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.TMP_DIR, dataset.STATE_DIR):
-        storage.remove(storage.join(output, name))
+# ------------------------------------------------------------------ the output, checked before anything runs
+
+
+def input_bases(config: JobConfig) -> list[str]:
+    """The folders the input patterns read from (each pattern up to its first glob character)."""
+    bases = []
+    for pattern in config.match.patterns:
+        cut = min([i for i, c in enumerate(pattern) if c in "*?["] or [len(pattern)])
+        base = pattern[:cut]
+        if cut < len(pattern):
+            base = base.rsplit("/", 1)[0] if "/" in base else "."
+        bases.append(base)
+    return bases
+
+
+def _comparable(url: str) -> tuple[str, str]:
+    """(protocol family, absolute path) of a URL or path, local symlinks resolved."""
+    protocol = storage.protocol_of(url)
+    if protocol in ("", "file", "local"):
+        path = url.split("://", 1)[1] if "://" in url else url
+        return "file", os.path.realpath(path).rstrip("/") or "/"
+    family = "gs" if protocol in storage.GCS_PROTOCOLS else "s3" if protocol in storage.S3_PROTOCOLS else protocol
+    return family, posixpath.normpath(url.split("://", 1)[1]).rstrip("/")
+
+
+def _within(inner: str, outer: str) -> bool:
+    (a_fs, a), (b_fs, b) = _comparable(inner), _comparable(outer)
+    return a_fs == b_fs and (a == b or a.startswith(b.rstrip("/") + "/"))
+
+
+def check_output(config: JobConfig) -> None:
+    """Refuses, before anything is written or decoded, an output audiotok must not write into.
+
+    Raises:
+        SystemExit: (one line) the output lies inside an input folder (later runs would read
+            the shards and the card as audio) or holds one; it is neither empty nor an
+            audiotok dataset (whatever the flags: nothing audiotok did not write is touched);
+            it holds a dataset and neither ``incremental`` nor ``overwrite`` is given.
+    """
+    out = config.output
+    for pattern, base in zip(config.match.patterns, input_bases(config)):
+        if _within(out, base) or _within(base, out):
+            raise SystemExit(f"--output {out} and --input {pattern} overlap: runs would read the dataset as audio; "
+                             "put the output outside the input folders")
+    if output_state(out) == "dataset" and not (config.incremental or config.overwrite) \
+            and storage.exists(dataset.join_index(out)):
+        raise SystemExit(already_a_dataset(out))
+
+
+def output_state(output: str) -> str:
+    """``empty`` (absent, or an empty folder) or ``dataset`` (audiotok's marker, or an index
+    written before markers existed).
+
+    Raises:
+        SystemExit: (one line) for anything else, naming what is there.
+    """
+    marker = storage.join(output, dataset.MARKER_NAME)
+    try:
+        if dataset.is_marker(storage.read_bytes(marker)):
+            return "dataset"
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        pass
+    fs, path = storage.filesystem(output)
+    if storage.retrying(lambda: fs.isfile(path), f"looking up {output}"):
+        raise SystemExit(f"--output {output} is a file, not a folder: refusing to write there")
+    names = sorted(name for _, name in storage.list_folder(output))
+    if not names:
+        return "empty"
+    if dataset.INDEX_NAME in names:
+        try:
+            if json.loads(storage.read_bytes(dataset.join_index(output))).get("format") == dataset.INDEX_FORMAT:
+                return "dataset"
+        except (ValueError, AttributeError, OSError):
+            pass
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    raise SystemExit(f"--output {output} is neither empty nor an audiotok dataset (it holds {shown}): refusing to "
+                     "write there; give a new or empty folder")
+
+
+def claim_output(config: JobConfig, held_by: str) -> lease.Lease:
+    """Marks the output as an audiotok dataset (its first write) and takes its lease (its
+    second): both probe that the output is writable before anything is decoded.
+
+    Raises:
+        SystemExit: the output cannot be written (one line, with the store's answer).
+        lease.LeaseHeld: another run is writing the dataset (after ``config.wait_for_lock_s``).
+    """
+    marker = storage.join(config.output, dataset.MARKER_NAME)
+    try:
+        if not storage.exists(marker):
+            try:
+                storage.write_atomic(marker, dataset.marker_bytes(), if_absent=True)
+            except storage.PreconditionFailed:
+                pass  # another run marked it first
+        held = lease.Lease(config.output, command="tokenize", held_by=held_by,
+                           ttl_s=lease.DEFAULT_TTL_S if held_by == "process" else lease.JOB_TTL_S)
+        return held.acquire(wait_s=config.wait_for_lock_s)
+    except (PermissionError, storage.TransientStorageError) as e:
+        raise SystemExit(f"--output {config.output} cannot be written: {storage.redact(str(e))}") from None
+    except OSError as e:
+        if isinstance(e, (FileNotFoundError,)) or e.errno is None:
+            raise
+        raise SystemExit(f"--output {config.output} cannot be written: {storage.redact(str(e))}") from None
 
 
 def with_fitted_codebooks(config: JobConfig, beam_options: PipelineOptions) -> JobConfig:
@@ -228,18 +374,35 @@ def with_absolute_locations(config: JobConfig) -> JobConfig:
     return dataclasses.replace(config, tokenize=dataclasses.replace(config.tokenize, specs=specs))
 
 
-def launch(config: JobConfig, beam_options: PipelineOptions) -> beam.runners.runner.PipelineResult:
-    """Checks the output, fits missing codebooks and starts the job, without waiting for it
-    (a Dataflow Flex Template launcher must exit once the job is submitted)."""
-    if storage.exists(dataset.join_index(config.output)) and not (config.incremental or config.overwrite):
-        raise SystemExit(f"{config.output} already holds a dataset ({dataset.INDEX_NAME}); pass --incremental "
-                         "to refresh it or --overwrite to replace it")
+def launch(config: JobConfig, beam_options: PipelineOptions, held: lease.Lease | None = None
+           ) -> beam.runners.runner.PipelineResult:
+    """Checks the output, takes its lease, fits missing codebooks and starts the job, without
+    waiting for it (a Dataflow Flex Template launcher must exit once the job is submitted).
+
+    Args:
+        held: the lease, when the caller holds it (``run`` does, with a heartbeat). Without
+            it the job gets a lease of its own, which its publishing step releases.
+
+    Raises:
+        SystemExit: the output or the device is refused (see :func:`check_output`).
+        lease.LeaseHeld: another run is writing the dataset.
+    """
+    check_output(config)
     check_local_device(config.tokenize.device, beam_options)
-    config = with_fitted_codebooks(with_absolute_locations(config), beam_options)
-    plan = plan_run(config)
-    p = beam.Pipeline(options=beam_options)
-    build(p, config, plan=plan, run_id=uuid.uuid4().hex)
-    return p.run()
+    owned = held or claim_output(config, held_by="job")
+    try:
+        config = with_fitted_codebooks(with_absolute_locations(config), beam_options)
+        plan = plan_run(config, owner=owned.owner, release_lease=held is None)
+        p = beam.Pipeline(options=beam_options)
+        build(p, config, plan=plan, run_id=owned.owner)
+        result = p.run()
+    except BaseException:
+        if held is None:
+            owned.release()
+        raise
+    if held is None and PipelineState.is_terminal(result.state):
+        owned.release()  # finished already (an in-process runner) or never submitted (a dry run)
+    return result
 
 
 def check_local_device(device: str, beam_options: PipelineOptions) -> None:
@@ -265,12 +428,21 @@ def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[st
             is over ``config.max_failure_fraction``.
     """
     start = time.monotonic()
-    result = launch(config, beam_options)
-    result.wait_until_finish()
-    counters = collect_counters(result)
-    index = dataset.read_index(config.output)
-    lm.write_vocab(config.output, index)
-    card.write_card(config.output, index, max_shards=card.RUN_MAX_SHARDS)
+    check_output(config)
+    check_local_device(config.tokenize.device, beam_options)
+    with claim_output(config, held_by="process").start_heartbeat() as held:
+        result = launch(config, beam_options, held)
+        result.wait_until_finish()
+        counters = collect_counters(result)
+        index = dataset.read_index(config.output)
+        held.check()  # the vocabulary and the card describe the index this run published
+        lm.write_vocab(config.output, index)
+        card.write_card(config.output, index, max_shards=card.RUN_MAX_SHARDS)
+        if config.gc_grace_s >= 0:
+            removed = gc.collect_garbage(config.output, config.gc_grace_s)
+            if removed:
+                logger.info("deleted %d file(s) of versions replaced more than %.0f s ago", len(removed),
+                            config.gc_grace_s)
     wall_s = time.monotonic() - start
     problem = check_failure_fraction(config, index, counters)
     if problem:
@@ -281,14 +453,13 @@ def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[st
 def failed_inputs(output: str, index: dict) -> set[str]:
     """The inputs (URIs, manifest lines, patterns) named by this run's dead-letter records."""
     failed = set()
-    for row in index.get("failures", []):
+    for row in dataset.failure_rows(output, index):
         parts = row["url"].split("/")
         if len(parts) > 2 and parts[1].lstrip("v").isdigit() and int(parts[1].lstrip("v")) != index.get(
                 "dataset_version", int(parts[1].lstrip("v"))):
             continue  # an earlier version's records: not this run's inputs
-        for line in storage.read_bytes(storage.join(output, row["url"])).decode("utf-8").splitlines():
-            if line.strip():
-                failed.add(json.loads(line)["uri"])
+        for line in dataset.read_jsonl(output, row["url"]):
+            failed.add(json.loads(line)["uri"])
     return failed
 
 
@@ -298,7 +469,7 @@ def check_failure_fraction(config: JobConfig, index: dict, counters: dict[str, i
     An input counts as failed when any dead-letter record names it; the inputs are the files
     matched plus the manifest lines and patterns that yielded none.
     """
-    if config.max_failure_fraction >= 1 or not index.get("failures"):
+    if config.max_failure_fraction >= 1 or not index["totals"].get("failures"):
         return None
     if "files_matched" not in counters:
         logger.warning("the runner reports no metrics: --max-failure-fraction is not checked")
@@ -306,7 +477,7 @@ def check_failure_fraction(config: JobConfig, index: dict, counters: dict[str, i
     failed = len(failed_inputs(config.output, index))
     unmatched = sum(n for name, n in counters.items()
                     if name.startswith("failures_match_") and not name.endswith("_" + failures.BAD_NAME))
-    total = counters["files_matched"] + unmatched
+    total = counters["files_matched"] - counters.get("inputs_duplicate", 0) + unmatched
     if not total or failed / total <= config.max_failure_fraction:
         return None
     return (f"{failed} of {total} inputs ({failed / total:.0%}) failed, more than --max-failure-fraction "
@@ -334,7 +505,9 @@ def summary(index: dict, counters: dict[str, int], wall_s: float, output: str) -
         f"audiotok: {t['samples']} samples, {t['audio_s'] / 60:.1f} min of audio in {t['shards']} shard(s) "
         f"under {output} ({wall_s:.1f} s, {t['audio_s'] / max(wall_s, 1e-9):.0f}x real time)",
         f"  files: {counters.get('files_ok', 0)} decoded, {t['failures']} failed"
-        + (" (" + ", ".join(f"{r}: {n}" for r, n in t["failures_by_reason"].items()) + ")" if t["failures"] else ""),
+        + (" (" + ", ".join(f"{r}: {n}" for r, n in t["failures_by_reason"].items()) + ")" if t["failures"] else "")
+        + (f", {counters['inputs_duplicate']} listed more than once (read once)"
+           if counters.get("inputs_duplicate") else ""),
     ]
     nonspeech_s, dropped_s = counters.get("nonspeech_ms", 0) / 1000, counters.get("dropped_speech_ms", 0) / 1000
     if nonspeech_s or dropped_s:
@@ -364,29 +537,28 @@ def print_tokenizer_help(out=None) -> None:
 
 def main(argv: list[str] | None = None, wait: bool = True) -> int:
     """``audiotok tokenize``; with ``wait=False`` it returns once the job is submitted."""
+    from audiotok.pipelines import options as opts  # the flags are built from this module's JobConfig
+
     args, beam_args = opts.parse(opts.TokenizeOptions, list(sys.argv[1:] if argv is None else argv),
                                  prog="audiotok tokenize")
     if args.tokenizer.strip() == "help":
         print_tokenizer_help()
         return 0
-    if not args.input and not args.manifest:
-        raise SystemExit("audiotok tokenize: give --input PATTERN or --manifest URL")
     if not args.output:
         raise SystemExit("audiotok tokenize: give --output URL")
     try:
-        config = JobConfig(
-            output=args.output, match=opts.match_config(args), decode=opts.decode_config(args),
-            segment=opts.segment_config(args), tokenize=opts.tokenize_config(args), shards=opts.shard_config(args),
-            overwrite=args.overwrite, incremental=args.incremental, kmeans_max_frames=args.kmeans_max_frames,
-            max_failure_fraction=args.max_failure_fraction)
+        config = opts.job_config(args)
         beam_options = profiles.pipeline_options(args.profile, beam_args)
     except ValueError as e:
         raise SystemExit(f"audiotok tokenize: {e}") from None
-    if not wait:
-        launch(config, beam_options)
-        return 0
     try:
+        if not wait:
+            launch(config, beam_options)
+            return 0
         index, counters, wall_s = run(config, beam_options)
+    except (lease.LeaseHeld, lease.LeaseLost) as e:
+        print(f"audiotok tokenize: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except TooManyFailures as e:
         print(summary(e.index, e.counters, e.wall_s, config.output), file=sys.stderr)
         print(f"audiotok tokenize: {e}", file=sys.stderr)

@@ -5,8 +5,9 @@
     python -m audiotok.pipelines.tokenizer_table --check README.md    # exit 1 when it is stale
 
 One row per stream of every registered tokenizer at its default options (no weights are
-loaded): family, sample rate, frames per second, tokens per second, and the bytes an hour of
-audio takes in the shards' ``.npy`` payloads (headers excluded).
+loaded): family, sample rate, where frame i is centred (after the segment's start), frames per
+second, tokens per second, and the bytes an hour of audio takes in the shards' ``.npy``
+payloads (headers excluded).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def tokenizer_rows() -> list[dict[str, Any]]:
             rates = stream_rates(spec)
             rows.append({
                 "tokenizer": name, "family": tok.family, "sample_rate": tok.sample_rate, "stream": spec.name,
-                "kind": spec.kind, "shape": _shape(spec), **rates, "bytes_per_hour": rates["bytes_per_s"] * 3600,
+                "kind": spec.kind, "shape": _shape(spec), "frame_centres": frame_centres(spec), **rates,
+                "bytes_per_hour": rates["bytes_per_s"] * 3600,
             })
     return rows
 
@@ -56,6 +58,12 @@ def _shape(spec: base.StreamSpec) -> str:
     if spec.codebook_size:
         return f"{spec.dtype} [T] of {spec.codebook_size}"
     return f"{spec.dtype} [T]"
+
+
+def frame_centres(spec: base.StreamSpec) -> str:
+    """Where frame i is centred, in ms after the segment's start: ``12.5 + 20 i``."""
+    first, period = 1000 * (spec.frame0_center_s or 0.0), 1000 / spec.frame_rate_hz
+    return f"{_number(first)} + {_number(period)} i" if first else f"{_number(period)} i"
 
 
 def _number(value: float) -> str:
@@ -72,17 +80,19 @@ def _size(n: float) -> str:
 
 def tokenizer_table_markdown() -> str:
     """A Markdown table: one row per stream of every registered tokenizer (default options)."""
-    header = ["tokenizer", "family", "sample rate", "stream", "array", "frames/s", "tokens/s", "bytes/hour"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 5 + ["---:"] * 3) + "|"]
+    header = ["tokenizer", "family", "sample rate", "stream", "array", "frame i centre (ms)", "frames/s", "tokens/s",
+              "bytes/hour"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 5 + ["---:"] * 4) + "|"]
     for r in tokenizer_rows():
         lines.append("| " + " | ".join([
             f"`{r['tokenizer']}`", r["family"], f"{r['sample_rate'] / 1000:g} kHz", f"`{r['stream']}`", r["shape"],
-            _number(r["frames_per_s"]), _number(r["tokens_per_s"]), _size(r["bytes_per_hour"]),
+            r["frame_centres"], _number(r["frames_per_s"]), _number(r["tokens_per_s"]), _size(r["bytes_per_hour"]),
         ]) + " |")
     lines.append("")
     lines.append("Defaults shown; `num_codebooks`, `k`, `layer`, ... change them "
-                 "(`audiotok tokenize --tokenizer help`). Bytes/hour: `.npy` payloads, before tar and metadata; "
-                 "deduplicated units take less.")
+                 "(`audiotok tokenize --tokenizer help`). Frame i centre: after the segment's `start_s`, as each "
+                 "stream declares it in `KEY.json` (`frame0_center_s + i / frame_rate_hz`). Bytes/hour: `.npy` "
+                 "payloads, before tar and metadata; deduplicated units take less.")
     return "\n".join(lines)
 
 

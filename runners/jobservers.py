@@ -114,7 +114,7 @@ def fetch_jar(coords: JarCoordinates, timeout_s: float = FETCH_TIMEOUT_S, retry_
     env = _maven_env()
     return _fetch_into_cache(
         coords.file_name, coords.gav, "Maven (mvn)" if not mvn else None,
-        lambda tmp: ([mvn, "-q", "-B", "dependency:copy", f"-Dartifact={coords.gav}:jar", f"-DoutputDirectory={tmp}",
+        lambda tmp: ([mvn, *_MAVEN_QUIET, "dependency:copy", f"-Dartifact={coords.gav}:jar", f"-DoutputDirectory={tmp}",
                       "-Dmdep.overWriteReleases=true"] + (["-U"] if retry_missing else []), env,
                      lambda: Path(tmp) / coords.file_name),
         _maven_error, timeout_s, retry_missing)
@@ -201,7 +201,7 @@ TEST_JOB_SERVERS = {
          # Spark 3.2 logs through the log4j 1.x API: log4j 2's bridge serves it.
          f"org.apache.logging.log4j:log4j-1.2-api:{LOG4J2_VERSION}") + _LOG4J2),
     "flink": AssembledJobServer(
-        "flink", "Flink 1.16", "org.apache.beam.runners.flink.FlinkJobServerDriver",
+        "flink", "Flink 1.16.0", "org.apache.beam.runners.flink.FlinkJobServerDriver",
         (_beam("beam-runners-flink-1.16"), _beam("beam-runners-java-job-service"),
          _beam("beam-sdks-java-expansion-service")) + _LOG4J2),
 }
@@ -258,7 +258,7 @@ def assemble_test_job_server(runner: str, timeout_s: float = FETCH_TIMEOUT_S, re
         folder = Path(tmp) / server.name
         (folder / "lib").mkdir(parents=True)
         (Path(tmp) / "pom.xml").write_text(server.pom(), encoding="utf-8")
-        command = [mvn, "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={folder / 'lib'}",
+        command = [mvn, *_MAVEN_QUIET, "dependency:copy-dependencies", f"-DoutputDirectory={folder / 'lib'}",
                    "-DincludeScope=runtime"] + (["-U"] if retry_missing else [])
         return command, _maven_env(), lambda: _finish_test_job_server(server, folder)
 
@@ -374,8 +374,20 @@ def _go_error(output: str) -> str:
 
 
 def _maven_error(output: str) -> str:
-    lines = [line.strip() for line in output.splitlines() if "ERROR" in line and line.strip() != "[ERROR]"]
-    return (lines[0] if lines else output.strip()[-500:]).replace("\x1b[0m", "")
+    """Maven's first error, and the first failed transfer behind it (a registry that cannot be
+    reached shows only as a warning; the error then blames a missing plugin)."""
+    output = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    lines = [line.strip() for line in output.splitlines()]
+    errors = [line for line in lines if line.startswith("[ERROR]") and line != "[ERROR]"]
+    message = errors[0] if errors else output.strip()[-500:]
+    transfer = next((line for line in lines if line.startswith("[WARNING]") and _TRANSFER_FAILED.search(line)), None)
+    return f"{message} (after: {transfer})" if transfer else message
+
+
+# Batch mode, warnings and errors only.
+_MAVEN_QUIET = ("-B", "--no-transfer-progress", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn")
+_TRANSFER_FAILED = re.compile(r"Could not transfer|transfer failed|Unknown host|Network is unreachable|timed out",
+                              re.IGNORECASE)
 
 
 def fetch_job_server(runner: str, beam_version: str | None = None, flink_version: str = DEFAULT_FLINK_VERSION,

@@ -16,8 +16,10 @@ key, and the others stay).
 * ``dataflow-gpu``: ``dataflow`` with one NVIDIA L4 per worker; needs the CUDA container of
   ``runners/dataflow/Dockerfile``.
 * ``spark``: Beam's Spark job server (its jar from ``audiotok.runners.jobservers``' cache, or downloaded
-  by Beam); ``local[2]`` unless ``--spark_master_url``.
-* ``flink``: Beam's Flink job server; ``[local]`` unless ``--flink_master``.
+  by Beam; with a local master, the assembled test job server when the SDK's jar is not cached);
+  ``local[2]`` with LOOPBACK workers unless ``--spark_master_url``.
+* ``flink``: Beam's Flink job server, the same way; ``[local]`` with 2 parallel tasks and LOOPBACK
+  workers unless ``--flink_master``.
 * ``prism``: Beam's Prism runner, a portable runner in Go (its binary from
   ``audiotok.runners.jobservers``' cache, built with ``go install``, or downloaded by Beam).
 
@@ -57,6 +59,10 @@ SPARK_LOCAL_MASTER = "local[2]"
 FLINK_LOCAL_MASTER = "[local]"
 # Parallel tasks of a local Spark or Flink master.
 LOCAL_PARALLELISM = 2
+# How long Spark and Flink keep an idle SDK worker for the job's next task. Beam's default, 0,
+# starts a fresh worker for every task: on a cluster each one imports torch and loads the
+# tokenizers' models again.
+ENVIRONMENT_CACHE_MS = 60_000
 GPU_ACCELERATOR = "type:nvidia-l4;count:1;install-nvidia-driver"
 
 
@@ -199,6 +205,9 @@ def _job_server_jar(runner: str, flag: str, local: bool, given: Flags, **coords)
 
 _DATAFLOW = ("--runner=DataflowRunner",)
 
+# What --profile is when not given.
+DEFAULT_PROFILE = "direct"
+
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile("direct", "in this process (default)", ("--runner=FnApiRunner",)),
     Profile("direct-multiprocess", "two local worker processes",
@@ -218,9 +227,11 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
                 "--disk_size_gb=50"),
             required=("project", "region", "temp_location", "sdk_container_image")),
     Profile("spark", f"Beam's Spark job server, {SPARK_LOCAL_MASTER} unless --spark_master_url",
-            ("--runner=SparkRunner", f"--spark_master_url={SPARK_LOCAL_MASTER}"), derive=_spark_defaults),
+            ("--runner=SparkRunner", f"--spark_master_url={SPARK_LOCAL_MASTER}",
+             f"--environment_cache_millis={ENVIRONMENT_CACHE_MS}"), derive=_spark_defaults),
     Profile("flink", f"Beam's Flink job server, {FLINK_LOCAL_MASTER} unless --flink_master",
-            ("--runner=FlinkRunner", f"--flink_master={FLINK_LOCAL_MASTER}"), derive=_flink_defaults),
+            ("--runner=FlinkRunner", f"--flink_master={FLINK_LOCAL_MASTER}",
+             f"--environment_cache_millis={ENVIRONMENT_CACHE_MS}"), derive=_flink_defaults),
     Profile("prism", "Beam's Prism runner (Go, portable), workers in this process",
             ("--runner=PrismRunner",), derive=_prism_defaults),
 )}

@@ -6,6 +6,7 @@ Plain functions, no pytest fixtures::
     out = example_run()     # a real `audiotok tokenize` run on part of examples/corpus (cached per process)
     members = read_members(shard); write_members(shard, members)   # to damage shards on purpose
     index = exclude_source(out, index, key)                          # as an incremental refresh would
+    index = flat_index(out); write_flat_index(out, index)           # the rows inline, to edit them
 
 Synthetic samples carry the metadata the pipeline writes (``audiotok.transforms.tokenize.sample_meta``)
 and three streams by default: ``codec`` (int16 [4, T] codes, 1024 per codebook, 75 Hz),
@@ -98,7 +99,8 @@ def synthetic_samples(n: int, seed: int = 0, specs: Sequence[StreamSpec] = DEFAU
 
 def write_dataset(output: str | os.PathLike, samples: Sequence[Sample], specs: Sequence[StreamSpec] = DEFAULT_SPECS,
                   max_samples: int = 1000, failures: Sequence[Failure] = ()) -> dict:
-    """Writes samples (and dead letters) with ``ShardWriter`` + ``finalize``; returns the index."""
+    """Writes samples (and dead letters) with ``ShardWriter`` + ``finalize``; returns the index
+    with its rows inline (:func:`flat_index`)."""
     output = str(output)
     temp = os.path.join(output, dataset.TMP_DIR, "test")
     descriptions = describe(specs)
@@ -107,12 +109,40 @@ def write_dataset(output: str | os.PathLike, samples: Sequence[Sample], specs: S
         for sample in samples:
             written += writer.add(sample)
         written += writer.close()
-    if failures:
-        written.append(shards.write_failures_file(temp, list(failures)))
     info = {"tokenizers": [], "streams": descriptions, "settings": {}}
     inputs = {s.meta["source"]["uri"]: AudioRef(uri=s.meta["source"]["uri"]) for s in samples}
     inputs.update({f.uri: AudioRef(uri=f.uri) for f in failures})
-    return shards.finalize(output, temp, written, info, listed=list(inputs.values()), selected=list(inputs))
+    shards.finalize(output, temp, written, info, listed=list(inputs.values()), selected=list(inputs),
+                    failures=failures)
+    return flat_index(output)
+
+
+def flat_index(output: str | os.PathLike) -> dict:
+    """The index with its shard and failure rows inline (``shards``, ``failures``), for tests to
+    edit and :func:`write_flat_index` to write back into the part files."""
+    index = dataset.read_index(str(output))
+    return {**index, "shards": list(dataset.shard_rows(str(output), index)),
+            "failures": list(dataset.failure_rows(str(output), index))}
+
+
+def write_flat_index(output: str | os.PathLike, index: dict) -> None:
+    """Writes an index edited as :func:`flat_index` gave it: its rows go back to the rows part of
+    their url (rows that name no part file get one), the rest to ``index.json``."""
+    output = str(output)
+    index = json.loads(json.dumps(index))
+    layout = index["layout"]
+    parts = layout["parts"]
+    by_part = [{"shards": [], "failures": []} for _ in range(parts)]
+    for kind in ("shards", "failures"):
+        for row in index.pop(kind):
+            by_part[dataset.part_of(dataset.slot_of(row["url"]), parts)][kind].append(row)
+    for q, rows in enumerate(by_part):
+        rel = layout["rows"][q] or dataset.rows_part_path(index["dataset_version"], q)
+        layout["rows"][q] = rel
+        with open(os.path.join(output, rel), "w") as f:
+            json.dump(rows, f, indent=1, sort_keys=True)
+    with open(os.path.join(output, dataset.INDEX_NAME), "w") as f:
+        json.dump(index, f, indent=1, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -132,9 +162,10 @@ def example_run() -> str:
     from audiotok.transforms.tokenize import TokenizeConfig
     from audiotok.transforms.tokenizers import registry
 
-    output = tempfile.mkdtemp(prefix="audiotok-example-run-")
-    atexit.register(shutil.rmtree, output, ignore_errors=True)
-    codebook = os.path.join(output, "codebook-k32.safetensors")
+    root = tempfile.mkdtemp(prefix="audiotok-example-run-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    output = os.path.join(root, "out")  # a dataset is written only into a new or empty folder
+    codebook = os.path.join(root, "codebook-k32.safetensors")
     fit = fit_kmeans.FitConfig(spec="mfcc-kmeans[k=32]", output=codebook, max_frames=2000)
     features = registry.create(fit.spec).features([synth_speechlike(4.0, SAMPLE_RATE, seed=s)[0] for s in range(3)])
     sampled = [rf for i, f in enumerate(features) for rf in fit_kmeans.sample_frames(f"synth{i}", f, 300, fit.seed)]
@@ -170,8 +201,9 @@ def write_members(shard: str | os.PathLike, members: Sequence[tuple[str, bytes]]
 def exclude_source(output: str | os.PathLike, index: dict, key: str) -> dict:
     """Marks the source of sample ``key`` superseded, as an incremental refresh would: its shard
     row gets ``excluded_sources`` and fewer ``live_samples``, the totals lose its samples.
-    Rewrites and returns the index."""
+    Rewrites and returns the index (rows inline, as :func:`flat_index` gives it)."""
 
+    index = flat_index(output) if "shards" not in index else index
     source = dataset.source_of_key(key)
     for row in index["shards"]:
         gone = [(n, d) for n, d in read_members(os.path.join(str(output), row["url"]))
@@ -187,6 +219,5 @@ def exclude_source(output: str | os.PathLike, index: dict, key: str) -> dict:
             for name, d in meta["streams"].items():
                 n = d["shape"][0] if d["kind"] == "vectors" else int(np.prod(d["shape"]))
                 index["totals"]["tokens"][name] -= n
-    with open(os.path.join(str(output), dataset.INDEX_NAME), "w") as f:
-        json.dump(index, f, indent=1, sort_keys=True)
+    write_flat_index(output, index)
     return index

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import urllib.request
 from typing import Iterator, Mapping, Sequence
 
@@ -124,6 +125,97 @@ class MotoS3(_StorageServer):
         return f"s3://{name}"
 
 
+class CountingMotoS3(MotoS3):
+    """moto's S3 server behind a middleware that logs every request it answers, to count
+    storage requests by API and by the first folder of the key (:meth:`requests`)."""
+
+    name = "moto S3 server (counting)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_path = tempfile.NamedTemporaryFile(prefix="audiotok-s3-requests-", suffix=".jsonl", delete=False).name
+        self._seen = 0
+
+    def command(self) -> list[str]:
+        return [sys.executable, os.path.abspath(__file__), "--counting-moto", str(self.port), self.log_path]
+
+    def stop(self) -> None:
+        super().stop()
+        with contextlib.suppress(OSError):
+            os.remove(self.log_path)
+
+    def reset_requests(self) -> None:
+        self.requests(reset=True)
+
+    def requests(self, reset: bool = False) -> dict[str, dict[str, int]]:
+        """Requests since the last reset: first folder of the key -> API -> count. APIs: ``list``,
+        ``read`` (GET), ``head``, ``write`` (PUT, multipart parts, multipart create/complete),
+        ``copy``, ``delete`` (one per object, DeleteObjects counting its keys' batch as one)."""
+        with open(self.log_path) as f:
+            lines = f.read().splitlines()
+        counts: dict[str, dict[str, int]] = {}
+        for line in lines[self._seen:]:
+            record = json.loads(line)
+            side, api = classify_s3_request(record)
+            if api == "create_bucket":
+                continue
+            by_api = counts.setdefault(side, {})
+            by_api[api] = by_api.get(api, 0) + 1
+        if reset:
+            self._seen = len(lines)
+        return counts
+
+
+def classify_s3_request(record: Mapping[str, object]) -> tuple[str, str]:
+    """(first folder of the key, API) of a logged request (``method``, ``path``, ``query``, ``copy``)."""
+    from urllib.parse import parse_qs, unquote
+
+    method, path = str(record["method"]), unquote(str(record["path"]))
+    query = parse_qs(str(record["query"]), keep_blank_values=True)
+    parts = path.strip("/").split("/")
+    key = "/".join(parts[1:])
+    if not key:  # a bucket request
+        prefix = query.get("prefix", [""])[0]
+        side = prefix.split("/", 1)[0] or "(bucket)"
+        if method == "GET":
+            return side, "list"
+        if method == "POST" and "delete" in query:
+            return side, "delete"
+        if method == "PUT":
+            return side, "create_bucket"
+        return side, method.lower()
+    side = key.split("/", 1)[0]
+    if method == "HEAD":
+        return side, "head"
+    if method == "GET":
+        return side, "read"
+    if method == "DELETE":
+        return side, "delete"
+    if method == "PUT" and record.get("copy"):
+        return side, "copy"
+    return side, "write"  # PUT, UploadPart, POST ?uploads / ?uploadId
+
+
+def _serve_counting_moto(port: int, log_path: str) -> None:
+    import threading
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import run_simple
+
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+    log = open(log_path, "a", buffering=1)
+
+    def counting(environ, start_response):
+        record = {"method": environ["REQUEST_METHOD"], "path": environ.get("PATH_INFO", ""),
+                  "query": environ.get("QUERY_STRING", ""), "copy": "HTTP_X_AMZ_COPY_SOURCE" in environ}
+        with lock:
+            log.write(json.dumps(record) + "\n")
+        return app(environ, start_response)
+
+    run_simple("127.0.0.1", port, counting, threaded=True)
+
+
 class GcsEmulator(_StorageServer):
     """gcp-storage-emulator, in memory, with ``buckets`` created at start."""
 
@@ -225,7 +317,7 @@ def dataset_digest(output: str) -> dict:
 
     index = dataset.read_index(output)
     samples: dict = {}
-    for row in index["shards"]:
+    for row in dataset.shard_rows(output, index):
         with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(storage.join(output, row["url"])))) as tar:
             for member in tar.getmembers():
                 key, suffix = member.name.split(".", 1)
@@ -253,3 +345,121 @@ def local_reference(tokenizer: str = "logmel") -> dict:
                                     tokenize=TokenizeConfig(specs=tokenizer))
         tokenize.run(config, profiles.pipeline_options("direct", []))
         return dataset_digest(config.output)
+
+
+# ------------------------------------------------------------------ a storage server that goes away
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of a server, that tests stop and start to make the server
+    unreachable (connection refused, open connections reset) and reachable again, on the same
+    port, without losing what the server holds::
+
+        with MotoS3() as s3, TcpProxy(s3.port) as proxy:   # clients use proxy.url
+            proxy.stop(); ...; proxy.start()
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener = None
+        self._conns: list = []
+        self._lock = threading.Lock()
+        self._thread = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def up(self) -> bool:
+        return self._listener is not None
+
+    def start(self) -> "TcpProxy":
+        import socket
+        import threading
+
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Refuses new connections and resets the open ones."""
+        import socket
+        import struct
+
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+                conn.close()
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        import socket
+
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            src.close()
+
+    def __enter__(self) -> "TcpProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--counting-moto"]:
+    _serve_counting_moto(int(sys.argv[2]), sys.argv[3])

@@ -82,6 +82,8 @@ def loopback_only(argv: list[str]) -> list[str]:
 def job_config(plan: Plan, output: str, incremental: bool):
     """The job every run does: the corpus and its manifest, the decoder that crashes and hangs
     on the fault files in isolated processes, small shards in several groups."""
+    import hostile_corpus
+
     from audiotok.pipelines import tokenize
     from audiotok.transforms.decode import DecodeConfig
     from audiotok.transforms.match import MatchConfig
@@ -89,9 +91,10 @@ def job_config(plan: Plan, output: str, incremental: bool):
     from audiotok.transforms.shards import ShardConfig
     from audiotok.transforms.tokenize import TokenizeConfig
 
+    decoder = f"hostile_corpus:{hostile_corpus.FaultyDecoder.__name__}"
     return tokenize.JobConfig(
         output=output, match=MatchConfig(patterns=(os.path.join(plan.corpus, "**"),), manifests=(plan.manifest,)),
-        decode=DecodeConfig(isolation="process", timeout_s=4.0, decoder="hostile_corpus:FaultyDecoder"),
+        decode=DecodeConfig(isolation="process", timeout_s=4.0, decoder=decoder),
         segment=SegmentConfig(segment_s=30.0, min_segment_s=0.5), tokenize=TokenizeConfig(specs=plan.tokenizers),
         shards=ShardConfig(max_samples=20, files_per_bucket=16), overwrite=not incremental, incremental=incremental,
         max_failure_fraction=0.9)
@@ -113,10 +116,14 @@ def run_one(plan: Plan, run: Run, output: str, incremental: bool) -> dict:
                 flags += ["--environment_type=EXTERNAL", f"--environment_config=localhost:{pool.port}"]
                 _, counters, _ = tokenize.run(job_config(plan, output, incremental),
                                               profiles.pipeline_options(run.profile, flags))
+                # The pool logs each SDK worker process it starts.
+                workers = pool.log_tail(1 << 20).count("Starting worker with command")
         else:
             _, counters, _ = tokenize.run(job_config(plan, output, incremental),
                                           profiles.pipeline_options(run.profile, flags))
-        return {"ok": True, "counters": counters, "wall_s": round(time.monotonic() - start, 1)}
+            workers = 0
+        return {"ok": True, "counters": counters, "worker_processes": workers,
+                "wall_s": round(time.monotonic() - start, 1)}
     except BaseException as e:  # noqa: BLE001 - the report carries it; the other runs go on
         if isinstance(e, KeyboardInterrupt):
             raise

@@ -115,12 +115,13 @@ def save_encodec48(folder: Path, *, seed: int = 0) -> Path:
     return _save_hf(_encodec_model(config, seed), folder)
 
 
-def save_dac(folder: Path, *, seed: int = 0, spread: float | None = None) -> Path:
-    """DAC 16 kHz-like (non-causal): hop 320, 4 codebooks."""
+def save_dac(folder: Path, *, seed: int = 0, spread: float | None = None, sample_rate: int = 16000) -> Path:
+    """DAC 16 kHz-like (non-causal): hop 320, 4 codebooks (at ``sample_rate``: the same network
+    declaring another input rate)."""
     from transformers import DacConfig, DacModel
 
     config = DacConfig(encoder_hidden_size=4, decoder_hidden_size=16, n_codebooks=4, codebook_size=CODEBOOK_SIZE,
-                       codebook_dim=4, downsampling_ratios=[2, 4, 5, 8], sampling_rate=16000)
+                       codebook_dim=4, downsampling_ratios=[2, 4, 5, 8], sampling_rate=sample_rate)
     with _seeded():
         torch.manual_seed(seed)
         model = DacModel(config).eval()
@@ -211,3 +212,22 @@ def save_ssl(folder: Path, model_type: str = "hubert", *, layer_norm: bool = Fal
         model = model_class(config_class(**kwargs)).eval()
     return _save_hf(model, folder, safetensors=safetensors)
 
+
+
+# Tokenizer input rates: the registry presets' (16, 24, 32, 44.1, 48 kHz) and 22.05 kHz, which a
+# checkpoint's config or ``logmel[sample_rate=22050]`` may ask for.
+REGISTRY_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def one_spec_per_rate(root: Path) -> dict[int, str]:
+    """Rate -> a tokenizer spec taking that rate, each with its own stream name, on tiny
+    checkpoints saved under ``root``: DAC networks at 16, 32 and 44.1 kHz, EnCodec at 24 and
+    48 kHz, log-mel at 22.05 kHz."""
+    return {
+        16000: f"dac-16k[model={save_dac(root / 'dac16', spread=0.1)},num_codebooks=4]",
+        22050: "logmel[sample_rate=22050]",
+        24000: f"encodec-24k[model={save_encodec(root / 'encodec')}]",
+        32000: f"dac-24k[model={save_dac(root / 'dac32', spread=0.1, sample_rate=32000)},num_codebooks=4]",
+        44100: f"dac-44k[model={save_dac(root / 'dac44', spread=0.1, sample_rate=44100)},num_codebooks=4]",
+        48000: f"encodec-48k[model={save_encodec48(root / 'encodec48')}]",
+    }

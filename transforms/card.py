@@ -607,11 +607,23 @@ def write_card(output: str, index: Mapping[str, Any] | None = None, max_shards: 
         logger.warning("dataset card without plots: %s", e)
         plots = {}
     plots_dir = storage.join(output, PLOTS_DIR)
-    storage.remove(plots_dir)  # plots of streams a previous run had must not linger
+    previous = _previous_plots(output)
     for name, png in plots.items():
-        storage.write_bytes(storage.join(plots_dir, name), png)
+        storage.write_atomic(storage.join(plots_dir, name), png)
     stats["plots"] = [f"{PLOTS_DIR}/{p}" for p in plots]
-    storage.write_bytes(storage.join(output, STATS_NAME), json.dumps(stats, indent=1, sort_keys=True).encode("utf-8"))
-    storage.write_bytes(storage.join(output, README_NAME),
-                        render_readme(index, stats, vocab, list(plots)).encode("utf-8"))
+    storage.write_atomic(storage.join(output, STATS_NAME), json.dumps(stats, indent=1, sort_keys=True).encode("utf-8"))
+    storage.write_atomic(storage.join(output, README_NAME),
+                         render_readme(index, stats, vocab, list(plots)).encode("utf-8"))
+    for rel in sorted(previous - set(stats["plots"])):  # plots of streams a previous card had; nothing else
+        storage.remove(storage.join(output, rel))
     return stats
+
+
+def _previous_plots(output: str) -> set[str]:
+    """The plots the card on disk lists (``card/NAME.png``): the only files a new card removes."""
+    try:
+        listed = json.loads(storage.read_bytes(storage.join(output, STATS_NAME))).get("plots", [])
+    except (FileNotFoundError, ValueError, AttributeError):
+        return set()
+    return {p for p in listed if isinstance(p, str) and p.startswith(PLOTS_DIR + "/") and "/" not in p[len(PLOTS_DIR) + 1:]
+            and p.endswith(".png") and ".." not in p}

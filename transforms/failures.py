@@ -33,6 +33,8 @@ TIMEOUT = "timeout"  # decoding took longer than the per-file limit
 DECODER_CRASH = "decoder_crash"  # the decoder process died (segfault, abort, killed)
 READ_ERROR = "read_error"  # the storage could not be read
 BAD_NAME = "bad_name"  # a file name that metadata cannot carry (not UTF-8)
+NOT_A_FILE = "not_a_file"  # a FIFO, device or socket: reading it may block forever
+KEY_COLLISION = "key_collision"  # another input's samples would get the same keys
 BAD_MANIFEST = "bad_manifest"  # a manifest line that is not a valid record
 TOKENIZER_ERROR = "tokenizer_error"  # a tokenizer failed on a segment
 OUT_OF_MEMORY = "out_of_memory"
@@ -40,7 +42,7 @@ OUT_OF_MEMORY = "out_of_memory"
 REASONS: tuple[str, ...] = (
     EMPTY, TRUNCATED, UNSUPPORTED_FORMAT, HEADER_MISMATCH, DECODE_ERROR, NON_FINITE, OUT_OF_RANGE,
     SILENT, CLIPPED, TOO_SHORT, TOO_LONG, BAD_SAMPLE_RATE, TOO_MANY_CHANNELS, TIMEOUT, DECODER_CRASH,
-    READ_ERROR, BAD_NAME, BAD_MANIFEST, TOKENIZER_ERROR, OUT_OF_MEMORY,
+    READ_ERROR, BAD_NAME, NOT_A_FILE, KEY_COLLISION, BAD_MANIFEST, TOKENIZER_ERROR, OUT_OF_MEMORY,
 )
 
 _MAX_MESSAGE_CHARS = 2000
@@ -52,6 +54,15 @@ def redact(text: str, uri: str | None = None) -> str:
     from audiotok.transforms import storage  # here: storage is heavier, and failures must stay importable alone
 
     return storage.redact(text, uri=uri)
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """:func:`audiotok.transforms.storage.is_transient` (False for None)."""
+    if error is None:
+        return False
+    from audiotok.transforms import storage
+
+    return storage.is_transient(error)
 
 
 def printable(text: str) -> str:
@@ -69,15 +80,27 @@ def printable(text: str) -> str:
 
 
 class AudiotokError(Exception):
-    """An input that cannot be processed, with a reason code from :data:`REASONS`."""
+    """An input that cannot be processed, with a reason code from :data:`REASONS`.
 
-    def __init__(self, reason: str, message: str, uri: str | None = None):
+    ``transient``: the cause may pass (the storage was unreachable, throttled, timing out):
+    the input is not counted as processed and the next refresh tries it again. Unless given,
+    it is read off the error's cause (``raise AudiotokError(...) from storage_error``).
+    """
+
+    def __init__(self, reason: str, message: str, uri: str | None = None, transient: bool | None = None):
         if reason not in REASONS:
             raise ValueError(f"unknown failure reason {reason!r}; known: {', '.join(REASONS)}")
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.uri = uri
+        self._transient = transient
+
+    @property
+    def transient(self) -> bool:
+        if self._transient is not None:
+            return self._transient
+        return self.reason in (READ_ERROR, TIMEOUT) and is_transient(self.__cause__)
 
     def __str__(self) -> str:
         where = f" ({self.uri})" if self.uri else ""
@@ -97,6 +120,7 @@ class Failure:
     stage: str = ""
     start_s: float | None = None
     end_s: float | None = None
+    transient: bool = False
 
     def __post_init__(self) -> None:
         raw_uri = str(self.uri)
@@ -105,15 +129,18 @@ class Failure:
 
     @classmethod
     def from_error(cls, uri: str, error: BaseException, stage: str, **where: Any) -> "Failure":
+        transient = False
         if isinstance(error, AudiotokError):
-            reason, message = error.reason, error.message
+            reason, message, transient = error.reason, error.message, error.transient
         elif isinstance(error, MemoryError):
             reason, message = OUT_OF_MEMORY, "out of memory"
+        elif is_transient(error):  # a storage error that escaped as itself
+            reason, message, transient = READ_ERROR, f"{type(error).__name__}: {error}", True
         else:
             reason = DECODE_ERROR if stage == "decode" else TOKENIZER_ERROR
             message = f"{type(error).__name__}: {error}"
-        return cls(uri=uri, reason=reason, message=message, stage=stage, **where)
+        return cls(uri=uri, reason=reason, message=message, stage=stage, transient=transient, **where)
 
     def to_json(self) -> str:
-        record = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v != ""}
+        record = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v != "" and v is not False}
         return json.dumps(record, ensure_ascii=False, sort_keys=True)

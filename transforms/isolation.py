@@ -389,7 +389,7 @@ class ProcessDecoder:
             if header.get("unexpected"):
                 logger.warning("decoder bug on %s: %s", failures.redact(failures.printable(uri)),
                                failures.redact(str(header.get("traceback", ""))))
-            raise AudiotokError(reason, str(header.get("message", "")), uri)
+            raise AudiotokError(reason, str(header.get("message", "")), uri, transient=header.get("transient") is True)
         if header.get("kind") in ("whole", "plan"):
             _check_rss(header)
             self.max_rss_mb = max(self.max_rss_mb, header["max_rss_mb"])
@@ -498,9 +498,12 @@ def _max_rss_mb() -> float:
 
 def _error_header(error: BaseException) -> dict[str, Any]:
     if isinstance(error, AudiotokError):
-        return {"ok": False, "reason": error.reason, "message": error.message}
+        return {"ok": False, "reason": error.reason, "message": error.message, "transient": error.transient}
     if isinstance(error, MemoryError):
         return {"ok": False, "reason": failures.OUT_OF_MEMORY, "message": "out of memory while decoding"}
+    if failures.is_transient(error):  # the storage, not a bug: retried by the next refresh
+        return {"ok": False, "reason": failures.READ_ERROR, "message": f"{type(error).__name__}: {error}",
+                "transient": True}
     # a bug: still one record, with the traceback for the log
     return {"ok": False, "reason": failures.DECODE_ERROR, "message": f"{type(error).__name__}: {error}",
             "unexpected": True, "traceback": "".join(traceback.format_exception(error, limit=8))}

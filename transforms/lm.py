@@ -259,8 +259,8 @@ def build_vocab(streams: Mapping[str, Mapping[str, Any]], order: Sequence[str] |
 def write_vocab(output: str, index: Mapping[str, Any]) -> VocabSpec:
     """Writes ``OUTPUT/vocab.json`` for a dataset's index; returns the spec."""
     spec = build_vocab(index.get("streams", {}))
-    storage.write_bytes(storage.join(output, VOCAB_NAME),
-                        json.dumps(spec.to_dict(), indent=1, sort_keys=True).encode("utf-8"))
+    storage.write_atomic(storage.join(output, VOCAB_NAME),
+                         json.dumps(spec.to_dict(), indent=1, sort_keys=True).encode("utf-8"))
     return spec
 
 

@@ -33,7 +33,8 @@ LENGTH_SLACK_FRAMES = 2304
 # Statistics are gathered over blocks of this many frames (no full-size temporaries).
 SCAN_FRAMES = 1 << 18
 
-_CHOICES = {
+# The allowed values of DecodeConfig's policy fields (the CLI offers the same).
+CHOICES = {
     "truncated": ("reject", "keep"),
     "non_finite": ("reject", "zero"),
     "out_of_range": ("scale", "clip", "reject"),
@@ -63,8 +64,10 @@ class DecodeConfig:
             a peak of 1, ``clip`` them, or ``reject`` (``out_of_range``).
         silence: ``keep`` or ``reject`` (``silent``) a file whose peak is at or below
             ``silence_threshold_dbfs``.
+        silence_threshold_dbfs: the peak level, dBFS, at or below which a file is silent.
         clipping: ``keep`` or ``reject`` (``clipped``) a file with more than
             ``clipping_fraction`` of its samples at full scale (|x| >= 0.99).
+        clipping_fraction: the fraction of samples at full scale above which a file is clipped.
         isolation: ``process``: decode in child processes (a crash or hang becomes a
             ``decoder_crash``/``timeout`` record); ``none``: in the worker itself.
         timeout_s: time limit of one decoder request (a whole file, a long file's plan, or a
@@ -103,7 +106,7 @@ class DecodeConfig:
             raise ValueError(f"max_channels must be >= 1. Found: {self.max_channels}")
         if self.max_decoded_bytes < 1 << 20:
             raise ValueError(f"max_decoded_bytes must be >= 1 MiB. Found: {self.max_decoded_bytes}")
-        for name, allowed in _CHOICES.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}. Found: {getattr(self, name)!r}")
         if not self.silence_threshold_dbfs <= 0:

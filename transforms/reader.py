@@ -2,9 +2,12 @@
 ``webdataset`` pipeline.
 
 The stages are webdataset's own (``SimpleShardList``, ``detshuffle``, ``split_by_node``,
-``split_by_worker``, ``tar_file_expander``, ``group_by_keys``, ``shuffle``); only opening a
-shard is ours, through ``audiotok.transforms.storage`` (fsspec: local paths, ``gs://``, ``s3://``, ...;
-never ``pipe:``), instead of ``gopen``, which shells out to ``gsutil``/``curl``.
+``split_by_worker``, ``shuffle``) except reading a shard, which is ours: it opens the shard through
+``audiotok.transforms.storage`` (fsspec: local paths, ``gs://``, ``s3://``, ...; never ``pipe:``,
+unlike ``gopen``, which shells out to ``gsutil``/``curl``), and reads only the members a trainer
+asks for. The others (a log-mel stream holds ~99 % of a shard's bytes) are seeked over, never
+read, copied or decoded; packed LM rows do not even read ``KEY.json``. Arrays are made on top of
+the bytes read (no copy). The samples are grouped as webdataset's ``group_by_keys`` groups them.
 
     from audiotok.transforms import lm, reader
     ds = reader.sample_dataset("gs://bucket/out")            # a torch IterableDataset
@@ -31,6 +34,7 @@ import dataclasses
 import functools
 import io
 import json
+import re
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -65,23 +69,22 @@ class TokenSample:
     streams: Mapping[str, np.ndarray]
 
 
+def _shard_url(output: str, row: Mapping[str, Any]) -> str:
+    url = row["url"]
+    return url if "://" in url or url.startswith("/") else storage.join(output, url)
+
+
 def shard_urls(output: str, index: Mapping[str, Any] | None = None) -> list[str]:
     """The shards of a dataset, as URLs (relative index entries resolved against ``output``)."""
-    index = dataset.read_index(output) if index is None else index
-    urls = []
-    for row in index["shards"]:
-        url = row["url"]
-        urls.append(url if "://" in url or url.startswith("/") else storage.join(output, url))
-    return urls
+    return [_shard_url(output, row) for row in dataset.shard_rows(output, index)]
 
 
-def excluded_sources(output: str, index: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+def excluded_sources(output: str, index: Mapping[str, Any] | None = None) -> dict[str, frozenset[str]]:
     """Shard URL -> source hashes whose samples are no longer live (inputs that changed or
     disappeared since the shard was written; see ``audiotok.transforms.incremental``). Shards with
     none are left out."""
-    urls = shard_urls(output, index)
-    return {url: frozenset(row["excluded_sources"]) for url, row in zip(urls, index["shards"])
-            if row.get("excluded_sources")}
+    return {_shard_url(output, row): frozenset(row["excluded_sources"])
+            for row in dataset.shard_rows(output, index) if row.get("excluded_sources")}
 
 
 def live_only(samples: Iterable[Mapping[str, Any]],
@@ -96,73 +99,230 @@ def live_only(samples: Iterable[Mapping[str, Any]],
             yield sample
 
 
-def open_shards(sources: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
-    """webdataset stage: ``{"url": ...}`` -> the shard's tar members ``{"fname", "data", "__url__"}``,
-    then the end-of-shard marker ``{}``. Opens through fsspec and closes each shard when done."""
-    from webdataset.tariterators import tar_file_expander
-
-    for source in sources:
-        url = source["url"]
-        with storage.open_input(url) as f:
-            yield from tar_file_expander([{"url": url, "stream": f}])
+_BLOCK = 512
 
 
-def decode_sample(raw: Mapping[str, Any], streams: Sequence[str] | None = None) -> TokenSample:
-    """A grouped webdataset sample (``json`` and ``<stream>.npy`` bytes) -> TokenSample.
+def _octal(field: bytes, url: str) -> int:
+    if field[:1] in (b"\x80", b"\xff"):  # GNU base-256, for members of 8 GiB and more
+        value = int.from_bytes(field[1:], "big")
+        return -value if field[:1] == b"\xff" else value
+    text = field.rstrip(b"\0 ").lstrip(b" ")
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise ShardFormatError(f"not a tar archive (bad number {bytes(field)!r} in a member header)", url) from None
 
-    Args:
-        raw: from ``group_by_keys``.
-        streams: the streams to decode (default: all); the others are dropped.
+
+def _header_ok(block: bytes) -> bool:
+    stored = block[148:156]
+    text = stored.rstrip(b"\0 ").lstrip(b" ")
+    if not text:
+        return False
+    unsigned = sum(block[:148]) + sum(block[156:]) + 8 * 32  # the checksum field counts as spaces
+    try:
+        return int(text, 8) == unsigned
+    except ValueError:
+        return False
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a pax extended header (``LEN path=VALUE\\n`` records)."""
+    pos, path = 0, None
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        length = int(data[pos:space])
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        if key == b"path":
+            path = value.decode("utf-8")
+        pos += length
+    return path
+
+
+def tar_members(f, url: str, keep: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytearray | None]]:
+    """The regular-file members of one tar archive, in order: (name, data).
+
+    Members that ``keep`` rejects are not read: they come out as (name, None) and their bytes
+    are seeked over when ``f`` can seek (a local file, an fsspec file), else read and dropped.
+    Data comes as a ``bytearray``, so arrays made on top of it are writable without a copy.
+    Reads what Python's ``tarfile`` writes (ustar, pax and GNU long names); other member types
+    (folders, links) are skipped, as webdataset skips them.
 
     Raises:
-        ShardFormatError: no metadata, a stream it declares missing, or an array that does not
-            match its declared shape and dtype.
+        ShardFormatError: a corrupt header or a member cut short.
+    """
+    seekable = bool(getattr(f, "seekable", lambda: False)())
+    next_name: str | None = None
+    while True:
+        block = f.read(_BLOCK)
+        if len(block) < _BLOCK:
+            if block:
+                raise ShardFormatError("tar archive cut short inside a member header", url)
+            return  # like tarfile: an archive may end without its two zero blocks
+        if block.count(0) == _BLOCK:
+            return
+        if not _header_ok(block):
+            raise ShardFormatError("not a tar archive (member header checksum mismatch)", url)
+        size = _octal(block[124:136], url)
+        kind = block[156:157]
+        padded = size + (-size % _BLOCK)
+        if kind in (b"x", b"L"):
+            meta = f.read(padded)[:size]
+            if len(meta) < size:
+                raise ShardFormatError("tar archive cut short inside a member", url)
+            next_name = _pax_path(meta) if kind == b"x" else meta.rstrip(b"\0").decode("utf-8")
+            continue
+        if next_name is not None:
+            name, next_name = next_name, None
+        else:
+            name = block[0:100].split(b"\0", 1)[0].decode("utf-8")
+            if block[257:262] == b"ustar" and block[345] != 0:
+                name = block[345:500].split(b"\0", 1)[0].decode("utf-8") + "/" + name
+        if kind not in (b"0", b"\0", b"7") or (keep is not None and not keep(name)):
+            if seekable:
+                f.seek(padded, 1)
+            else:
+                while padded:
+                    chunk = f.read(min(padded, 1 << 20))
+                    if not chunk:
+                        break
+                    padded -= len(chunk)
+            if kind in (b"0", b"\0", b"7"):
+                yield name, None
+            continue
+        data = bytearray(size)
+        if f.readinto(data) != size:
+            raise ShardFormatError(f"tar archive cut short inside member {name}", url)
+        if padded != size:
+            f.seek(padded - size, 1) if seekable else f.read(padded - size)
+        yield name, data
+
+
+def shard_samples(sources: Iterable[Mapping[str, Any]],
+                  keep: Callable[[str], bool] | None = None) -> Iterator[dict[str, Any]]:
+    """webdataset stage: ``{"url": ...}`` -> the shard's samples, grouped as webdataset's
+    ``group_by_keys`` groups them: ``{"__key__", "__url__", EXT: data, ...}``.
+
+    A member's key is its name up to the first dot after the last slash, the rest its
+    extension (case kept). Members that ``keep`` (given the extension) rejects are not read
+    and appear with ``None`` as data, so a sample is never lost for lack of a wanted member.
+    Opens through fsspec and closes each shard when done.
+
+    Raises:
+        ShardFormatError: a corrupt shard, or one extension twice in a sample.
+    """
+    for source in sources:
+        url = source["url"]
+        current: dict[str, Any] | None = None
+        with storage.open_input(url) as f:
+            for name, data in tar_members(f, url, None if keep is None else
+                                          functools.partial(_keep_member, keep=keep)):
+                dot = name.find(".", name.rfind("/") + 1)
+                if dot < 0:
+                    continue  # webdataset drops names without an extension too
+                key, ext = name[:dot], name[dot + 1:]
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key, "__url__": url}
+                elif ext in current:
+                    raise ShardFormatError(f"member {name} appears twice", url, key)
+                current[ext] = data
+        if current is not None:
+            yield current
+
+
+def _keep_member(name: str, keep: Callable[[str], bool]) -> bool:
+    dot = name.find(".", name.rfind("/") + 1)
+    return dot >= 0 and keep(name[dot + 1:])
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_HEADER = re.compile(r"\{'descr': '([<|>]?[a-zA-Z]\d*)', 'fortran_order': False, 'shape': \(([\d, ]*)\), \}\s*$")
+
+
+def npy_array(data: bytes | bytearray) -> np.ndarray:
+    """An ``.npy`` payload -> its array, without a copy where the header is the plain kind
+    ``np.save`` writes (C order, a simple dtype); anything else goes through ``np.load``."""
+    if data[:6] == _NPY_MAGIC and data[6] == 1:
+        header_len = int.from_bytes(data[8:10], "little")
+        match = _NPY_HEADER.match(bytes(data[10:10 + header_len]).decode("latin-1"))
+        if match:
+            dtype = np.dtype(match.group(1))
+            shape = tuple(int(d) for d in match.group(2).replace(" ", "").split(",") if d)
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            offset = 10 + header_len
+            if len(data) - offset == count * dtype.itemsize and not dtype.hasobject:
+                return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+    return np.load(io.BytesIO(bytes(data)), allow_pickle=False)
+
+
+def decode_sample(raw: Mapping[str, Any], streams: Sequence[str] | None = None, meta: bool = True) -> TokenSample:
+    """A grouped sample (``json`` and ``<stream>.npy`` bytes) -> TokenSample.
+
+    Args:
+        raw: from ``shard_samples`` (or webdataset's ``group_by_keys``).
+        streams: the streams to decode (default: all); the others are dropped.
+        meta: parse ``KEY.json`` and check each array against the shape and dtype it
+            declares. Without it (``streams`` must be given) ``TokenSample.meta`` is empty and
+            the arrays are taken as their ``.npy`` headers describe them.
+
+    Raises:
+        ShardFormatError: no metadata, a stream missing, or an array that does not match
+            its declared shape and dtype.
     """
     key, url = raw.get("__key__", ""), raw.get("__url__", "")
-    if "json" not in raw:
+    if not meta:
+        if streams is None:
+            raise ValueError("decode_sample: give the streams to read when not reading KEY.json")
+        arrays = {}
+        for name in streams:
+            data = raw.get(f"{name}.npy")
+            if data is None:
+                has = sorted(e[:-4] for e in raw if e.endswith(".npy"))
+                raise ShardFormatError(f"sample has no stream {name!r}; it has: {', '.join(has)}", url, key)
+            arrays[name] = npy_array(data)
+        return TokenSample(key=key, url=url, meta={}, streams=arrays)
+    if raw.get("json") is None:
         raise ShardFormatError("sample has no KEY.json", url, key)
-    meta = json.loads(raw["json"])
-    declared = meta.get("streams", {})
+    info = json.loads(raw["json"])
+    declared = info.get("streams", {})
     wanted = list(declared) if streams is None else list(streams)
     arrays = {}
     for name in wanted:
-        if name not in declared or f"{name}.npy" not in raw:
+        if name not in declared or raw.get(f"{name}.npy") is None:
             raise ShardFormatError(f"sample has no stream {name!r}; it has: {', '.join(sorted(declared))}", url, key)
-        array = np.load(io.BytesIO(raw[f"{name}.npy"]), allow_pickle=False)
+        array = npy_array(raw[f"{name}.npy"])
         d = declared[name]
         declared_shape, declared_dtype = d.get("shape", list(array.shape)), d.get("dtype", str(array.dtype))
         if list(array.shape) != list(declared_shape) or str(array.dtype) != declared_dtype:
             raise ShardFormatError(f"stream {name!r} is {array.dtype}{list(array.shape)}; "
                                    f"KEY.json declares {d.get('dtype')}{d.get('shape')}", url, key)
         arrays[name] = array
-    return TokenSample(key=key, url=url, meta=meta, streams=arrays)
+    return TokenSample(key=key, url=url, meta=info, streams=arrays)
 
 
-def _stream_selector(streams: Sequence[str] | None) -> Callable[[str], bool] | None:
+def _member_selector(streams: Sequence[str] | None, meta: bool) -> Callable[[str], bool] | None:
     if streams is None:
         return None
-    wanted = {"json"} | {f"{s}.npy" for s in streams}
-    return lambda fname: fname.split(".", 1)[-1] in wanted
-
-
-def _select_members(members: Iterable[dict], keep: Callable[[str], bool] | None) -> Iterator[dict]:
-    for m in members:
-        if keep is None or not m or keep(m["fname"]):
-            yield m
+    wanted = ({"json"} if meta else set()) | {f"{s}.npy" for s in streams}
+    return wanted.__contains__
 
 
 def _no_shards() -> Iterator[dict]:
     return iter(())
 
 
-def sample_pipeline_stages(urls: Sequence[str], *, streams: Sequence[str] | None = None,
+def sample_pipeline_stages(urls: Sequence[str], *, streams: Sequence[str] | None = None, meta: bool = True,
                            shuffle_shards: bool = False, seed: int = 0, split: bool = True,
                            shuffle_buffer: int = 0, excluded: Mapping[str, frozenset[str]] | None = None) -> list:
     """The webdataset stages that read ``urls`` into TokenSamples (see ``sample_dataset``);
     ``excluded``: from ``excluded_sources``."""
     import webdataset as wds
-    from webdataset.tariterators import group_by_keys
 
+    if not meta and streams is None:
+        raise ValueError("give the streams to read when not reading KEY.json (meta=False)")
     # webdataset's shard list refuses an empty list; a dataset whose inputs all failed has no shards.
     stages: list = [wds.SimpleShardList(list(urls)) if urls else _no_shards]
     if shuffle_shards:
@@ -171,25 +331,25 @@ def sample_pipeline_stages(urls: Sequence[str], *, streams: Sequence[str] | None
     if split:
         stages += [wds.split_by_node, wds.split_by_worker]
     stages += [
-        open_shards,
-        functools.partial(_select_members, keep=_stream_selector(streams)),
-        functools.partial(group_by_keys, lcase=False),  # stream names keep their case
+        functools.partial(shard_samples, keep=_member_selector(streams, meta)),
         functools.partial(live_only, excluded=dict(excluded or {})),
-        wds.map(functools.partial(decode_sample, streams=streams)),
+        wds.map(functools.partial(decode_sample, streams=streams, meta=meta)),
     ]
     if shuffle_buffer > 0:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed))
     return stages
 
 
-def sample_dataset(output: str, *, streams: Sequence[str] | None = None, shuffle_shards: bool = False,
-                   seed: int = 0, split: bool = True, shuffle_buffer: int = 0,
+def sample_dataset(output: str, *, streams: Sequence[str] | None = None, meta: bool = True,
+                   shuffle_shards: bool = False, seed: int = 0, split: bool = True, shuffle_buffer: int = 0,
                    index: Mapping[str, Any] | None = None):
     """A ``webdataset.DataPipeline`` (a torch IterableDataset) of TokenSamples.
 
     Args:
         output: the dataset folder (holding ``index.json``), any fsspec URL.
-        streams: streams to decode (default: all). Members of other streams are skipped.
+        streams: streams to decode (default: all). Members of other streams are not read.
+        meta: read ``KEY.json`` into ``TokenSample.meta`` and check the arrays against it;
+            False (with ``streams``) reads the stream members alone, the fastest way.
         shuffle_shards: shuffle the shard order (deterministically: ``seed`` + epoch).
         seed: for the shard and sample shuffles.
         split: split shards by node and by DataLoader worker (turn off to read everything
@@ -201,7 +361,7 @@ def sample_dataset(output: str, *, streams: Sequence[str] | None = None, shuffle
 
     index = dataset.read_index(output) if index is None else index
     return wds.DataPipeline(sample_pipeline_stages(
-        shard_urls(output, index), streams=streams, shuffle_shards=shuffle_shards, seed=seed, split=split,
+        shard_urls(output, index), streams=streams, meta=meta, shuffle_shards=shuffle_shards, seed=seed, split=split,
         shuffle_buffer=shuffle_buffer, excluded=excluded_sources(output, index)))
 
 
@@ -263,7 +423,7 @@ def lm_dataset(output: str, config: lm.SequenceConfig, context_len: int, *, voca
             else lm.build_vocab(index["streams"])
     for name in config.streams:
         vocab.stream(name)  # unknown or continuous streams fail here, not in a worker
-    stages = sample_pipeline_stages(shard_urls(output, index), streams=config.streams,
+    stages = sample_pipeline_stages(shard_urls(output, index), streams=config.streams, meta=False,
                                     shuffle_shards=shuffle_shards, seed=seed, split=split,
                                     shuffle_buffer=shuffle_buffer, excluded=excluded_sources(output, index))
     stages.append(functools.partial(pack_stage, vocab=vocab, config=config, context_len=context_len,

@@ -25,14 +25,21 @@ default (s3fs buffers 50 MiB per file by default, which times a worker's dozen t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
+import io
 import logging
 import os
 import posixpath
+import random
 import re
-from typing import IO, Iterator, Mapping
+import time
+import uuid
+from typing import IO, Callable, Iterator, Mapping, TypeVar
 
 import fsspec
 
+logger = logging.getLogger(__name__)
 # fsspec protocols that run programs or are otherwise not storage.
 _REFUSED_PROTOCOLS = frozenset({"pipe", "cmd", "exec", "shell"})
 
@@ -44,6 +51,11 @@ READ_BLOCKS = 3
 # Write buffer per open file: one multipart part (S3 needs >= 5 MiB parts; GCS resumable
 # chunks must be multiples of 256 KiB).
 WRITE_BLOCK_BYTES = 8 * 1024 * 1024
+
+# botocore's own retries, kept short: :func:`retrying` retries transient errors with backoff for
+# the run's whole retry budget, and botocore's legacy mode (5 attempts, up to ~15 s) under each of
+# our attempts made every read of an unreachable endpoint stall.
+S3_CLIENT_CONFIG = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60}
 
 GCS_PROTOCOLS = frozenset({"gs", "gcs"})
 S3_PROTOCOLS = frozenset({"s3", "s3a"})
@@ -81,11 +93,12 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"(?i)(?P<keep>\bbearer\s+)[A-Za-z0-9._~+/=-]+"), r"\g<keep>" + _MASK),
     (re.compile(r"(?i)(?P<keep>\bauthorization['\"]?\s*[:=]\s*['\"]?)[^'\"\n]+"), r"\g<keep>" + _MASK),
     # key = value, "key": "value" (config files, JSON credentials, reprs)
-    (re.compile(r"(?i)(?P<keep>\b(?:aws_secret_access_key|aws_session_token|secret_access_key|secret_key|"
+    # (not a path: 'refusing pipe:cat /etc/passwd: ...' names a file, it holds no password)
+    (re.compile(r"(?i)(?P<keep>(?<![/\\.])\b(?:aws_secret_access_key|aws_session_token|secret_access_key|secret_key|"
                 r"session_token|client_secret|refresh_token|access_token|private_key|password|passwd)"
                 r"['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\g<keep>" + _MASK),
     # secret: value / api-key=value in free text (exception messages echoing a configuration)
-    (re.compile(r"(?i)(?P<keep>\b[\w-]*(?:secret|password|passwd|token|api[_-]?key|access[_-]?key(?:[_-]?id)?)\b"
+    (re.compile(r"(?i)(?P<keep>(?<![/\\.\w-])[\w-]*(?:secret|password|passwd|token|api[_-]?key|access[_-]?key(?:[_-]?id)?)\b"
                 r"\s*[=:]\s*)(?!\*\*\*)[^\s&,;'\"]+"), r"\g<keep>" + _MASK),
 )
 
@@ -207,7 +220,7 @@ def storage_options(protocol: str, environ: Mapping[str, str] | None = None) -> 
         return {}
     if protocol in S3_PROTOCOLS:
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-        return {"endpoint_url": endpoint} if endpoint else {}
+        return {**({"endpoint_url": endpoint} if endpoint else {}), "config_kwargs": dict(S3_CLIENT_CONFIG)}
     return {}
 
 
@@ -261,25 +274,40 @@ def unstrip(fs: fsspec.AbstractFileSystem, like_url: str, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local (POSIX) filesystem."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
+
+
+_is_local = is_local_fs
 
 
 def local_path(url: str) -> str | None:
     """The operating system's path of ``url`` when it names a local file (a plain path or
     ``file://``), else None."""
+    if "::" in url or ("://" in url and protocol_of(url) not in ("file", "local")):
+        return None  # another store, or a scheme fsspec does not know (nothing local to name)
     fs, path = filesystem(url)
-    return path if _is_local(fs) and "::" not in url else None
+    return path if _is_local(fs) else None
 
 
 @contextlib.contextmanager
 def open_input(url: str) -> Iterator[IO[bytes]]:
-    """Opens a file for reads, holding at most ``READ_BLOCKS`` blocks of ``READ_BLOCK_BYTES``."""
+    """Opens a file for reads, holding at most ``READ_BLOCKS`` blocks of ``READ_BLOCK_BYTES``.
+
+    On object stores, a read that fails with a transient error (see :func:`is_transient`) is
+    retried with backoff, reopening the object at the same offset; what still fails raises
+    :class:`TransientStorageError`.
+    """
     fs, path = filesystem(url)
-    kwargs = {} if _is_local(fs) else {"block_size": READ_BLOCK_BYTES, "cache_type": "blockcache",
-                                       "cache_options": {"maxblocks": READ_BLOCKS}}
-    with fs.open(path, "rb", **kwargs) as f:
+    if _is_local(fs):
+        with fs.open(path, "rb") as f:
+            yield f
+        return
+    raw = _RetryingReader(lambda: fs.open(path, "rb", block_size=READ_BLOCK_BYTES, cache_type="blockcache",
+                                          cache_options={"maxblocks": READ_BLOCKS}), url)
+    with io.BufferedReader(raw, buffer_size=64 * 1024) as f:
         yield f
 
 
@@ -298,10 +326,54 @@ def read_bytes(url: str) -> bytes:
         return f.read()
 
 
+def read_range(url: str, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of a file: one ranged request on object stores, no read-ahead."""
+    if end <= start:
+        return b""
+    fs, path = filesystem(url)
+    return fs.cat_file(path, start=start, end=end)
+
+
+class RangeReader:
+    """Reads ranges of many files: local files stay open between reads (a seek each); on object
+    stores each range is one ranged request (no read-ahead). A context manager."""
+
+    def __init__(self, max_open: int = 8):
+        self._open: dict[str, IO[bytes]] = {}
+        self._max_open = max_open
+
+    def read(self, url: str, start: int, end: int) -> bytes:
+        f = self._open.get(url)
+        if f is None:
+            fs, path = filesystem(url)
+            if not _is_local(fs):
+                return read_range(url, start, end)
+            if len(self._open) >= self._max_open:
+                self._open.pop(next(iter(self._open))).close()
+            f = self._open[url] = fs.open(path, "rb")
+        f.seek(start)
+        return f.read(end - start)
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+    def __enter__(self) -> "RangeReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_bytes(url: str, data: bytes) -> None:
-    """Writes a whole object (readers of an object store see all of it or nothing)."""
-    with open_output(url) as f:
-        f.write(data)
+    """Writes a whole object (readers of an object store see all of it or nothing; a local
+    file is written in place: use :func:`write_atomic` for files readers rely on)."""
+    def write() -> None:
+        with open_output(url) as f:
+            f.write(data)
+
+    retrying(write, f"writing {url}")
 
 
 def rename(src: str, dst: str) -> None:
@@ -310,6 +382,8 @@ def rename(src: str, dst: str) -> None:
     Object stores go through copy + delete explicitly, the same on every store: gcsfs' ``mv``
     first tries GCS's newer ``moveTo`` call and retries it for half a minute where it is not
     implemented (emulators, other S3/GCS-compatible servers) before falling back to the same.
+    Transient errors are retried; a retried move whose source is gone and whose target is
+    there had already happened.
     """
     fs, src_path = filesystem(src)
     _, dst_path = filesystem(dst)
@@ -317,25 +391,60 @@ def rename(src: str, dst: str) -> None:
         fs.makedirs(posixpath.dirname(dst_path) or ".", exist_ok=True)
         fs.mv(src_path, dst_path)
         return
-    fs.copy(src_path, dst_path)
-    fs.rm(src_path)
+
+    def move() -> None:
+        try:
+            fs.copy(src_path, dst_path)
+        except FileNotFoundError:
+            fs.invalidate_cache()
+            if fs.exists(dst_path) and not fs.exists(src_path):
+                return  # an earlier attempt copied and deleted, and its answer was lost
+            raise
+        try:
+            fs.rm(src_path)
+        except FileNotFoundError:
+            pass
+
+    retrying(move, f"moving {src} to {dst}")
 
 
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
-    return fs.exists(path)
+    return retrying(lambda: fs.exists(path), f"looking up {url}")
 
 
 def remove(url: str) -> None:
     fs, path = filesystem(url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+
+    def rm() -> None:
+        if fs.exists(path):
+            try:
+                fs.rm(path, recursive=True)
+            except FileNotFoundError:
+                pass  # gone already (a retried removal)
+
+    retrying(rm, f"removing {url}")
 
 
 def makedirs(url: str) -> None:
     fs, path = filesystem(url)
     if _is_local(fs):
         fs.makedirs(path, exist_ok=True)
+
+
+def list_folder(url: str) -> list[tuple[str, str]]:
+    """(URL, name) of each entry directly in a folder (files and folders); [] when there is none."""
+    fs, path = filesystem(url)
+    try:
+        found = retrying(lambda: fs.ls(path, detail=False), f"listing {url}")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for entry in found:
+        entry = entry.rstrip("/")
+        if entry != path.rstrip("/"):
+            out.append((unstrip(fs, url, entry), entry.rsplit("/", 1)[-1]))
+    return out
 
 
 def list_files(url_pattern: str) -> Iterator[tuple[str, dict]]:
@@ -349,16 +458,41 @@ def list_files(url_pattern: str) -> Iterator[tuple[str, dict]]:
         url_pattern = absolute(url_pattern)
     fs, path = filesystem(url_pattern)
     if not any(c in path for c in "*?["):
-        if fs.isdir(path):
+        if retrying(lambda: fs.isdir(path), f"looking up {url_pattern}"):
             path = posixpath.join(path.rstrip("/"), "**")
         else:
-            info = fs.info(path)
+            info = retrying(lambda: fs.info(path), f"looking up {url_pattern}")
             yield unstrip(fs, url_pattern, path), info
             return
-    for found, info in sorted(fs.glob(path, detail=True).items()):
+    listed = retrying(lambda: fs.glob(path, detail=True), f"listing {url_pattern}")
+    for found, info in sorted(listed.items()):
         if info.get("type") == "directory":
             continue
         yield unstrip(fs, url_pattern, found), info
+
+
+def modified_time(url: str) -> float | None:
+    """When an object was last written (Unix time), or None when it does not exist."""
+    fs, path = filesystem(url)
+    try:
+        info = retrying(lambda: fs.info(path), f"looking up {url}")
+    except FileNotFoundError:
+        return None
+    for key in ("mtime", "LastModified", "updated", "timeCreated", "created"):
+        value = info.get(key)
+        if value in (None, ""):
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            from datetime import datetime
+
+            return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+    return None
 
 
 def version_marker(info: dict) -> str | None:
@@ -368,3 +502,437 @@ def version_marker(info: dict) -> str | None:
         if value not in (None, ""):
             return f"{key}:{value}".replace('"', "")
     return None
+
+
+# ------------------------------------------------------------------ transient errors and retries
+
+
+class TransientStorageError(OSError):
+    """A storage call that kept failing with errors that may pass (connection refused or reset,
+    timeouts, 5xx answers, throttling) after every retry of the run.
+
+    An input whose read ends here is recorded as transient and retried by the next refresh.
+    """
+
+    transient = True
+
+
+class PreconditionFailed(OSError):
+    """A conditional write lost: the object was not at the generation the writer planned from
+    (or existed when the writer expected none)."""
+
+
+_T = TypeVar("_T")
+
+# Errno values of network failures that a later attempt may not meet.
+_TRANSIENT_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+    errno.ENETUNREACH, errno.ENETDOWN, errno.ENETRESET, errno.EPIPE, errno.EAGAIN, errno.EBUSY,
+    getattr(errno, "EREMOTEIO", -1),
+})
+# Exception class names of the storage libraries (botocore, aiohttp, requests, urllib3, fsspec)
+# for the same, matched by name so that none of them is imported here.
+_TRANSIENT_CLASSES = frozenset({
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ProxyConnectionError", "ResponseStreamingError", "IncompleteRead", "ClientConnectorError",
+    "ClientConnectionError", "ServerDisconnectedError", "ClientOSError", "ClientPayloadError", "ServerTimeoutError",
+    "ConnectionTimeoutError", "SocketTimeoutError", "ProtocolError", "ChunkedEncodingError", "FSTimeoutError",
+    "NewConnectionError", "MaxRetryError",
+})
+# HTTP statuses and S3 error codes that mean "try again".
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
+    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException",
+    "408", "429", "500", "502", "503", "504",
+})
+# Definite answers: no retry makes them go away.
+_DEFINITE = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+             PreconditionFailed)
+
+
+def _transient_alone(exc: BaseException) -> bool:
+    if isinstance(exc, TransientStorageError):
+        return True
+    if isinstance(exc, _DEFINITE):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    if any(cls.__name__ in _TRANSIENT_CLASSES for cls in type(exc).__mro__):
+        return True
+    for attr in ("status", "status_code", "code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and value in _TRANSIENT_STATUSES:
+            return True
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):  # botocore's ClientError
+        code = str((response.get("Error") or {}).get("Code", ""))
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        if code in _TRANSIENT_CODES or status in _TRANSIENT_STATUSES:
+            return True
+    return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage error may pass if the call is repeated: connection refused or reset,
+    timeouts, HTTP 408/429/5xx, throttling codes; also when such an error is the cause of the
+    one raised (libraries wrap them). Missing objects, refused permissions and lost
+    preconditions are definite answers, never transient."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, _DEFINITE):
+            return False
+        if _transient_alone(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How transient storage errors are retried inside a run.
+
+    Attributes:
+        total_s: give up once this many seconds have passed since the first attempt
+            (0: no retries).
+        first_s: the first wait; each next one doubles, with jitter.
+        max_s: the longest single wait.
+    """
+
+    total_s: float = 120.0
+    first_s: float = 0.5
+    max_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.total_s < 0 or self.first_s <= 0 or self.max_s < self.first_s:
+            raise ValueError(f"need total_s >= 0 and 0 < first_s <= max_s. Found: {self}")
+
+    def waits(self) -> Iterator[float]:
+        """The waits between attempts (jittered, capped), until ``total_s`` would be passed."""
+        spent, wait = 0.0, self.first_s
+        while True:
+            pause = wait * random.uniform(0.5, 1.0)
+            if spent + pause > self.total_s:
+                return
+            spent += pause
+            yield pause
+            wait = min(wait * 2, self.max_s)
+
+
+RETRY_ENV = "AUDIOTOK_STORAGE_RETRY_S"
+
+
+def retry_policy(environ: Mapping[str, str] | None = None) -> RetryPolicy:
+    """The run's retry policy: :class:`RetryPolicy` with ``total_s`` from ``AUDIOTOK_STORAGE_RETRY_S``
+    when set (read here, like the endpoints: workers of portable runners get no pipeline options)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(RETRY_ENV, "")
+    if not raw:
+        return RetryPolicy()
+    try:
+        total = float(raw)
+    except ValueError:
+        raise ValueError(f"{RETRY_ENV} must be a number of seconds. Found: {raw!r}") from None
+    return RetryPolicy(total_s=max(0.0, total))
+
+
+def retrying(call: Callable[[], _T], what: str, policy: RetryPolicy | None = None) -> _T:
+    """``call()``, repeated with backoff while it fails with a transient error.
+
+    Args:
+        call: the storage operation (idempotent: it may run more than once).
+        what: what it does, for the log line and the error (``reading gs://b/x``).
+        policy: default :func:`retry_policy`.
+
+    Raises:
+        TransientStorageError: when it still fails transiently once the policy's time is spent
+            (its cause is the last error).
+        Exception: any non-transient error, at once.
+    """
+    policy = policy or retry_policy()
+    waits = policy.waits()
+    attempts, start = 0, time.monotonic()
+    while True:
+        attempts += 1
+        try:
+            return call()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            pause = next(waits, None)
+            if pause is None:
+                raise TransientStorageError(
+                    f"{what}: {_one_line(e)} (still failing after {attempts} attempt(s) over "
+                    f"{time.monotonic() - start:.0f} s)") from e
+            logger.warning("%s: %s; retrying in %.1f s", redact(what), redact(_one_line(e)), pause)
+            time.sleep(pause)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}"[:300]
+
+
+class _RetryingReader(io.RawIOBase):
+    """A read-only, seekable view of an object store file that reopens the object at the same
+    offset when a read fails transiently (see :func:`retrying`)."""
+
+    def __init__(self, opener: Callable[[], IO[bytes]], url: str):
+        super().__init__()
+        self._opener, self._url, self._pos = opener, url, 0
+        self._file: IO[bytes] | None = retrying(opener, f"opening {url}")
+
+    @property
+    def size(self) -> int | None:
+        return getattr(self._file, "size", None)
+
+    @property
+    def file(self) -> IO[bytes] | None:
+        """The store's file object read through now (None between a failure and the reopen)."""
+        return self._file
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _do(self, op: Callable[[IO[bytes]], _T], what: str) -> _T:
+        fresh = [False]
+
+        def attempt() -> _T:
+            if self._file is None or fresh[0]:
+                self._reopen()
+            fresh[0] = True  # a failed attempt leaves the file in an unknown state: reopen the next
+            return op(self._file)
+
+        return retrying(attempt, f"{what} {self._url}")
+
+    def _reopen(self) -> None:
+        old, self._file = self._file, None
+        if old is not None:
+            try:
+                old.close()
+            except Exception:  # the failed connection's file: nothing more to read from it
+                pass
+        self._file = self._opener()
+        self._file.seek(self._pos)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._do(lambda f: f.read(size), "reading")
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._pos = self._do(lambda f: f.seek(offset, whence), "seeking in")
+        return self._pos
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+        super().close()
+
+
+# ------------------------------------------------------------------ atomic writes and generations
+
+
+def generation(url: str) -> str | None:
+    """The current generation of an object, or None when there is none.
+
+    GCS: the object generation; S3: the ETag; local files: inode, change time and size (every
+    :func:`write_atomic` makes a new inode); other stores: the version marker of their listing.
+    """
+    fs, path = filesystem(url)
+    if _is_local(fs):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
+    def lookup() -> str | None:
+        try:
+            fs.invalidate_cache(path)
+            info = fs.info(path)
+        except FileNotFoundError:
+            return None
+        if info.get("type") == "directory":
+            return None
+        value = info.get("generation") or info.get("ETag") or info.get("etag")
+        return str(value).strip('"') if value not in (None, "") else (version_marker(info) or "")
+
+    return retrying(lookup, f"looking up {url}")
+
+
+def read_versioned(url: str) -> tuple[bytes, str]:
+    """An object's bytes and the generation they belong to (see :func:`generation`).
+
+    Raises:
+        FileNotFoundError: when the object does not exist.
+    """
+    for _ in range(5):
+        before = generation(url)
+        if before is None:
+            raise FileNotFoundError(url)
+        data = read_bytes(url)
+        if generation(url) == before:
+            return data, before
+    raise TransientStorageError(f"reading {url}: it changed under every one of 5 reads")
+
+
+def write_atomic(url: str, data: bytes, if_generation: str | None = None, if_absent: bool = False) -> None:
+    """Publishes a whole object so that readers see the old bytes or the new ones, never a part.
+
+    Local (POSIX) files: written under a temporary name in the same folder, flushed to disk,
+    then renamed over the target (``if_absent``: linked, which fails when the target exists).
+    A full disk or a crash at any byte leaves the previous version intact. GCS and S3: one
+    single-object write, conditional on the generation (``ifGenerationMatch``, ``If-Match``)
+    or on absence (``ifGenerationMatch=0``, ``If-None-Match: *``). Other stores: the check,
+    then a plain write.
+
+    Args:
+        url: the object.
+        data: its new bytes.
+        if_generation: write only if the object is at this generation (:func:`generation`).
+        if_absent: write only if there is no object.
+
+    Raises:
+        PreconditionFailed: the object was not at ``if_generation`` (or existed, with ``if_absent``).
+    """
+    if if_generation is not None and if_absent:
+        raise ValueError("give if_generation or if_absent, not both")
+    fs, path = filesystem(url)
+    if _is_local(fs):
+        _write_atomic_local(path, data, if_generation, if_absent)
+        return
+    protocol = protocol_of(url)
+
+    def write() -> None:
+        try:
+            if protocol in S3_PROTOCOLS:
+                _write_s3(fs, path, data, if_generation, if_absent)
+            elif protocol in GCS_PROTOCOLS:
+                _write_gcs(fs, path, data, if_generation, if_absent)
+            else:
+                _check_precondition(url, if_generation, if_absent)
+                fs.pipe_file(path, data)
+        except PreconditionFailed:
+            raise
+        except FileExistsError as e:  # how s3fs and gcsfs report a lost 412 precondition
+            raise PreconditionFailed(f"{url} changed since it was read ({e})") from e
+        except OSError as e:
+            if _lost_precondition(e):
+                raise PreconditionFailed(f"{url} changed since it was read ({e})") from e
+            raise
+        finally:
+            fs.invalidate_cache(path)
+
+    try:
+        retrying(write, f"writing {url}")
+    except PreconditionFailed:
+        # A retried write whose first attempt landed (its answer lost) fails its own precondition.
+        try:
+            if read_bytes(url) == data:
+                return
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _lost_precondition(e: BaseException) -> bool:
+    """An HTTP 412 answer, however the library wrapped it (s3fs: OSError(EINVAL) from a ClientError)."""
+    while e is not None:
+        response = getattr(e, "response", None)
+        if isinstance(response, Mapping):
+            if (str((response.get("Error") or {}).get("Code", "")) in ("PreconditionFailed", "412")
+                    or (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") == 412):
+                return True
+        if getattr(e, "code", None) == 412 or getattr(e, "status", None) == 412:
+            return True
+        e = e.__cause__
+    return False
+
+
+def _check_precondition(url: str, if_generation: str | None, if_absent: bool) -> None:
+    if if_generation is None and not if_absent:
+        return
+    current = generation(url)
+    if if_absent and current is not None:
+        raise PreconditionFailed(f"{url} exists")
+    if if_generation is not None and current != if_generation:
+        raise PreconditionFailed(f"{url} changed since it was read (generation {current}, expected {if_generation})")
+
+
+def _write_atomic_local(path: str, data: bytes, if_generation: str | None, if_absent: bool) -> None:
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if if_absent:
+            try:
+                os.link(temp, path)  # fails if the target exists: an exclusive create
+            except FileExistsError:
+                raise PreconditionFailed(f"{path} exists") from None
+        else:
+            # The lease (audiotok.transforms.lease) makes this check-then-rename the only writer's.
+            _check_precondition(path, if_generation, False)
+            os.replace(temp, path)
+    finally:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _write_s3(fs, path: str, data: bytes, if_generation: str | None, if_absent: bool) -> None:
+    conditions = {}
+    if if_absent:
+        conditions["IfNoneMatch"] = "*"
+    elif if_generation is not None:
+        conditions["IfMatch"] = f'"{if_generation}"'
+    # One PUT (up to 5 GB): S3 shows all of it or nothing.
+    fs.pipe_file(path, data, chunksize=max(len(data), 1 << 20) + 1, **conditions)
+
+
+def _write_gcs(fs, path: str, data: bytes, if_generation: str | None, if_absent: bool) -> None:
+    from urllib.parse import quote
+
+    bucket, key, _ = fs.split_path(path)
+    match = "0" if if_absent else if_generation
+    params = {"uploadType": "media", "name": key}
+    if match is not None:
+        params["ifGenerationMatch"] = str(match)
+    # One media upload: GCS shows all of it or nothing.
+    fs.call("POST", f"{fs._location}/upload/storage/v1/b/{quote(bucket, safe='')}/o", data=data,
+            headers={"Content-Type": "application/octet-stream"}, json_out=True, **params)

@@ -111,6 +111,7 @@ def stream_descriptions(tokenizers: Sequence[Tokenizer]) -> dict[str, dict[str, 
         for spec in tok.streams:
             out[spec.name] = {
                 **spec.to_dict(),
+                "sample_rate": tok.sample_rate,  # what the tokenizer resampled the segment to
                 "family": tok.family,
                 "tokenizer": tok.name,
                 "tokenizer_version": tok.version,

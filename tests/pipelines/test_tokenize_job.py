@@ -16,6 +16,7 @@ from audio_fixtures import synth_speechlike, write_audio
 from audiotok.pipelines import cli
 from audiotok.pipelines import tokenize as job
 from audiotok.transforms import failures
+from dataset_fixtures import flat_index as fx_flat_index
 from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.read import ReadSegments
@@ -47,7 +48,7 @@ def job_config(corpus, out, specs="logmel", **kw) -> job.JobConfig:
 
 
 def read_dataset(out):
-    index = json.load(open(out / "index.json"))
+    index = fx_flat_index(out)
     urls = [str(out / s["url"]) for s in index["shards"]]
     return index, list(wds.WebDataset(urls, shardshuffle=False).decode())
 

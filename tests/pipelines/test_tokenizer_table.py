@@ -29,6 +29,8 @@ def test_rates_and_sizes_come_from_the_stream_specs():
     assert rows["hubert-emb"]["bytes_per_hour"] == 50 * 768 * 2 * 3600  # float16 [T, 768]
     assert rows["hubert-l9-km500"]["tokens_per_s"] == 50.0
     assert rows["mimi"]["tokens_per_s"] == 100.0
+    assert (rows["logmel"]["frame_centres"], rows["mfcc-kmeans"]["frame_centres"]) == ("10 i", "10 i")
+    assert rows["hubert-emb"]["frame_centres"] == "12.5 + 20 i" and rows["mimi"]["frame_centres"] == "40 + 80 i"
     assert {r["stream"] for r in rows.values() if r["tokenizer"] == "snac-24k"} == {
         "snac-24k-s0", "snac-24k-s1", "snac-24k-s2"}
 

@@ -8,7 +8,8 @@
 * Dataflow as far as it goes offline: the job Beam would submit (``--dry_run``), with the
   GPU flags, the container and the ``--setup_file`` sdist; the Flex Template entry point;
   the template spec from ``gcloud ... --print-only``; the Cloud Scheduler request.
-* Spark and Flink on their job-server jars, when Maven serves the jars (skipped otherwise).
+* Spark and Flink: the profiles' flags, and the job-server jars (fetched, or the test job
+  server assembled) with a stand-in Maven; the job itself runs in ``test_spark_flink.py``.
 """
 
 from __future__ import annotations
@@ -95,13 +96,33 @@ def test_dataflow_gpu_flags_merge_with_the_users_list_entries():
     assert flags["machine_type"] == ["n1-standard-8"]  # aliases count as the same flag
 
 
-def test_spark_and_flink_default_to_local_masters_with_loopback_workers():
-    assert _flags("spark")["environment_type"] == ["LOOPBACK"]
-    assert _flags("flink")["flink_master"] == ["[local]"]
+def test_spark_and_flink_default_to_local_masters_with_loopback_workers(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUDIOTOK_JAR_CACHE", str(tmp_path))  # nothing cached: Beam would download the jar
+    spark, flink = _flags("spark"), _flags("flink")
+    assert spark["spark_master_url"] == ["local[2]"] and spark["environment_type"] == ["LOOPBACK"]
+    assert flink["flink_master"] == ["[local]"] and flink["parallelism"] == ["2"]
+    assert spark["environment_cache_millis"] == flink["environment_cache_millis"] == ["60000"]
+    assert "spark_job_server_jar" not in spark and "flink_job_server_jar" not in flink
     with pytest.raises(ValueError, match="environment_type"):
         profiles.beam_flags("spark", ["--spark_master_url=spark://cluster:7077"])
     remote = _flags("flink", "--flink_master=jm:8081", "--environment_type=EXTERNAL", "--environment_config=w:50000")
-    assert remote["environment_type"] == ["EXTERNAL"]
+    assert remote["environment_type"] == ["EXTERNAL"] and "parallelism" not in remote
+
+
+def test_profiles_use_the_sdks_jar_else_the_test_job_server_on_local_masters_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUDIOTOK_JAR_CACHE", str(tmp_path))
+    test_jar = tmp_path / jobservers.TEST_JOB_SERVERS["spark"].name / jobservers.TEST_JOB_SERVERS["spark"].jar_name
+    test_jar.parent.mkdir()
+    test_jar.write_bytes(b"PK")
+    assert _flags("spark")["spark_job_server_jar"] == [str(test_jar)]
+    cluster = _flags("spark", "--spark_master_url=spark://m:7077", "--environment_type=DOCKER")
+    assert "spark_job_server_jar" not in cluster  # a cluster never gets the Beam 2.56 scaffolding
+    own = tmp_path / jobservers.coordinates("spark").file_name
+    own.write_bytes(b"PK")
+    assert _flags("spark")["spark_job_server_jar"] == [str(own)]
+    assert _flags("spark", "--spark_master_url=spark://m:7077", "--environment_type=DOCKER")[
+        "spark_job_server_jar"] == [str(own)]
+    assert _flags("spark", "--spark_job_server_jar=/x.jar")["spark_job_server_jar"] == ["/x.jar"]
 
 
 def test_job_server_jar_coordinates_follow_the_sdk_version():
@@ -187,16 +208,24 @@ def _dry_run_job(profile: str, flags: list[str]):
     return environment, staged, image
 
 
+def _field(message, name: str):
+    """A field of Dataflow's job message: snake_case in Beam's own client, camelCase in the
+    apitools client of older Beam releases."""
+    if hasattr(message, name):
+        return getattr(message, name)
+    return getattr(message, re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name))
+
+
 @pytest.mark.slow
 def test_dataflow_gpu_job_asks_for_the_gpu_and_our_container(gcs, monkeypatch):
     for k, v in gcs.env.items():
         monkeypatch.setenv(k, v)
     environment, staged, image = _dry_run_job("dataflow-gpu", [f"--sdk_container_image={IMAGE}"])
-    assert list(environment.service_options) == [f"worker_accelerator={profiles.GPU_ACCELERATOR}"]
-    assert "no_use_multiple_sdk_containers" not in environment.experiments
-    (pool,) = environment.worker_pools
-    assert pool.machine_type == profiles.GPU_MACHINE_TYPE and pool.disk_size_gb == 50
-    assert [i.container_image for i in pool.sdk_harness_container_images] == [IMAGE]
+    assert list(_field(environment, "service_options")) == [f"worker_accelerator={profiles.GPU_ACCELERATOR}"]
+    assert "no_use_multiple_sdk_containers" not in _field(environment, "experiments")
+    (pool,) = _field(environment, "worker_pools")
+    assert _field(pool, "machine_type") == profiles.GPU_MACHINE_TYPE and _field(pool, "disk_size_gb") == 50
+    assert [_field(i, "container_image") for i in _field(pool, "sdk_harness_container_images")] == [IMAGE]
     assert image == IMAGE
     assert "workflow.tar.gz" not in staged  # the package is in the image
 
@@ -208,7 +237,9 @@ def test_dataflow_cpu_job_ships_our_package_with_setup_file(gcs, monkeypatch):
     for k, v in gcs.env.items():
         monkeypatch.setenv(k, v)
     environment, staged, image = _dry_run_job("dataflow", [])
-    assert image.endswith(f"beam_python{sys.version_info.major}.{sys.version_info.minor}_sdk:2.77.0")
+    import apache_beam
+
+    assert image.endswith(f"beam_python{sys.version_info.major}.{sys.version_info.minor}_sdk:{apache_beam.__version__}")
     with tarfile.open(staged["workflow.tar.gz"]) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
     assert {"setup.py", "pipelines/tokenize.py", "transforms/storage.py", "runners/profiles.py",
@@ -259,6 +290,19 @@ def test_flex_template_metadata_names_real_flags():
     assert args.batch_max_s == 120.5 and args.torch_threads == 1 and args.segmenter == "vad"
 
 
+def test_flex_template_metadata_is_written_from_the_flags():
+    """metadata.json is generated (python -m audiotok.runners.dataflow.metadata --write ...): its
+    help texts are the flags' (so the config fields'), and its checks their choices and types."""
+    from audiotok.runners.dataflow import metadata
+
+    with open(os.path.join(REPO_ROOT, "runners", "dataflow", "metadata.json"), encoding="utf-8") as f:
+        assert f.read() == metadata.render(), "rerun python -m audiotok.runners.dataflow.metadata --write ..."
+    by_name = {p["name"]: p for p in metadata.metadata()["parameters"]}
+    assert by_name["segmenter"]["regexes"] == ["^(fixed|vad|energy)$"]
+    assert "(default 240)" in by_name["batch_max_s"]["helpText"]
+    assert "isOptional" not in by_name["output"]
+
+
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
 def test_gcloud_builds_the_flex_template_spec(tmp_path):
     env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "PROJECT": "audiotok-test",
@@ -295,41 +339,6 @@ def test_scheduler_request_launches_the_template(tmp_path):
     assert launch["containerSpecGcsPath"] == "gs://tokens/templates/audiotok-tokenize.json"
     assert launch["parameters"] == {"input": "gs://corpus/**", "output": "gs://tokens/ds", "tokenizer": "logmel,mfcc",
                                     "profile": "dataflow-gpu", "sdk_container_image": IMAGE}
-
-
-# ------------------------------------------------------------------ Spark and Flink
-
-
-@pytest.fixture(scope="module")
-def job_server_jars() -> dict:
-    """runner -> the cached jar, or the JarUnavailable that says why not. Both fetched at
-    once: most of a fetch is Maven starting up (a failure is remembered for a day)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def fetch(runner):
-        try:
-            return jobservers.fetch_jar(jobservers.coordinates(runner), timeout_s=240)
-        except jobservers.JarUnavailable as e:
-            return e
-
-    with ThreadPoolExecutor(2) as pool:
-        return dict(zip(jobservers.RUNNERS, pool.map(fetch, jobservers.RUNNERS)))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("runner", jobservers.RUNNERS)
-def test_job_server_runners_write_what_the_in_process_run_writes(runner, job_server_jars, tmp_path):
-    """Beam's Spark (local[2]) or Flink ([local]) job server from its jar, fetched with Maven
-    into ~/.cache/audiotok/jars. Skipped, with Maven's answer, where the jar is not served."""
-    if shutil.which("java") is None:
-        pytest.skip("java is not installed")
-    jar = job_server_jars[runner]
-    if isinstance(jar, Exception):
-        pytest.skip(str(jar))
-    flag = {"spark": "--spark_job_server_jar", "flink": "--flink_job_server_jar"}[runner]
-    _run(os.path.join(EXAMPLE_CORPUS, "**"), str(tmp_path / "out"), runner, [f"{flag}={jar}"])
-    assert dataset_digest(str(tmp_path / "out")) == local_reference()
 
 
 # ------------------------------------------------------------------ Prism

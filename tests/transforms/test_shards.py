@@ -84,23 +84,26 @@ def test_finalize_names_index_and_cleans(tmp_path):
     temp = os.path.join(out, "_tmp", "run1")
     with ShardWriter(temp, ShardConfig(max_samples=2), SPECS) as w:
         written = [x for i in range(5) for x in w.add(make_sample(4 - i))] + w.close()
-    fail = shards.write_failures_file(temp, [Failure("u", "empty", "no bytes", stage="decode")])
+    fail = Failure("u", "empty", "no bytes", stage="decode")
     refs = [AudioRef(f"/in/clip{i:03d}.wav") for i in range(5)] + [AudioRef("u")]
-    index = shards.finalize(out, temp, written + [fail], {"streams": SPECS}, shards.RunPlan(),
-                            listed=refs, selected=[r.uri for r in refs])
-    assert [s["url"] for s in index["shards"]] == ["shards/v000001/shard-000000.tar",
-                                                     "shards/v000001/shard-000001.tar",
-                                                     "shards/v000001/shard-000002.tar"]
+    index = shards.finalize(out, temp, written, {"streams": SPECS}, shards.RunPlan(),
+                            listed=refs, selected=[r.uri for r in refs], failures=[fail])
+    rows = list(dataset.shard_rows(out, index))
+    assert [s["url"] for s in rows] == ["shards/v000001/shard-000000-0000.tar",
+                                        "shards/v000001/shard-000000-0001.tar",
+                                        "shards/v000001/shard-000000-0002.tar"]
     assert index["totals"]["samples"] == 5 and index["totals"]["failures"] == 1
     assert index["totals"]["failures_by_reason"] == {"empty": 1}
+    [failure_row] = dataset.failure_rows(out, index)
+    assert failure_row["records"] == 1 and json.loads(open(os.path.join(out, failure_row["url"])).read())["uri"] == "u"
     assert not os.path.exists(temp)
     assert json.load(open(os.path.join(out, "index.json"))) == index
+    assert set(index) == {"format", "version", "dataset_version", "streams", "totals", "layout"}  # rows: in parts
     # Shards are named in key order, whatever order the writers finished in.
     first_keys = [next(iter(wds.WebDataset(os.path.join(out, s["url"]), shardshuffle=False)))["__key__"]
-                  for s in index["shards"]]
+                  for s in rows]
     assert first_keys == sorted(first_keys)
-    keys = [s["__key__"] for s in wds.WebDataset([os.path.join(out, s["url"]) for s in index["shards"]],
-                                                  shardshuffle=False)]
+    keys = [s["__key__"] for s in wds.WebDataset([os.path.join(out, s["url"]) for s in rows], shardshuffle=False)]
     assert sorted(keys) == sorted(make_sample(i).key for i in range(5))
 
 
@@ -117,3 +120,28 @@ def test_abort_removes_partial_shard(tmp_path):
 def test_config_checks(value):
     with pytest.raises(ValueError, match="Found"):
         ShardConfig(max_samples=value)
+
+
+@pytest.mark.parametrize("per_file", [2, 1000])
+def test_spilled_samples_make_the_shards_the_writer_makes(tmp_path, monkeypatch, per_file):
+    """Samples reach the bucket writers through spill files (tokens never sit in the runner): the
+    shards are the bytes a writer makes from the samples sorted by key."""
+    monkeypatch.setattr(shards, "SPILL_SAMPLES_PER_FILE", per_file)
+    samples = [make_sample(i) for i in (3, 1, 4, 0, 2)]  # in arrival order
+    temp, out = str(tmp_path / "tmp"), str(tmp_path / "out")
+    spill = shards._SpillFn(temp, SPECS, files_per_bucket=100)
+    spill.start_bundle()
+    sections = [e for s in samples for e in spill.process(s, len(samples))]
+    sections += [wv.value for wv in spill.finish_bundle()]
+    assert {bucket for bucket, _ in sections} == {0}  # 5 inputs, 100 per bucket
+    assert len({url for _, (url, _, _) in sections}) == (3 if per_file == 2 else 1)
+    writer = shards._WriteBucketFn(out, temp, 1, ShardConfig(max_samples=2), SPECS)
+    outputs = list(writer.process((0, [section for _, section in sections]), 1))
+    rows = [o.value[1] for o in outputs if o.tag == "rows"]
+    assert [r["url"] for r in rows] == [f"shards/v000001/shard-000000-{i:04d}.tar" for i in range(3)]
+    direct = write_all(tmp_path / "direct", sorted(samples, key=lambda s: s.key), ShardConfig(max_samples=2))
+    for row, w in zip(rows, direct):
+        assert open(os.path.join(out, row["url"]), "rb").read() == open(w.temp_url, "rb").read()
+        assert (row["samples"], row["bytes"], row["tokens"]) == (w.samples, w.bytes, dict(w.tokens))
+    produced = shards.contributions_of(o.value[1] for o in outputs if o.tag == "produced")
+    assert sorted(stats["uri"] for _, _, stats in produced) == sorted(s.meta["source"]["uri"] for s in samples)

@@ -52,10 +52,10 @@ def test_storage_options_follow_the_environment():
         "endpoint_url": "http://localhost:9023", "token": "anon"}
     assert storage.storage_options("gcs", {"STORAGE_EMULATOR_HOST": "default"}) == {}
     assert storage.storage_options("s3", {"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"}) == {
-        "endpoint_url": "http://127.0.0.1:5000"}
+        "endpoint_url": "http://127.0.0.1:5000", "config_kwargs": storage.S3_CLIENT_CONFIG}
     # the service-specific variable wins, as in botocore
-    assert storage.storage_options("s3", {"AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_S3": "http://b"}) == {
-        "endpoint_url": "http://b"}
+    assert storage.storage_options("s3", {"AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_S3": "http://b"})[
+        "endpoint_url"] == "http://b"
     assert storage.storage_options("file", {"AWS_ENDPOINT_URL": "http://a"}) == {}
 
 
@@ -173,3 +173,172 @@ def test_memory_filesystem_round_trip():
     (found, _), = storage.list_files("memory://audiotok-test/**")
     assert found.endswith("audiotok-test/b/x.bin") and storage.read_bytes(found) == b"123"
     storage.remove("memory://audiotok-test")
+
+
+# ------------------------------------------------------------------ atomic writes and generations
+
+
+def test_write_atomic_replaces_whole_files_and_leaves_no_temp(tmp_path):
+    url = str(tmp_path / "meta" / "index.json")
+    storage.write_atomic(url, b"one")
+    first = storage.generation(url)
+    storage.write_atomic(url, b"two", if_generation=first)
+    assert storage.read_bytes(url) == b"two" and storage.generation(url) != first
+    assert sorted(p.name for p in (tmp_path / "meta").iterdir()) == ["index.json"]
+    assert storage.read_versioned(url) == (b"two", storage.generation(url))
+
+
+def test_write_atomic_failing_at_any_byte_keeps_the_previous_version(tmp_path, monkeypatch):
+    """A full disk while the new bytes are written: the old file is whole, no temp is left."""
+    import errno
+    import os as os_module
+
+    url = str(tmp_path / "index.json")
+    storage.write_atomic(url, b'{"old": true}')
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os_module, "fsync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        storage.write_atomic(url, b'{"new": true, "padding": "' + b"x" * 100_000 + b'"}')
+    assert storage.read_bytes(url) == b'{"old": true}'
+    assert [p.name for p in tmp_path.iterdir()] == ["index.json"]
+
+
+def test_write_atomic_preconditions(tmp_path):
+    url = str(tmp_path / "lease.json")
+    storage.write_atomic(url, b"mine", if_absent=True)
+    with pytest.raises(storage.PreconditionFailed):
+        storage.write_atomic(url, b"theirs", if_absent=True)
+    stale = storage.generation(url)
+    storage.write_atomic(url, b"changed")
+    with pytest.raises(storage.PreconditionFailed):
+        storage.write_atomic(url, b"late", if_generation=stale)
+    assert storage.read_bytes(url) == b"changed"
+    assert storage.generation(str(tmp_path / "missing")) is None
+    with pytest.raises(FileNotFoundError):
+        storage.read_versioned(str(tmp_path / "missing"))
+
+
+def test_write_atomic_on_an_object_store_checks_the_precondition():
+    base = "memory://audiotok-atomic"
+    storage.write_atomic(f"{base}/x", b"1", if_absent=True)
+    with pytest.raises(storage.PreconditionFailed):
+        storage.write_atomic(f"{base}/x", b"2", if_absent=True)
+    storage.remove(base)
+
+
+# ------------------------------------------------------------------ transient errors
+
+
+class _ClientError(Exception):
+    """Shaped like botocore's ClientError."""
+
+    def __init__(self, code, status):
+        super().__init__(code)
+        self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+
+class EndpointConnectionError(Exception):
+    """Named like botocore's: matched by name."""
+
+
+def _wrapped(cause):
+    try:
+        raise cause
+    except Exception as e:
+        try:
+            raise OSError(5, "wrapped by the library") from e
+        except OSError as outer:
+            return outer
+
+
+@pytest.mark.parametrize("error", [
+    ConnectionRefusedError(111, "Connection refused"), ConnectionResetError(), TimeoutError("read timed out"),
+    EndpointConnectionError('Could not connect to the endpoint URL: "http://127.0.0.1:9/b"'),
+    _ClientError("SlowDown", 503), _ClientError("InternalError", 500), _ClientError("Throttling", 400),
+    _wrapped(ConnectionRefusedError(111, "refused")), _wrapped(_ClientError("ServiceUnavailable", 503)),
+])
+def test_transient_errors_are_recognised(error):
+    assert storage.is_transient(error)
+
+
+@pytest.mark.parametrize("error", [
+    FileNotFoundError("gone"), PermissionError("denied"), ValueError("bad"), _ClientError("AccessDenied", 403),
+    _ClientError("NoSuchKey", 404), storage.PreconditionFailed("lost"), _wrapped(FileNotFoundError("x")),
+])
+def test_definite_errors_are_not_transient(error):
+    assert not storage.is_transient(error)
+
+
+def test_retrying_outlasts_a_short_outage_and_gives_up_after_its_budget(monkeypatch):
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 4:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return "ok"
+
+    assert storage.retrying(flaky, "reading s3://b/x", storage.RetryPolicy(total_s=60)) == "ok"
+    assert len(calls) == 4
+
+    def down():
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(storage.TransientStorageError, match="reading s3://b/x: ConnectionRefusedError") as e:
+        storage.retrying(down, "reading s3://b/x", storage.RetryPolicy(total_s=3, first_s=0.5, max_s=1))
+    assert storage.is_transient(e.value) and isinstance(e.value, OSError)
+    with pytest.raises(FileNotFoundError):  # definite errors pass at once
+        storage.retrying(lambda: (_ for _ in ()).throw(FileNotFoundError("x")), "reading x")
+
+
+def test_retry_policy_from_the_environment():
+    assert storage.retry_policy({}) == storage.RetryPolicy()
+    assert storage.retry_policy({storage.RETRY_ENV: "5"}).total_s == 5
+    assert list(storage.retry_policy({storage.RETRY_ENV: "0"}).waits()) == []
+    waits = list(storage.RetryPolicy(total_s=30, first_s=1, max_s=8).waits())
+    assert sum(waits) <= 30 and max(waits) <= 8 and len(waits) >= 4
+
+
+def test_a_read_that_breaks_mid_object_resumes_at_its_offset(monkeypatch):
+    """An object store connection dropped mid-read: the reader reopens the object where it was."""
+    import fsspec.implementations.memory as memory
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    url = "memory://audiotok-retry/x.bin"
+    payload = bytes(range(256)) * 1000
+    storage.write_bytes(url, payload)
+    real_read = memory.MemoryFile.read
+    state = {"reads": 0}
+
+    def dropping_read(self, *args):
+        state["reads"] += 1
+        if state["reads"] in (3, 4):
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return real_read(self, *args)
+
+    monkeypatch.setattr(memory.MemoryFile, "read", dropping_read)
+    with storage.open_input(url) as f:
+        head = f.read(1000)
+        f.seek(5000)
+        middle = f.read(70_000)
+        f.seek(-10, 2)
+        tail = f.read()
+    assert head == payload[:1000] and middle == payload[5000:75_000] and tail == payload[-10:]
+    assert state["reads"] > 4
+    storage.remove("memory://audiotok-retry")
+
+
+def test_redact_leaves_a_path_named_like_a_secret_alone():
+    """A pipe: refusal names /etc/passwd: a path, not a password; the message stays readable."""
+    from audiotok.transforms.failures import Failure
+
+    with pytest.raises(ValueError) as e:
+        storage.check_url("pipe:cat /etc/passwd")
+    assert storage.redact(str(e.value)) == str(e.value)
+    assert "only storage URLs" in Failure("m.jsonl:3", "bad_manifest", str(e.value)).message
+    assert storage.redact("password: hunter22") == "password: ***"
+    assert storage.redact("db_password=abc123 token: xyz") == "db_password=*** token: ***"

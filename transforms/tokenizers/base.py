@@ -47,6 +47,12 @@ class StreamSpec:
         num_codebooks: K for ``codes``; None otherwise.
         codebook_size: distinct values per codebook (discrete kinds); None for vectors.
         dim: D for ``vectors``; None otherwise.
+        frame0_center_s: where frame 0 is centred, seconds after the segment's start: frame i
+            is centred at ``start_s + frame0_center_s + i / frame_rate_hz``. A frame's centre is
+            the middle of the samples it stands for (an analysis window, a convolution's
+            receptive field, the hop a codec frame encodes), each sample counting as the
+            1 / sample_rate it lasts. Run-length deduplicated units and their durations are on
+            the same grid, one run per element.
     """
 
     name: str
@@ -56,6 +62,7 @@ class StreamSpec:
     num_codebooks: int | None = None
     codebook_size: int | None = None
     dim: int | None = None
+    frame0_center_s: float | None = None
 
     def shape(self, num_frames: int) -> tuple[int, ...]:
         if self.kind == CODES:

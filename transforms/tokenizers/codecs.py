@@ -183,14 +183,20 @@ class CodecTokenizer(Tokenizer):
             hops[f"{self.name}-scales"] = self.arch.scale_chunk
         return hops
 
+    def frame0_center_s(self, hop: int) -> float:
+        """Frame i of a stream with ``hop`` samples per frame stands for samples
+        ``[i hop, (i + 1) hop)`` (what its decoder gives back), so it is centred half a hop in."""
+        return hop / 2 / self.arch.sample_rate
+
     @property
     def streams(self) -> tuple[StreamSpec, ...]:
         a = self.arch
         specs = [StreamSpec(self.name, base.CODES, a.sample_rate / a.hop_length, "int16",
-                            num_codebooks=self.num_codebooks, codebook_size=a.codebook_size)]
+                            num_codebooks=self.num_codebooks, codebook_size=a.codebook_size,
+                            frame0_center_s=self.frame0_center_s(a.hop_length))]
         if a.scale_chunk:
             specs.append(StreamSpec(f"{self.name}-scales", base.VECTORS, a.sample_rate / a.scale_chunk, "float16",
-                                    dim=1))
+                                    dim=1, frame0_center_s=self.frame0_center_s(a.scale_chunk)))
         return tuple(specs)
 
     def num_frames(self, num_samples: int) -> int:
@@ -616,7 +622,8 @@ class Snac(CodecTokenizer):
     def streams(self) -> tuple[StreamSpec, ...]:
         a = self.arch
         return tuple(StreamSpec(name, base.CODES, a.sample_rate / hop, "int16", num_codebooks=1,
-                                codebook_size=a.codebook_size) for name, hop in self.stream_hops().items())
+                                codebook_size=a.codebook_size, frame0_center_s=self.frame0_center_s(hop))
+                     for name, hop in self.stream_hops().items())
 
     def num_frames(self, num_samples: int) -> int:
         """Frames of the finest stream (``stream_num_frames`` gives each stream's)."""

@@ -85,9 +85,18 @@ class LogMel(Tokenizer):
         return self.config.sample_rate
 
     @property
+    def n_fft(self) -> int:
+        """The FFT size: the window length rounded up to a power of two."""
+        return 1 << max(0, (self.config.win_samples - 1).bit_length())
+
+    @property
     def streams(self) -> tuple[StreamSpec, ...]:
         c = self.config
-        return (StreamSpec(self.name, base.VECTORS, c.sample_rate / c.hop_samples, "float16", dim=c.n_mels),)
+        # Centred frames: zero padding of n_fft/2 on each side, the window centred in the FFT
+        # frame, so frame i's window spans samples [i hop - win/2, i hop + win/2).
+        first = (-(self.n_fft // 2) + (self.n_fft - c.win_samples) // 2 + c.win_samples / 2) / c.sample_rate
+        return (StreamSpec(self.name, base.VECTORS, c.sample_rate / c.hop_samples, "float16", dim=c.n_mels,
+                           frame0_center_s=first),)
 
     def num_frames(self, num_samples: int) -> int:
         return frames_for(num_samples, self.config.hop_samples)
@@ -96,7 +105,7 @@ class LogMel(Tokenizer):
         import torchaudio
 
         c = self.config
-        n_fft = 1 << max(0, (c.win_samples - 1).bit_length())
+        n_fft = self.n_fft
         self._mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=c.sample_rate, n_fft=n_fft, win_length=c.win_samples, hop_length=c.hop_samples,
             f_min=c.f_min, f_max=c.f_max, n_mels=c.n_mels, center=True, pad_mode="constant", power=2.0)
@@ -193,17 +202,23 @@ class KMeansTokenizer(Tokenizer):
 
     @property
     def streams(self) -> tuple[StreamSpec, ...]:
-        rate = self.frame_rate_hz
-        units = StreamSpec(self.name, base.UNITS, rate, self.unit_dtype, codebook_size=self.config.k)
+        rate, first = self.frame_rate_hz, self.frame0_center_s
+        units = StreamSpec(self.name, base.UNITS, rate, self.unit_dtype, codebook_size=self.config.k,
+                           frame0_center_s=first)
         if not self.config.dedup:
             return (units,)
-        durations = StreamSpec(f"{self.name}-durations", base.DURATIONS, rate, "int16")
+        durations = StreamSpec(f"{self.name}-durations", base.DURATIONS, rate, "int16", frame0_center_s=first)
         return (units, durations)
 
     @property
     @abc.abstractmethod
     def frame_rate_hz(self) -> float:
         """Frames per second of the units."""
+
+    @property
+    @abc.abstractmethod
+    def frame0_center_s(self) -> float:
+        """Centre of frame 0, seconds after the segment's start (``StreamSpec.frame0_center_s``)."""
 
     def _encode_batch(self, audios: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         centroids = self.codebook.centroids
@@ -260,10 +275,17 @@ class MfccKMeansConfig(TokenizerConfig):
 
 @register("mfcc-kmeans")
 class MfccKMeans(KMeansTokenizer):
-    """int16 [T] units from Kaldi-style MFCC(+delta, +delta-delta) and a k-means codebook."""
+    """int16 [T] units from Kaldi-style MFCC(+delta, +delta-delta) and a k-means codebook.
+
+    Frames are centred like logmel's: the segment is zero-padded by half a window on each side
+    and cut into whole windows (Kaldi's ``snip_edges``), so frame i's window spans samples
+    ``[i hop - win/2, i hop + win/2)`` and units line up with logmel frames of the same hop.
+    (Version 1 let Kaldi reflect the edges with ``snip_edges=False``, which centres frame i at
+    ``i hop + hop/2``: half a frame after logmel's.)
+    """
 
     name = "mfcc-kmeans"
-    version = "1"
+    version = "2"
     config_class = MfccKMeansConfig
 
     config: MfccKMeansConfig
@@ -277,8 +299,17 @@ class MfccKMeans(KMeansTokenizer):
         return int(round(self.config.sample_rate * self.config.hop_ms / 1000))
 
     @property
+    def win_samples(self) -> int:
+        return int(self.config.sample_rate * self.config.win_ms / 1000)  # as Kaldi sizes its window
+
+    @property
     def frame_rate_hz(self) -> float:
         return self.config.sample_rate / self.hop_samples
+
+    @property
+    def frame0_center_s(self) -> float:
+        win = self.win_samples
+        return (win / 2 - win // 2) / self.config.sample_rate
 
     @property
     def feature_dim(self) -> int:
@@ -305,10 +336,11 @@ class MfccKMeans(KMeansTokenizer):
                 if t == 0:
                     out.append(np.zeros((0, self.feature_dim), dtype=np.float32))
                     continue
-                wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
+                half = self.win_samples // 2
+                wave = torch.from_numpy(np.pad(np.asarray(audio, dtype=np.float32), (half, half)))[None]
                 mfcc = torchaudio.compliance.kaldi.mfcc(
                     wave, sample_frequency=c.sample_rate, num_ceps=c.num_ceps, frame_shift=c.hop_ms,
-                    frame_length=c.win_ms, use_energy=False, snip_edges=False, dither=0.0)
+                    frame_length=c.win_ms, use_energy=False, snip_edges=True, dither=0.0)
                 mfcc = _fit_frames(mfcc, t)
                 feats = mfcc
                 if c.deltas:

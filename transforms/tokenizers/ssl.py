@@ -284,6 +284,13 @@ class _SSLMixin:
         return SAMPLE_RATE / self.backbone.arch.hop_length
 
     @property
+    def frame0_center_s(self) -> float:
+        """Frame i is the convolutional front end's output over samples ``[i hop, i hop +
+        receptive field)`` (400 samples every 320: centred at 12.5 ms + 20 i ms), as the models
+        were trained: the input is not padded to move it."""
+        return self.backbone.arch.receptive_field / 2 / SAMPLE_RATE
+
+    @property
     def feature_dim(self) -> int:
         return self.backbone.arch.hidden_size
 
@@ -347,7 +354,8 @@ class SSLEmbedding(_SSLMixin, Tokenizer):
 
     @property
     def streams(self) -> tuple[StreamSpec, ...]:
-        return (StreamSpec(self.name, base.VECTORS, self.frame_rate_hz, "float16", dim=self.feature_dim),)
+        return (StreamSpec(self.name, base.VECTORS, self.frame_rate_hz, "float16", dim=self.feature_dim,
+                           frame0_center_s=self.frame0_center_s),)
 
     def weights_identity(self) -> str | None:
         return self.backbone.checkpoint.identity()

@@ -170,3 +170,17 @@ def test_codebook_bytes_are_canonical_and_load_with_safetensors():
     np.testing.assert_array_equal(load(data)["centroids"], book.centroids)
     again = kmeans.Codebook.from_bytes(data)
     assert again.metadata["key7"] == "7" and again.to_bytes() == data
+
+
+def test_logmel_is_the_readme_definition():
+    """What the README tells users to run with torchaudio gives logmel, within float16 rounding."""
+    import torch
+    import torchaudio
+
+    audio = synth_speechlike(2.37, 16000, seed=5)[0]
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=512, win_length=400, hop_length=160, f_min=0,
+                                               f_max=None, n_mels=80, power=2.0, center=True, pad_mode="constant")
+    expected = mel(torch.from_numpy(audio)).clamp(min=1e-10).log().T[:len(audio) // 160].numpy()
+    got = LogMel(registry.create("logmel").config).encode(audio)["logmel"]
+    assert got.shape == expected.shape == (len(audio) // 160, 80)
+    assert np.array_equal(got, expected.astype(np.float16))
