@@ -74,7 +74,8 @@ _MAX_CUTS = 1 << 16
 _PRELOAD = ["audiotok.transforms.isolation", "audiotok.transforms.decode"]
 _forkserver_lock = threading.Lock()
 
-Opened = "tuple[Decoded, tuple[str, ...]] | Plan"
+# What opening an input gives: a short file decoded whole (with its notes), or a long file's plan.
+Opened = tuple[Decoded, tuple[str, ...]] | Plan
 
 
 @contextlib.contextmanager
