@@ -223,11 +223,14 @@ def chunked_vs_whole(tok_whole, tok_chunked, audio: np.ndarray) -> Differences:
     if not any(d > NEAR_FRAMES for d in result.distance):
         return result
     z_whole = latents(tok_whole, audio)
+    z_chunks: dict[int, np.ndarray] = {}
     for f, dist in zip(result.frames, result.distance):
         if dist <= NEAR_FRAMES:
             continue
         owner = next(c for c in plan if c.keep_start <= f * hop < c.keep_end)
-        z_chunk = latents(tok_chunked, audio[owner.start:owner.end])[f - owner.start // hop]
+        if owner.start not in z_chunks:
+            z_chunks[owner.start] = latents(tok_chunked, audio[owner.start:owner.end])
+        z_chunk = z_chunks[owner.start][f - owner.start // hop]
         result.far_latent_rel.append(float(np.linalg.norm(z_chunk - z_whole[f]) / np.linalg.norm(z_whole[f])))
         margin = code_margin(tok_whole, z_whole[f], as_codes(whole)[:, f], as_codes(chunked)[:, f])
         if margin is not None:
