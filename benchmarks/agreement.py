@@ -21,6 +21,9 @@ resampled to the tokenizer's rate; synthetic speech-like audio when the folder i
   only, so the segments come in pairs of equal length. Each differing frame is placed by its
   distance to its segment's end (where the padding starts).
 
+* **two torch threads vs one** (``--torch-threads``): the same segments encoded one at a time
+  with two intra-op threads and with one: CPU kernels may split their sums differently.
+
 A code that differs far from any seam is checked for a float near-tie: the encoder's latent at
 that frame is compared between the whole encode and the chunk that produced the frame
 (relative difference: float rounding is ~1e-6), and, for EnCodec and the SSL k-means units,
@@ -178,6 +181,13 @@ class Differences:
     def fraction_equal(self) -> float:
         return self.equal / self.codes if self.codes else 1.0
 
+    def add(self, other: "Differences") -> None:
+        """Adds another segment's comparison (its frames stay in its own numbering)."""
+        self.codes += other.codes
+        self.equal += other.equal
+        self.frames += other.frames
+        self.distance += other.distance
+
     @property
     def far(self) -> int:
         return sum(d > NEAR_FRAMES for d in self.distance)
@@ -213,11 +223,14 @@ def chunked_vs_whole(tok_whole, tok_chunked, audio: np.ndarray) -> Differences:
     if not any(d > NEAR_FRAMES for d in result.distance):
         return result
     z_whole = latents(tok_whole, audio)
+    z_chunks: dict[int, np.ndarray] = {}
     for f, dist in zip(result.frames, result.distance):
         if dist <= NEAR_FRAMES:
             continue
         owner = next(c for c in plan if c.keep_start <= f * hop < c.keep_end)
-        z_chunk = latents(tok_chunked, audio[owner.start:owner.end])[f - owner.start // hop]
+        if owner.start not in z_chunks:
+            z_chunks[owner.start] = latents(tok_chunked, audio[owner.start:owner.end])
+        z_chunk = z_chunks[owner.start][f - owner.start // hop]
         result.far_latent_rel.append(float(np.linalg.norm(z_chunk - z_whole[f]) / np.linalg.norm(z_whole[f])))
         margin = code_margin(tok_whole, z_whole[f], as_codes(whole)[:, f], as_codes(chunked)[:, f])
         if margin is not None:
@@ -240,12 +253,30 @@ def batched_vs_single(tok, audio: np.ndarray) -> Differences:
         chunking.BATCH_ON_CPU = False
     total = Differences()
     for piece, got in zip(pieces, batched):
-        single = tok.encode(piece)[stream]
-        d = compare(single, got[stream], [-(-len(piece) // hop)])
-        total.codes += d.codes
-        total.equal += d.equal
-        total.frames += d.frames
-        total.distance += d.distance
+        total.add(compare(tok.encode(piece)[stream], got[stream], [-(-len(piece) // hop)]))
+    return total
+
+
+def threads_vs_one(tok, audio: np.ndarray, threads: int = 2) -> Differences:
+    """Codes of the same segments with ``threads`` torch threads vs one."""
+    import torch
+
+    stream = main_stream(tok)
+    hop = hop_of(tok, stream)
+    lengths = batch_lengths(len(audio), tok.sample_rate, pairs=False)
+    starts = np.cumsum([0, *lengths[:-1]])
+    pieces = [audio[s:s + n] for s, n in zip(starts, lengths)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [tok.encode(p)[stream] for p in pieces]
+        torch.set_num_threads(threads)
+        many = [tok.encode(p)[stream] for p in pieces]
+    finally:
+        torch.set_num_threads(before)
+    total = Differences()
+    for piece, a, b in zip(pieces, one, many):
+        total.add(compare(a, b, [-(-len(piece) // hop)]))
     return total
 
 
@@ -311,8 +342,9 @@ def _worst(values: Sequence[float]) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| tokenizer | codes | chunked = whole | differing frames (near a seam / far) | far: latent rel. diff "
-             "(max) | far: code margin (max) | padded batch = one at a time | differing frames (near the end / far) |",
-             "|---|---:|---:|---|---:|---:|---:|---|"]
+             "(max) | far: code margin (max) | padded batch = one at a time | differing frames (near the end / far) "
+             "| 2 threads = 1 |",
+             "|---|---:|---:|---|---:|---:|---:|---|---:|"]
     for r in rows:
         c, b = r.get("chunked"), r["batched"]
         if c is None:
@@ -323,7 +355,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                           _worst(c["far_latent_rel"]), _worst(c["far_margin"])]
         lines.append("| " + " | ".join([
             r["tokenizer"], str(c["codes"] if c else b["codes"]), *chunk_cols, _percent(b["fraction_equal"]),
-            f"{b['differing_frames'] - b['far_frames']} / {b['far_frames']}"]) + " |")
+            f"{b['differing_frames'] - b['far_frames']} / {b['far_frames']}",
+            _percent(r["threads"]["fraction_equal"]) if r.get("threads") else "-"]) + " |")
     return "\n".join(lines)
 
 
@@ -369,11 +402,13 @@ def main(argv: list[str] | None = None) -> int:
                "chunk_s": chunked.config.chunk_s if chunked else None,
                "overlap_s": chunked.config.overlap_s if chunked else None,
                "chunked": chunked_vs_whole(whole, chunked, audio).summary() if chunked else None,
-               "batched": batched_vs_single(whole, audio[:int(BATCH_S * rate)]).summary()}
+               "batched": batched_vs_single(whole, audio[:int(BATCH_S * rate)]).summary(),
+               "threads": threads_vs_one(whole, audio[:int(BATCH_S * rate)]).summary()}
         rows.append(row)
         c = row["chunked"]
         print(f"  {name} ({seconds:g} s): chunked = whole {_percent(c['fraction_equal']) if c else 'n/a'}, padded batch = one at a "
-              f"time {_percent(row['batched']['fraction_equal'])} ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
+              f"time {_percent(row['batched']['fraction_equal'])}, 2 threads = 1 "
+              f"{_percent(row['threads']['fraction_equal'])} ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
         del whole, chunked
     print(table(rows))
     if args.json:

@@ -99,10 +99,15 @@ class TooManyFailures(RuntimeError):
         self.index, self.counters, self.wall_s = index, counters, wall_s
 
 
+def absolute_url(url: str) -> str:
+    """``url`` independent of the working directory: ``file:///...`` for a local path."""
+    return "file://" + storage.absolute(url) if storage.is_local(url) else url
+
+
 def dataset_url(url: str, output: str) -> str:
-    """How the index names a file the run read (a codebook, a checkpoint folder): relative to the
-    dataset root when it lies inside it, else its absolute URL (``file:///...`` for a local
-    path), so the index never depends on the directory the job was started from."""
+    """How the index names a codebook the run read: relative to the dataset root when it lies
+    inside it, else its :func:`absolute_url`, so the index never depends on the directory the
+    job was started from."""
     local, target = storage.is_local(url), storage.absolute(url).rstrip("/")
     out_local, root = storage.is_local(output), storage.absolute(output).rstrip("/")
     if local == out_local:
@@ -110,18 +115,20 @@ def dataset_url(url: str, output: str) -> str:
             return os.path.relpath(target, root).replace(os.sep, "/")
         if not local and target.startswith(root + "/"):
             return target[len(root) + 1:]
-    return "file://" + target if local else target
+    return absolute_url(target)
 
 
 def describe_for_index(tok: Tokenizer, output: str) -> dict[str, Any]:
-    """``tok.describe()`` with its codebook and checkpoint named as :func:`dataset_url` says
-    (a Hugging Face Hub id stays as it is)."""
+    """``tok.describe()`` with its codebook named as :func:`dataset_url` says and a checkpoint
+    folder by its absolute URL (a relative one could not be told from a Hub id, which stays as
+    it is)."""
     described = tok.describe()
     config = dict(described["config"])
-    for field in ("codebook", "model"):
-        value = config.get(field)
-        if value and not (field == "model" and weights.location_kind(value) == "hub"):
-            config[field] = dataset_url(value, output)
+    if config.get("codebook"):
+        config["codebook"] = dataset_url(config["codebook"], output)
+    model = config.get("model")
+    if model and weights.location_kind(model) != "hub":
+        config["model"] = absolute_url(model)
     return {**described, "config": config}
 
 

@@ -63,6 +63,10 @@ MANIFEST_SPLIT_BYTES = 16 << 20
 class MatchConfig:
     """What to read.
 
+    Relative local paths are made absolute (``..`` resolved) where the config is built: a file
+    has one URI, and so one sample key, whatever directory the job starts from, and workers in
+    other directories read the same files.
+
     Attributes:
         patterns: glob patterns or directories (any fsspec URL: local, ``file://``, ``gs://``,
             ``s3://``, ...); ``**`` recurses.
@@ -80,6 +84,9 @@ class MatchConfig:
             raise ValueError("give at least one input pattern or manifest")
         for url in (*self.patterns, *self.manifests):
             storage.check_url(url)
+        for field in ("patterns", "manifests"):
+            urls = tuple(storage.absolute(u) if storage.protocol_of(u) == "" else u for u in getattr(self, field))
+            object.__setattr__(self, field, urls)
 
 
 def is_excluded(url: str, exclude: Sequence[str]) -> bool:

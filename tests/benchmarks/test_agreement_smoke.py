@@ -45,5 +45,7 @@ def test_comparisons_run_on_a_tiny_codec(tmp_path):
     assert b.codes > 0 and b.fraction_equal == 1.0  # the tiny EnCodec is causal: padding changes nothing
     margin = agreement.code_margin(whole, agreement.latents(whole, audio)[10], np.array([1, 2]), np.array([1, 3]))
     assert margin is not None and margin >= 0
-    row = {"tokenizer": "encodec-24k", "chunked": c.summary(), "batched": b.summary()}
+    t = agreement.threads_vs_one(whole, audio)
+    assert t.codes == b.codes and 0.9 < t.fraction_equal <= 1.0
+    row = {"tokenizer": "encodec-24k", "chunked": c.summary(), "batched": b.summary(), "threads": t.summary()}
     assert "| encodec-24k |" in agreement.table([row])

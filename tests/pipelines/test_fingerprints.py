@@ -128,6 +128,31 @@ def test_inputs_have_one_uri_from_any_directory(tmp_path, monkeypatch):
                                    (tmp_path / "elsewhere", "../data/*.wav", "../data/m.jsonl"),
                                    (tmp_path / "data", "*.wav", "m.jsonl")):
         monkeypatch.chdir(cwd)
-        assert [ref.uri for ref in match.expand_pattern(pattern, match.DEFAULT_EXCLUDE)] == [expected]
+        config = match.MatchConfig(patterns=(pattern,), manifests=(manifest,))
+        assert config.manifests == (str(tmp_path / "data" / "m.jsonl"),)
+        found, work = match.split_pattern(config.patterns[0])
+        listed = found + [f for w in work for f in match.list_prefixes(w)]
+        assert [url for url, _ in listed if not match.is_excluded(url, config.exclude)] == [expected]
         assert match.parse_manifest_line('{"uri": "a.wav"}', manifest, 1).uri == expected
     assert [url for url, _ in storage.list_files(f"file://{tmp_path}/data/*.wav")] == [f"file://{expected}"]
+
+
+def test_a_checkpoint_folder_is_named_by_its_absolute_url_and_decodes_from_anywhere(tmp_path, monkeypatch):
+    import tiny_models
+    from audiotok.pipelines import decode_codes
+
+    project = tmp_path / "project"
+    make_project(project)
+    folder = tiny_models.save_encodec(project / "models" / "encodec")
+    monkeypatch.chdir(project)
+    assert tokenize("--input", "in/*", "--output", "out", "--tokenizer", "encodec-24k[model=models/encodec]") == 0
+    index = json.loads((project / "out" / "index.json").read_text())
+    assert index["tokenizers"][0]["config"]["model"] == f"file://{folder}"
+    from audiotok.transforms import dataset
+
+    shard = project / "out" / next(dataset.shard_rows(str(project / "out"), index))["url"]
+    key = next(name.split(".")[0] for name in __import__("tarfile").open(shard).getnames())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    audio, rate = decode_codes.decode_sample(str(shard), key, index_url=str(project / "out" / "index.json"))
+    assert rate == 24000 and audio.size > 0

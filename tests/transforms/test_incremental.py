@@ -19,6 +19,7 @@ from audiotok.transforms import dataset, incremental, shards, storage
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.segment import SegmentConfig
 from audiotok.transforms.tokenize import TokenizeConfig
+from audiotok.transforms.tokenizers import registry
 
 
 def make_corpus(root: Path, n: int, seed: int = 0) -> None:
@@ -297,6 +298,13 @@ def v1_copy(tmp_path: Path) -> tuple[Path, Path, job.JobConfig]:
     shutil.copytree(V1_DATASET / "out", out)
     cfg = config(inp, out, specs="logmel[n_mels=8]", shards=shards.ShardConfig(max_samples=2), incremental=True)
     fingerprint = incremental.settings_fingerprint(job.settings(cfg))
+    # The fixture is taken as written with today's settings (as its state's @FINGERPRINT@ is):
+    # its shards and index carry the stream fingerprint of the audiotok that wrote them, which
+    # has changed since (it now names how the input audio is made). Same length: tar sizes hold.
+    written = json.loads((out / "index.json").read_text())["streams"]["logmel"]["fingerprint"].encode()
+    current = registry.create("logmel[n_mels=8]").fingerprint().encode()
+    for path in [out / "index.json", *(out / "shards").rglob("*.tar")]:
+        path.write_bytes(path.read_bytes().replace(written, current))
     for path in [*(out / "state").glob("*.json"), *(out / "failures").rglob("*.jsonl")]:
         text = path.read_text().replace("@ROOT@", str(tmp_path)).replace("@FINGERPRINT@", fingerprint)
         if path.suffix == ".json":
