@@ -5,8 +5,17 @@ An audiotok dataset is a folder (any fsspec URL)::
     .audiotok                       the marker: written first, so only audiotok datasets are ever written to
     index.json                      the live dataset: settings, streams, totals, shard rows (written last)
     shards/vNNNNNN/shard-NNNNNN.tar WebDataset shards: KEY.json, KEY.<stream>.npy, KEY.txt per sample
+    shards/vNNNNNN/vectors-NNNNNN.tar  with ``--separate-vectors``: the vector streams' KEY.<stream>.npy of
+                                    the samples of shard-NNNNNN.tar, same order (a shard set of their own)
     failures/vNNNNNN/*.jsonl        dead-letter records
     state/state-vNNNNNN.json        per-input bookkeeping for incremental refreshes
+
+Vector streams (log-mel, SSL embeddings: ``kind`` ``vectors``) hold most of the bytes of a
+dataset that also has discrete streams (log-mel frames take 160 times the bytes of HuBERT units
+per hour: the README's tokenizer table). Written into a shard set of their own, beside the
+discrete one, a trainer of discrete tokens reads (and downloads from a bucket) only the
+discrete set; each set is a WebDataset of its own, and a shard row names both (``url``,
+``vectors_url``; ``bytes``, ``vectors_bytes``).
 
 A sample key is ``STEM-SOURCEHASH-MS``; a refresh never rewrites a shard, it excludes the samples
 of superseded inputs by their source hash (``excluded_sources`` of a shard row: :func:`is_live`).
@@ -106,7 +115,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
-    """The tar members of one sample, metadata first, streams by name."""
+    """The tar members of one sample, metadata first, streams by name (``split_members`` parts
+    them into the two shard sets)."""
     key = check_key(sample.key)
     members = [(f"{key}.json", json.dumps(sample.meta, sort_keys=True, ensure_ascii=False).encode("utf-8"))]
     for name in sorted(sample.streams):
@@ -117,6 +127,33 @@ def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
     if text is not None:
         members.append((f"{key}.txt", text.encode("utf-8")))
     return members
+
+
+def vector_streams(specs: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
+    """The streams that go into the vector shard set: those of kind ``vectors``."""
+    return frozenset(name for name, spec in specs.items() if spec.get("kind") == "vectors")
+
+
+def member_stream(name: str) -> str | None:
+    """The stream a member holds (``KEY.<stream>.npy`` -> ``stream``), None for others."""
+    parts = name.split(".")
+    return parts[1] if len(parts) == 3 and parts[2] == "npy" else None
+
+
+def split_members(members: list[tuple[str, bytes]], vectors: frozenset[str]) -> tuple[list, list]:
+    """A sample's members -> (the discrete set's, the vector set's), each in order."""
+    discrete, vector = [], []
+    for name, data in members:
+        (vector if member_stream(name) in vectors else discrete).append((name, data))
+    return discrete, vector
+
+
+def vectors_url(shard_url: str) -> str:
+    """``shards/vNNNNNN/shard-NNNNNN.tar`` -> ``shards/vNNNNNN/vectors-NNNNNN.tar``."""
+    folder, _, name = shard_url.rpartition("/")
+    if not name.startswith("shard-"):
+        raise ValueError(f"not a shard name: {shard_url!r}")
+    return f"{folder}/vectors-{name[len('shard-'):]}" if folder else f"vectors-{name[len('shard-'):]}"
 
 
 def transcript_text(meta: Mapping[str, Any]) -> str | None:
@@ -155,8 +192,9 @@ def read_index(output: str) -> dict:
 
 
 def referenced_files(index: Mapping[str, Any]) -> set[str]:
-    """The files (relative to the dataset) an index names: its shards, failure files and state."""
+    """The files (relative to the dataset) an index names: its shards (both sets), failure files and state."""
     files = {row["url"] for row in index.get("shards", [])} | {row["url"] for row in index.get("failures", [])}
+    files |= {row["vectors_url"] for row in index.get("shards", []) if row.get("vectors_url")}
     if index.get("state"):
         files.add(index["state"])
     return files

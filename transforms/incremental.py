@@ -186,7 +186,7 @@ def live_totals(state: Mapping[str, Any], shard_rows: Iterable[Mapping[str, Any]
     return {
         "shards": len(rows),
         "samples": sum(e.get("samples", 0) for e in inputs),
-        "bytes": sum(r["bytes"] for r in rows),
+        "bytes": sum(r["bytes"] + r.get("vectors_bytes", 0) for r in rows),
         "audio_s": round(sum(e.get("audio_s", 0.0) for e in inputs), 3),
         "tokens": dict(sorted(tokens.items())),
         "inputs": len(state.get("inputs", {})),
