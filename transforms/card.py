@@ -550,6 +550,7 @@ def render_readme(index: Mapping[str, Any], stats: Mapping[str, Any], vocab: lm.
         "duration_s, streams' shape and dtype) and `KEY.<stream>.npy`. After an incremental refresh a shard row may "
         "list `excluded_sources`: samples of those sources are superseded (the audiotok reader skips them; other "
         "readers should too, or run `audiotok compact` first).",
+        *_vector_set_lines(index),
         "- `vocab.json`: the flat LM vocabulary; `stats.json`: every figure on this card; `card/`: the plots.",
         "",
         "```python",
@@ -564,6 +565,19 @@ def render_readme(index: Mapping[str, Any], stats: Mapping[str, Any], vocab: lm.
         "",
     ]
     return "\n".join(lines)
+
+
+def _vector_set_lines(index: Mapping[str, Any]) -> list[str]:
+    rows = [r for r in index.get("shards", []) if r.get("vectors_url")]
+    if not rows:
+        return []
+    names = ", ".join(f"`{n}`" for n in sorted(dataset.vector_streams(index.get("streams", {}))))
+    size = sum(int(r.get("vectors_bytes", 0)) for r in rows)
+    return [f"- the vector streams ({names}) are in a shard set of their own: `vectors-NNNNNN.tar` beside each "
+            f"`shard-NNNNNN.tar` (its samples, same order; the rows' `vectors_url`), {size / 2**20:.1f} MiB of the "
+            f"{int(index.get('totals', {}).get('bytes', 0)) / 2**20:.1f} MiB. The audiotok reader opens them only "
+            "when a vector stream is asked for; stock WebDataset readers read each set on its own "
+            "(`reader.shard_urls(OUT, vectors=True)`)."]
 
 
 # ---------------------------------------------------------------------------- the whole card

@@ -348,8 +348,10 @@ def decode_sample(raw: Mapping[str, Any], streams: Sequence[str] | None = None, 
     wanted = list(declared) if streams is None else list(streams)
     arrays = {}
     for name in wanted:
-        if name not in declared or raw.get(f"{name}.npy") is None:
+        if name not in declared:
             raise ShardFormatError(f"sample has no stream {name!r}; it has: {', '.join(sorted(declared))}", url, key)
+        if raw.get(f"{name}.npy") is None:
+            raise ShardFormatError(f"KEY.json declares stream {name!r}; the sample has no {name}.npy", url, key)
         array = npy_array(raw[f"{name}.npy"])
         d = declared[name]
         declared_shape, declared_dtype = d.get("shape", list(array.shape)), d.get("dtype", str(array.dtype))
