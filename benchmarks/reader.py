@@ -285,14 +285,18 @@ def measure(workdir: Path, samples: int, repeats: int = 3, warmup: bool = True, 
         for row in rows:  # interleaved rounds: a busy spell slows every row alike
             row.rounds.append(_timed(row, str(roots[row.layout])))
 
-    def size(index: dict, root: Path, field: str) -> int:
-        return sum(os.path.getsize(root / r[field]) for r in index["shards"] if r.get(field))
+    from audiotok.transforms import dataset
 
-    shard_bytes = size(indexes["interleaved"], roots["interleaved"], "url")
+    shard_rows = {layout: list(dataset.shard_rows(str(root))) for layout, root in roots.items()}
+
+    def size(layout: str, field: str) -> int:
+        return sum(os.path.getsize(roots[layout] / r[field]) for r in shard_rows[layout] if r.get(field))
+
+    shard_bytes = size("interleaved", "url")
     for row in rows:
         if row.name.startswith("stock"):
             # webdataset opens bucket URLs by piping whole objects through gsutil or curl.
-            row.bucket = {"bytes": shard_bytes, "requests": len(indexes["interleaved"]["shards"])}
+            row.bucket = {"bytes": shard_bytes, "requests": len(shard_rows["interleaved"])}
             continue
         with bucket_view(roots[row.layout]) as (prefix, counter):
             row.count(row.make(prefix))
@@ -319,10 +323,9 @@ def measure(workdir: Path, samples: int, repeats: int = 3, warmup: bool = True, 
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "load_before": _load(),
-        "dataset": {"samples": samples, "shards": len(split["shards"]), "audio_s": split["totals"]["audio_s"],
+        "dataset": {"samples": samples, "shards": len(shard_rows["split"]), "audio_s": split["totals"]["audio_s"],
                     "tokens": split["totals"]["tokens"], "shard_bytes": shard_bytes,
-                    "split_bytes": {"discrete": size(split, roots["split"], "url"),
-                                    "vectors": size(split, roots["split"], "vectors_url")},
+                    "split_bytes": {"discrete": size("split", "url"), "vectors": size("split", "vectors_url")},
                     "write_s": round(written_s, 1)},
         "repeats": repeats,
         "rows": report_rows,

@@ -10,7 +10,6 @@ them once the new version is older than its grace period.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from typing import Iterator
@@ -26,16 +25,18 @@ def live_samples(output: str, index: dict) -> Iterator[Sample]:
         yield Sample(key=s.key, meta=dict(s.meta), streams=dict(s.streams))
 
 
-def separate_vectors(index: dict) -> bool:
+def separate_vectors(output: str, index: dict) -> bool:
     """Whether a dataset keeps its vector streams in a shard set of their own."""
-    return any(row.get("vectors_url") for row in index.get("shards", []))
+    return any(row.get("vectors_url") for row in dataset.shard_rows(output, index))
 
 
 def compact(output: str, config: shards.ShardConfig | None = None, wait_for_lock_s: float = 0.0) -> dict:
     """Rewrites the live dataset into fresh shards; returns the new index. Without ``config``,
     shards of 1000 samples in the dataset's layout (``separate_vectors``).
 
-    Holds the dataset's lease, and publishes only over the index it read (like a run).
+    Holds the dataset's lease, and publishes only over the index it read (like a run). The state
+    keeps its parts (a dataset of index version 1 gets them here); each entry's ``shards`` now
+    names the new shards. Dead-letter files stay as they are.
 
     Raises:
         lease.LeaseHeld: another run is writing the dataset.
@@ -44,11 +45,13 @@ def compact(output: str, config: shards.ShardConfig | None = None, wait_for_lock
         data, generation = storage.read_versioned(dataset.join_index(output))
         index = json.loads(data)
         if config is None:
-            config = shards.ShardConfig(separate_vectors=separate_vectors(index))
-        state = json.loads(storage.read_bytes(storage.join(output, index["state"])))
+            config = shards.ShardConfig(separate_vectors=separate_vectors(output, index))
+        previous = incremental.Previous.of_index(index)
         version = int(index["dataset_version"]) + 1
-        plan = shards.RunPlan(version=version, index_generation=generation, lease_owner=held.owner)
+        plan = shards.RunPlan(version=version, previous=previous, index_generation=generation,
+                              lease_owner=held.owner)
         gc.clean_unpublished(output, version)
+        parts = previous.parts or incremental.choose_parts(previous.inputs)
         temp_dir = storage.join(output, dataset.TMP_DIR, held.owner)
         written = []
         with shards.ShardWriter(temp_dir, config, index.get("streams", {})) as writer:
@@ -56,28 +59,50 @@ def compact(output: str, config: shards.ShardConfig | None = None, wait_for_lock
                 written += writer.add(sample)
             written += writer.close()
         shards.check_publishable(output, plan)
-        vname = dataset.version_name(version)
-        rows, by_source = [], {}
-        for i, w in enumerate(sorted(written, key=lambda w: w.first_key)):
-            rel = f"{dataset.SHARDS_DIR}/{vname}/shard-{i:06d}.tar"
-            rows.append({**shards.publish_shard(output, w, rel), "live_samples": w.samples})
+        new_rows: dict[int, list[dict]] = {}
+        by_source: dict[str, dict[str, int]] = {}
+        for seq, w in enumerate(sorted(written, key=lambda w: w.first_key)):
+            (q, row), _ = shards.publish_shard(output, version, 0, seq, w, parts)
+            new_rows.setdefault(q, []).append({**row, "live_samples": row["samples"]})
             for source, stats in w.sources.items():
-                by_source.setdefault(source, {})[rel] = stats["samples"]
-        new_state = copy.deepcopy(state)
-        new_state["dataset_version"] = version
-        for entry in new_state["inputs"].values():
+                by_source.setdefault(source, {})[row["url"]] = stats["samples"]
+        states = [_compact_state_part(output, version, previous, p, parts, by_source) for p in range(parts)]
+        # The new rows parts name only the compacted shards (and the dead-letter files, as they were).
+        rows = [shards.write_rows_part(output, version, q, parts, None, (), new_rows.get(q, []),
+                                       previous.rows_of(output, q, parts)["failures"]) for q in range(parts)]
+        run_info = {k: index[k] for k in ("tokenizers", "streams", "settings") if k in index}
+        new_index = shards.write_index(output, plan, run_info, parts, states, rows,
+                                       retired=[r["url"] for r in dataset.shard_rows(output, index)])
+        storage.remove(temp_dir)
+    return new_index
+
+
+def _compact_state_part(output: str, version: int, previous: incremental.Previous, part: int, parts: int,
+                        by_source: dict[str, dict[str, int]]) -> shards.PartWritten:
+    """One state part with every entry's ``shards`` pointing at the compacted shards."""
+    if previous.index_version == 1:
+        state = json.loads(storage.read_bytes(storage.join(output, previous.state[0]))) if previous.state else {}
+        old = sorted((dataset.order_key(uri), line) for uri, line in incremental.migrate_state(
+            state, incremental.read_v1_failures(output, dataset.read_index(output)))
+                     if dataset.part_of(dataset.order_key(uri)[0], parts) == part)
+        lines: Iterator[str] = (line for _, line in old)
+    else:
+        lines = previous.state_lines(output, part, parts)
+    out, summary = [], incremental.empty_summary()
+    for line in lines:
+        entry = json.loads(line)
+        if incremental.is_input(entry):
             entry["shards"] = {}
             for source in entry.get("sources", []):
                 entry["shards"].update(by_source.get(source, {}))
-        storage.write_atomic(storage.join(output, dataset.state_path(version)),
-                             json.dumps(new_state, indent=1, sort_keys=True).encode("utf-8"))
-        new_index = {**index, "dataset_version": version, "state": dataset.state_path(version), "shards": rows}
-        new_index["totals"] = {**index["totals"], **{k: v for k, v in incremental.live_totals(new_state, rows).items()
-                                                      if k in ("shards", "bytes")}}
-        shards.record_retired(output, index, new_index, version)
-        shards.publish_index(output, new_index, plan)
-        storage.remove(temp_dir)
-    return new_index
+            line = json.dumps(entry, sort_keys=True)
+        incremental.add_to_summary(summary, entry)
+        out.append(line)
+    rel = None
+    if out:
+        rel = dataset.state_part_path(version, part)
+        storage.write_atomic(storage.join(output, rel), "".join(l + "\n" for l in out).encode("utf-8"))
+    return shards.PartWritten(part, rel, summary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="vector streams in a shard set of their own (default: as the dataset has them)")
     args = parser.parse_args(argv)
     before = dataset.read_index(args.output)
-    layout = separate_vectors(before) if args.separate_vectors is None else args.separate_vectors
+    layout = separate_vectors(args.output, before) if args.separate_vectors is None else args.separate_vectors
     try:
         after = compact(args.output, shards.ShardConfig(args.shard_max_samples, args.shard_max_bytes,
                                                         separate_vectors=layout))
     except (lease.LeaseHeld, lease.LeaseLost, shards.IndexChanged) as e:
         print(f"audiotok compact: {e}", file=sys.stderr)
-        return 75
+        return lease.EXIT_BUSY
     print(f"compacted {before['totals']['shards']} shards into {after['totals']['shards']} "
           f"({after['totals']['samples']} live samples), dataset version {after['dataset_version']}")
     return 0

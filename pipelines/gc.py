@@ -40,17 +40,16 @@ def parse_duration(text: str) -> float:
 
 def _version_files(output: str, below: int) -> Iterator[str]:
     """Relative paths of the versioned files audiotok wrote for versions under ``below``."""
-    for folder in (dataset.SHARDS_DIR, dataset.FAILURES_DIR):
+    for folder in (dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.STATE_DIR, dataset.ROWS_DIR):
         for url, name in storage.list_folder(storage.join(output, folder)):
             version = dataset.version_of_name(folder, name)
             if version is None or version >= below:
                 continue
-            for _, inner in storage.list_folder(url):
-                yield f"{folder}/{name}/{inner}"
-    for _, name in storage.list_folder(storage.join(output, dataset.STATE_DIR)):
-        version = dataset.version_of_name(dataset.STATE_DIR, name)
-        if version is not None and version < below and name.startswith("state-"):
-            yield f"{dataset.STATE_DIR}/{name}"
+            if name.startswith("v"):  # a version's folder of files
+                for _, inner in storage.list_folder(url):
+                    yield f"{folder}/{name}/{inner}"
+            elif name.startswith("state-"):  # the one state file of index version 1
+                yield f"{folder}/{name}"
 
 
 def collect_garbage(output: str, older_than_s: float, now: float | None = None, dry_run: bool = False) -> list[str]:
@@ -63,7 +62,7 @@ def collect_garbage(output: str, older_than_s: float, now: float | None = None, 
     now = time.time() if now is None else now
     index = dataset.read_index(output)
     live_version = int(index.get("dataset_version", 0))
-    live = dataset.referenced_files(index)
+    live = dataset.referenced_files(output, index)
     due: list[str] = []
     lists: list[str] = []
     listed: set[str] = set()
@@ -77,7 +76,7 @@ def collect_garbage(output: str, older_than_s: float, now: float | None = None, 
         if published is not None and now - published >= older_than_s:
             due += [rel for rel in retired if rel not in live and _is_ours(rel)]
             lists.append(f"{dataset.STATE_DIR}/{name}")
-    live_published = storage.modified_time(storage.join(output, index["state"])) if index.get("state") else None
+    live_published = storage.modified_time(dataset.join_index(output))
     if live_published is not None and now - live_published >= older_than_s:
         due += [rel for rel in _version_files(output, live_version) if rel not in live and rel not in listed]
     removed = []
@@ -87,10 +86,11 @@ def collect_garbage(output: str, older_than_s: float, now: float | None = None, 
         removed.append(rel)
     if not dry_run:
         clean_unpublished(output, live_version + 1)
-        for folder in (dataset.SHARDS_DIR, dataset.FAILURES_DIR):
+        for folder in (dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.STATE_DIR, dataset.ROWS_DIR):
             for url, name in storage.list_folder(storage.join(output, folder)):
                 version = dataset.version_of_name(folder, name)
-                if version is not None and version < live_version and not storage.list_folder(url):
+                if version is not None and name.startswith("v") and version < live_version \
+                        and not storage.list_folder(url):
                     storage.remove(url)
     return removed
 
@@ -99,7 +99,7 @@ def clean_unpublished(output: str, version: int) -> None:
     """Removes what runs of ``version`` or later left behind without publishing it: their
     version folders and state files, the temporary folders of runs, and the temporary files
     of interrupted atomic writes. Only names the project writes are ever removed."""
-    for folder in (dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.STATE_DIR):
+    for folder in (dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.STATE_DIR, dataset.ROWS_DIR):
         for entry, name in storage.list_folder(storage.join(output, folder)):
             found = dataset.version_of_name(folder, name)
             if (found is not None and found >= version) or dataset.is_temp_name(name):
@@ -119,8 +119,8 @@ def _is_run_id(name: str) -> bool:
 
 def _is_ours(rel: str) -> bool:
     parts = rel.split("/")
-    if len(parts) == 3 and parts[0] in (dataset.SHARDS_DIR, dataset.FAILURES_DIR):
-        return dataset.version_of_name(parts[0], parts[1]) is not None
+    if len(parts) == 3 and parts[0] in (dataset.SHARDS_DIR, dataset.FAILURES_DIR, dataset.STATE_DIR, dataset.ROWS_DIR):
+        return parts[1].startswith("v") and dataset.version_of_name(parts[0], parts[1]) is not None
     return len(parts) == 2 and parts[0] == dataset.STATE_DIR and dataset.version_of_name(parts[0], parts[1]) is not None
 
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             removed = collect_garbage(args.output, older_than_s, dry_run=args.dry_run)
     except (lease.LeaseHeld, lease.LeaseLost) as e:
         print(f"audiotok gc: {e}", file=sys.stderr)
-        return 75
+        return lease.EXIT_BUSY
     for rel in removed:
         print(("would delete " if args.dry_run else "deleted ") + rel)
     print(f"audiotok gc: {'would delete' if args.dry_run else 'deleted'} {len(removed)} file(s) under {args.output}",

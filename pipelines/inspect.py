@@ -12,7 +12,7 @@ from typing import Any, Mapping, TextIO
 
 import numpy as np
 
-from audiotok.transforms import dataset, lm, reader, storage
+from audiotok.transforms import card, dataset, lm, reader, storage
 
 
 def summary_lines(output: str, index: Mapping[str, Any], vocab: lm.VocabSpec) -> list[str]:
@@ -26,10 +26,10 @@ def summary_lines(output: str, index: Mapping[str, Any], vocab: lm.VocabSpec) ->
            if t.get("failures") else ""),
         "  streams:",
     ]
-    vector_rows = [r for r in index.get("shards", []) if r.get("vectors_url")]
-    if vector_rows:
-        lines.insert(-1, f"  vector streams in a shard set of their own ({len(vector_rows)} vectors-*.tar, "
-                         f"{sum(int(r.get('vectors_bytes', 0)) for r in vector_rows) / 2**20:.1f} MiB)")
+    vectors = card.vector_shard_stats(dataset.shard_rows(output, index), index.get("streams", {}))
+    if vectors:
+        lines.insert(-1, f"  vector streams ({', '.join(vectors['streams'])}) in a shard set of their own "
+                         f"({vectors['files']} vectors-*.tar, {vectors['bytes'] / 2**20:.1f} MiB)")
     for name, s in index.get("streams", {}).items():
         shape = {"codes": f"[{s.get('num_codebooks')}, T]", "units": "[T]", "vectors": f"[T, {s.get('dim')}]"}.get(
             s.get("kind"), "[T]")

@@ -1,7 +1,8 @@
 """The main job: audio files in, WebDataset token shards out.
 
-match -> decode -> segment (at each source's rate) -> tokenize (each tokenizer resamples to
-its own rate) -> write shards (temp, then finalize) -> index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
+list (fanned out) -> join with the previous state -> decode -> segment (at each source's rate)
+-> tokenize (each tokenizer resamples to its own rate) -> write shards, state and rows parts ->
+index. ``python -m audiotok.pipelines.tokenize --input 'DIR/**/*' --output OUT`` or
 ``audiotok tokenize ...``.
 """
 
@@ -14,6 +15,7 @@ import os
 import posixpath
 import sys
 import time
+import uuid
 from typing import Any
 
 import apache_beam as beam
@@ -25,7 +27,7 @@ from audiotok.pipelines import gc
 from audiotok.runners import profiles
 from audiotok.transforms import card, dataset, failures, incremental, lease, lm, metrics, shards, storage
 from audiotok.transforms.decode import DecodeConfig
-from audiotok.transforms.match import MatchConfig
+from audiotok.transforms.match import ListInputs, MatchConfig
 from audiotok.transforms.read import ReadSegments
 from audiotok.transforms.segment import SegmentConfig
 from audiotok.transforms.shards import ShardConfig, WriteDataset
@@ -37,8 +39,7 @@ from audiotok.transforms.tokenizers.spectral import KMeansTokenizer
 logger = logging.getLogger(__name__)
 
 CODEBOOKS_DIR = "codebooks"
-# Exit status when another run holds the dataset's lease: try again later (sysexits' EX_TEMPFAIL).
-EXIT_BUSY = 75
+EXIT_BUSY = lease.EXIT_BUSY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,18 +149,42 @@ def settings(config: JobConfig) -> dict[str, Any]:
     }
 
 
-def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = None, run_id: str | None = None):
-    """Adds the whole job to ``p``; returns the PCollection holding the published index."""
+def tokenize_audio(refs, config: JobConfig) -> tuple[list, list]:
+    """The audio stages: inputs -> ([PCollection[Sample], ...], [PCollection[Failure], ...]).
+
+    Segments made from whole files and from long files in stretches are tokenized apart (one
+    model per process all the same): a Flatten of segments would make the in-process runner hold
+    every segment's audio in memory.
+    """
+    read = refs | "ReadSegments" >> ReadSegments(config.match, config.decode, config.segment, per_path=True)
+    tokenize = TokenizeSegments(config.tokenize)
+    samples, fails = [], [read["failures"]]
+    for i, segments in enumerate(read["segments"]):
+        tokenized = segments | ("Tokenize" if i == 0 else f"Tokenize{i}") >> tokenize
+        samples.append(tokenized.samples)
+        fails.append(tokenized.failures)
+    return samples, fails
+
+
+def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = None, run_id: str | None = None,
+          audio=tokenize_audio):
+    """Adds the whole job to ``p``; returns the PCollection holding the published index.
+
+    ``audio`` makes the samples from the selected inputs (:func:`tokenize_audio`; the scale
+    benchmark puts a stub there).
+    """
     plan = plan or shards.RunPlan(fingerprint=incremental.settings_fingerprint(settings(config)))
-    select = incremental.SelectChanged(plan.previous_state, plan.fingerprint) if plan.previous_state else None
-    read = p | "ReadSegments" >> ReadSegments(config.match, config.decode, config.segment, select=select)
-    tokenized = read["segments"] | "Tokenize" >> TokenizeSegments(config.tokenize)
-    all_failures = (read["failures"], tokenized.failures) | "AllFailures" >> beam.Flatten()
+    temp_dir = storage.join(config.output, dataset.TMP_DIR, run_id or uuid.uuid4().hex)
+    listed = p | "ListInputs" >> ListInputs(config.match)
+    runs = listed["batches"] | "WriteRuns" >> incremental.WriteRuns(temp_dir)
+    selection = {"runs": runs, "failures": listed["failures"]} | "SelectInputs" >> incremental.SelectInputs(
+        config.output, temp_dir, plan.version, plan.fingerprint, plan.previous)
+    samples, fails = audio(selection["refs"], config)
+    all_failures = fails | "AllFailures" >> beam.Flatten()
     info = run_info(config)
-    outputs = {"samples": tokenized.samples, "failures": all_failures, "listed": read["listed"],
-               "selected": read["selected"]}
-    return outputs | "WriteDataset" >> WriteDataset(
-        config.output, config.shards, info["streams"], info, plan=plan, run_id=run_id)
+    return ({**selection, "samples": tuple(samples), "failures": all_failures}
+            | "WriteDataset" >> WriteDataset(config.output, config.shards, info["streams"], info, plan=plan,
+                                             temp_dir=temp_dir))
 
 
 def plan_run(config: JobConfig, owner: str | None = None, release_lease: bool = False) -> shards.RunPlan:
@@ -186,11 +211,13 @@ def plan_run(config: JobConfig, owner: str | None = None, release_lease: bool = 
             index = json.loads(data)
         except ValueError as e:
             raise SystemExit(f"{index_url} does not parse ({e}): restore it, or remove it to start over") from None
+        if index.get("version", 1) not in dataset.READABLE_INDEX_VERSIONS:
+            raise SystemExit(f"{config.output}: index version {index.get('version')!r}; this audiotok reads "
+                             f"{', '.join(map(str, dataset.READABLE_INDEX_VERSIONS))}")
         version = int(index.get("dataset_version", 0)) + 1
-        previous = (storage.join(config.output, index["state"])
-                    if config.incremental and not config.overwrite and index.get("state") else None)
+        previous = incremental.Previous.of_index(index) if config.incremental and not config.overwrite else None
     gc.clean_unpublished(config.output, version)
-    return shards.RunPlan(version=version, fingerprint=fingerprint, previous_state=previous,
+    return shards.RunPlan(version=version, fingerprint=fingerprint, previous=previous,
                           index_generation=generation, lease_owner=owner, release_lease=release_lease)
 
 
@@ -426,14 +453,13 @@ def run(config: JobConfig, beam_options: PipelineOptions) -> tuple[dict, dict[st
 def failed_inputs(output: str, index: dict) -> set[str]:
     """The inputs (URIs, manifest lines, patterns) named by this run's dead-letter records."""
     failed = set()
-    for row in index.get("failures", []):
+    for row in dataset.failure_rows(output, index):
         parts = row["url"].split("/")
         if len(parts) > 2 and parts[1].lstrip("v").isdigit() and int(parts[1].lstrip("v")) != index.get(
                 "dataset_version", int(parts[1].lstrip("v"))):
             continue  # an earlier version's records: not this run's inputs
-        for line in storage.read_bytes(storage.join(output, row["url"])).decode("utf-8").splitlines():
-            if line.strip():
-                failed.add(json.loads(line)["uri"])
+        for line in dataset.read_jsonl(output, row["url"]):
+            failed.add(json.loads(line)["uri"])
     return failed
 
 
@@ -443,7 +469,7 @@ def check_failure_fraction(config: JobConfig, index: dict, counters: dict[str, i
     An input counts as failed when any dead-letter record names it; the inputs are the files
     matched plus the manifest lines and patterns that yielded none.
     """
-    if config.max_failure_fraction >= 1 or not index.get("failures"):
+    if config.max_failure_fraction >= 1 or not index["totals"].get("failures"):
         return None
     if "files_matched" not in counters:
         logger.warning("the runner reports no metrics: --max-failure-fraction is not checked")

@@ -2,8 +2,9 @@
 
 What is checked:
 
-* ``index.json``: readable, format and version; no shard listed twice; totals (shards,
-  bytes of both shard sets, live samples) equal the sum of the shard rows; its state file reads.
+* ``index.json``: readable, format and version; the part files it names read; no shard listed
+  twice; totals (shards, bytes of both shard sets, live samples) equal the sum of the shard rows;
+  the state names as many inputs as the totals say.
 * every shard: the file exists and has the size the index says; the tar reads to its end
   (header checksums, and no data after an early end-of-archive, where ``tarfile`` would
   stop quietly); every member is a regular file that passes ``tarfile``'s ``data``
@@ -449,9 +450,15 @@ def check_index(output: str, index: Mapping[str, Any]) -> list[Problem]:
 
     if index.get("format") != dataset.INDEX_FORMAT:
         problem(INDEX_UNREADABLE, f"format {index.get('format')!r}; expected {dataset.INDEX_FORMAT!r}")
-    if index.get("version") != dataset.INDEX_VERSION:
-        problem(INDEX_UNREADABLE, f"version {index.get('version')!r}; this audiotok reads {dataset.INDEX_VERSION}")
-    rows = index.get("shards", [])
+    if index.get("version") not in dataset.READABLE_INDEX_VERSIONS:
+        problem(INDEX_UNREADABLE, f"version {index.get('version')!r}; this audiotok reads "
+                                  f"{', '.join(map(str, dataset.READABLE_INDEX_VERSIONS))}")
+        return problems
+    try:
+        rows = list(dataset.shard_rows(output, index))
+    except (FileNotFoundError, OSError, ValueError, KeyError) as e:
+        problem(MISSING_FILE, f"a rows part file does not read: {type(e).__name__}: {e}")
+        rows = []
     totals = index.get("totals", {})
     urls = [r.get("url") for r in rows]
     for url in sorted({u for u in urls if urls.count(u) > 1}):
@@ -472,14 +479,13 @@ def check_index(output: str, index: Mapping[str, Any]) -> list[Problem]:
             problem(INDEX_MISMATCH, f"totals.{field} is {totals.get(field)}; the shard rows add up to {value}")
     for name in sorted(set(totals.get("tokens", {})) - set(index.get("streams", {}))):
         problem(UNKNOWN_STREAM, f"totals count tokens of stream {name!r}, which the index's streams lack")
-    if index.get("state"):
+    if index.get("state") or dataset.layout(index):
         try:
-            state = json.loads(storage.read_bytes(storage.join(output, index["state"])))
-            if "inputs" in totals and totals["inputs"] != len(state.get("inputs", {})):
-                problem(INDEX_MISMATCH, f"totals.inputs is {totals['inputs']}; the state lists "
-                                        f"{len(state.get('inputs', {}))}")
-        except (FileNotFoundError, OSError, ValueError) as e:
-            problem(MISSING_FILE, f"the state file does not read: {type(e).__name__}: {e}", index["state"])
+            inputs = sum(1 for _, entry in dataset.state_entries(output, index) if "fingerprint" in entry)
+            if "inputs" in totals and totals["inputs"] != inputs:
+                problem(INDEX_MISMATCH, f"totals.inputs is {totals['inputs']}; the state lists {inputs}")
+        except (FileNotFoundError, OSError, ValueError, KeyError) as e:
+            problem(MISSING_FILE, f"the state does not read: {type(e).__name__}: {e}")
     shard_dir = storage.join(output, dataset.SHARDS_DIR)
     if storage.exists(shard_dir):
         listed = {u.rstrip("/") for u in urls if u} | {r["vectors_url"] for r in rows if r.get("vectors_url")}
@@ -507,14 +513,12 @@ def check_failures(output: str, index: Mapping[str, Any]) -> list[Problem]:
     totals are published by).
     """
     problems: list[Problem] = []
-    state: dict[str, Any] | None = None
-    if index.get("state"):
-        try:
-            state = json.loads(storage.read_bytes(storage.join(output, index["state"])))
-        except (FileNotFoundError, OSError, ValueError):
-            state = None  # reported by check_index
-    live: dict[str, int] = {}
-    for row in index.get("failures", []):
+    records: list[tuple[int | None, str, str]] = []  # (run, uri, reason)
+    try:
+        rows = list(dataset.failure_rows(output, index))
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        rows = []  # reported by check_index
+    for row in rows:
         rel = row.get("url", "")
         try:
             lines = [l for l in storage.read_bytes(storage.join(output, rel)).decode("utf-8").splitlines() if l.strip()]
@@ -535,11 +539,25 @@ def check_failures(output: str, index: Mapping[str, Any]) -> list[Problem]:
                 problems.append(Problem(FAILURES_MISMATCH, f"line {i + 1} is not a failure record ({e})", rel))
                 continue
             reasons[rec["reason"]] = reasons.get(rec["reason"], 0) + 1
-            if state is None or dataset.failure_is_live(rec["uri"], run, state, index.get("dataset_version")):
-                live[rec["reason"]] = live.get(rec["reason"], 0) + 1
+            records.append((run, rec["uri"], rec["reason"]))
         if "reasons" in row and dict(row["reasons"]) != dict(sorted(reasons.items())):
             problems.append(Problem(FAILURES_MISMATCH, f"holds reasons {dict(sorted(reasons.items()))}; the index "
                                                        f"says {row['reasons']}", rel))
+    # Only the state lines of what the records name are held, whatever the size of the state.
+    named = {dataset.input_identity(uri) for _, uri, _ in records}
+    entries: dict[str, Any] | None = {}
+    try:
+        for uri, entry in dataset.state_entries(output, index):
+            identity = dataset.input_identity(uri)
+            if identity in named:
+                entries[identity] = entry
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        entries = None  # reported by check_index
+    live: dict[str, int] = {}
+    for run, uri, reason in records:
+        if entries is None or dataset.failure_is_live(run, entries.get(dataset.input_identity(uri)),
+                                                      index.get("dataset_version")):
+            live[reason] = live.get(reason, 0) + 1
     totals = index.get("totals", {})
     live = dict(sorted(live.items()))
     if totals.get("failures", 0) != sum(live.values()):
@@ -583,7 +601,10 @@ def verify_dataset(output: str, workers: int = 4) -> Report:
         return report
     report.problems += check_index(output, index)
     specs = index.get("streams", {})
-    rows = index.get("shards", [])
+    try:
+        rows = list(dataset.shard_rows(output, index))
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        rows = []  # reported by check_index
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         shard_reports = list(pool.map(lambda r: check_shard(output, r, specs), rows))
     first_seen: dict[str, str] = {}

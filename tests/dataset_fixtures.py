@@ -6,6 +6,7 @@ Plain functions, no pytest fixtures::
     out = example_run()     # a real `audiotok tokenize` run on part of examples/corpus (cached per process)
     members = read_members(shard); write_members(shard, members)   # to damage shards on purpose
     index = exclude_source(out, index, key)                          # as an incremental refresh would
+    index = flat_index(out); write_flat_index(out, index)           # the rows inline, to edit them
 
 Synthetic samples carry the metadata the pipeline writes (``audiotok.transforms.tokenize.sample_meta``)
 and three streams by default: ``codec`` (int16 [4, T] codes, 1024 per codebook, 75 Hz),
@@ -98,8 +99,9 @@ def synthetic_samples(n: int, seed: int = 0, specs: Sequence[StreamSpec] = DEFAU
 
 def write_dataset(output: str | os.PathLike, samples: Sequence[Sample], specs: Sequence[StreamSpec] = DEFAULT_SPECS,
                   max_samples: int = 1000, failures: Sequence[Failure] = (), separate_vectors: bool = False) -> dict:
-    """Writes samples (and dead letters) with ``ShardWriter`` + ``finalize``; returns the index.
-    ``separate_vectors``: the vector streams in a shard set of their own."""
+    """Writes samples (and dead letters) with ``ShardWriter`` + ``finalize``; returns the index
+    with its rows inline (:func:`flat_index`). ``separate_vectors``: the vector streams in a shard
+    set of their own."""
     output = str(output)
     temp = os.path.join(output, dataset.TMP_DIR, "test")
     descriptions = describe(specs)
@@ -109,12 +111,40 @@ def write_dataset(output: str | os.PathLike, samples: Sequence[Sample], specs: S
         for sample in samples:
             written += writer.add(sample)
         written += writer.close()
-    if failures:
-        written.append(shards.write_failures_file(temp, list(failures)))
     info = {"tokenizers": [], "streams": descriptions, "settings": {}}
     inputs = {s.meta["source"]["uri"]: AudioRef(uri=s.meta["source"]["uri"]) for s in samples}
     inputs.update({f.uri: AudioRef(uri=f.uri) for f in failures})
-    return shards.finalize(output, temp, written, info, listed=list(inputs.values()), selected=list(inputs))
+    shards.finalize(output, temp, written, info, listed=list(inputs.values()), selected=list(inputs),
+                    failures=failures)
+    return flat_index(output)
+
+
+def flat_index(output: str | os.PathLike) -> dict:
+    """The index with its shard and failure rows inline (``shards``, ``failures``), for tests to
+    edit and :func:`write_flat_index` to write back into the part files."""
+    index = dataset.read_index(str(output))
+    return {**index, "shards": list(dataset.shard_rows(str(output), index)),
+            "failures": list(dataset.failure_rows(str(output), index))}
+
+
+def write_flat_index(output: str | os.PathLike, index: dict) -> None:
+    """Writes an index edited as :func:`flat_index` gave it: its rows go back to the rows part of
+    their url (rows that name no part file get one), the rest to ``index.json``."""
+    output = str(output)
+    index = json.loads(json.dumps(index))
+    layout = index["layout"]
+    parts = layout["parts"]
+    by_part = [{"shards": [], "failures": []} for _ in range(parts)]
+    for kind in ("shards", "failures"):
+        for row in index.pop(kind):
+            by_part[dataset.part_of(dataset.slot_of(row["url"]), parts)][kind].append(row)
+    for q, rows in enumerate(by_part):
+        rel = layout["rows"][q] or dataset.rows_part_path(index["dataset_version"], q)
+        layout["rows"][q] = rel
+        with open(os.path.join(output, rel), "w") as f:
+            json.dump(rows, f, indent=1, sort_keys=True)
+    with open(os.path.join(output, dataset.INDEX_NAME), "w") as f:
+        json.dump(index, f, indent=1, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -173,8 +203,9 @@ def write_members(shard: str | os.PathLike, members: Sequence[tuple[str, bytes]]
 def exclude_source(output: str | os.PathLike, index: dict, key: str) -> dict:
     """Marks the source of sample ``key`` superseded, as an incremental refresh would: its shard
     row gets ``excluded_sources`` and fewer ``live_samples``, the totals lose its samples.
-    Rewrites and returns the index."""
+    Rewrites and returns the index (rows inline, as :func:`flat_index` gives it)."""
 
+    index = flat_index(output) if "shards" not in index else index
     source = dataset.source_of_key(key)
     for row in index["shards"]:
         gone = [(n, d) for n, d in read_members(os.path.join(str(output), row["url"]))
@@ -190,6 +221,5 @@ def exclude_source(output: str | os.PathLike, index: dict, key: str) -> dict:
             for name, d in meta["streams"].items():
                 n = d["shape"][0] if d["kind"] == "vectors" else int(np.prod(d["shape"]))
                 index["totals"]["tokens"][name] -= n
-    with open(os.path.join(str(output), dataset.INDEX_NAME), "w") as f:
-        json.dump(index, f, indent=1, sort_keys=True)
+    write_flat_index(output, index)
     return index

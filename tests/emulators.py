@@ -125,6 +125,97 @@ class MotoS3(_StorageServer):
         return f"s3://{name}"
 
 
+class CountingMotoS3(MotoS3):
+    """moto's S3 server behind a middleware that logs every request it answers, to count
+    storage requests by API and by the first folder of the key (:meth:`requests`)."""
+
+    name = "moto S3 server (counting)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_path = tempfile.NamedTemporaryFile(prefix="audiotok-s3-requests-", suffix=".jsonl", delete=False).name
+        self._seen = 0
+
+    def command(self) -> list[str]:
+        return [sys.executable, os.path.abspath(__file__), "--counting-moto", str(self.port), self.log_path]
+
+    def stop(self) -> None:
+        super().stop()
+        with contextlib.suppress(OSError):
+            os.remove(self.log_path)
+
+    def reset_requests(self) -> None:
+        self.requests(reset=True)
+
+    def requests(self, reset: bool = False) -> dict[str, dict[str, int]]:
+        """Requests since the last reset: first folder of the key -> API -> count. APIs: ``list``,
+        ``read`` (GET), ``head``, ``write`` (PUT, multipart parts, multipart create/complete),
+        ``copy``, ``delete`` (one per object, DeleteObjects counting its keys' batch as one)."""
+        with open(self.log_path) as f:
+            lines = f.read().splitlines()
+        counts: dict[str, dict[str, int]] = {}
+        for line in lines[self._seen:]:
+            record = json.loads(line)
+            side, api = classify_s3_request(record)
+            if api == "create_bucket":
+                continue
+            by_api = counts.setdefault(side, {})
+            by_api[api] = by_api.get(api, 0) + 1
+        if reset:
+            self._seen = len(lines)
+        return counts
+
+
+def classify_s3_request(record: Mapping[str, object]) -> tuple[str, str]:
+    """(first folder of the key, API) of a logged request (``method``, ``path``, ``query``, ``copy``)."""
+    from urllib.parse import parse_qs, unquote
+
+    method, path = str(record["method"]), unquote(str(record["path"]))
+    query = parse_qs(str(record["query"]), keep_blank_values=True)
+    parts = path.strip("/").split("/")
+    key = "/".join(parts[1:])
+    if not key:  # a bucket request
+        prefix = query.get("prefix", [""])[0]
+        side = prefix.split("/", 1)[0] or "(bucket)"
+        if method == "GET":
+            return side, "list"
+        if method == "POST" and "delete" in query:
+            return side, "delete"
+        if method == "PUT":
+            return side, "create_bucket"
+        return side, method.lower()
+    side = key.split("/", 1)[0]
+    if method == "HEAD":
+        return side, "head"
+    if method == "GET":
+        return side, "read"
+    if method == "DELETE":
+        return side, "delete"
+    if method == "PUT" and record.get("copy"):
+        return side, "copy"
+    return side, "write"  # PUT, UploadPart, POST ?uploads / ?uploadId
+
+
+def _serve_counting_moto(port: int, log_path: str) -> None:
+    import threading
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import run_simple
+
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+    log = open(log_path, "a", buffering=1)
+
+    def counting(environ, start_response):
+        record = {"method": environ["REQUEST_METHOD"], "path": environ.get("PATH_INFO", ""),
+                  "query": environ.get("QUERY_STRING", ""), "copy": "HTTP_X_AMZ_COPY_SOURCE" in environ}
+        with lock:
+            log.write(json.dumps(record) + "\n")
+        return app(environ, start_response)
+
+    run_simple("127.0.0.1", port, counting, threaded=True)
+
+
 class GcsEmulator(_StorageServer):
     """gcp-storage-emulator, in memory, with ``buckets`` created at start."""
 
@@ -226,7 +317,7 @@ def dataset_digest(output: str) -> dict:
 
     index = dataset.read_index(output)
     samples: dict = {}
-    for row in index["shards"]:
+    for row in dataset.shard_rows(output, index):
         with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(storage.join(output, row["url"])))) as tar:
             for member in tar.getmembers():
                 key, suffix = member.name.split(".", 1)
@@ -368,3 +459,7 @@ class TcpProxy:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--counting-moto"]:
+    _serve_counting_moto(int(sys.argv[2]), sys.argv[3])

@@ -7,7 +7,7 @@ starts it as a child process, so that a ``kill -9`` kills only it).
 Points (``kill:`` sends this process SIGKILL there, as ``kill -9`` would):
 
 * ``kill:shard-rename``: when the first shard is moved into place under ``shards/vNNNNNN/``
-* ``kill:state``: just before the state file is written (every shard in place)
+* ``kill:state``: just before the first state part is written (every shard in place)
 * ``kill:index``: once the new index is on disk under its temporary name, before the rename
   that publishes it
 * ``kill:card``: after the index is published, before the dataset card is written
@@ -50,8 +50,9 @@ def inject(point: str, fill: str | None = None) -> None:
         return real_rename(src, dst)
 
     def write_atomic(url, data, **kw):
-        name = url.replace(os.sep, "/").rsplit("/", 1)[-1]
-        if point == "kill:state" and name.startswith("state-v"):
+        path = url.replace(os.sep, "/")
+        name = path.rsplit("/", 1)[-1]
+        if point == "kill:state" and "/state/v" in path and name.startswith("state-"):
             _kill()
         if name == "index.json":
             if point == "full:index":

@@ -389,12 +389,12 @@ def run_pipeline(root: Path, output: Path, timeout_s: float = 4.0) -> dict:
     too_many = job.check_failure_fraction(config, index, counters)
     wall_s = time.monotonic() - start
     failures = []
-    for row in index["failures"]:
+    for row in dataset.failure_rows(str(output), index):
         failures += [json.loads(line) for line in (output / row["url"]).read_text("utf-8").splitlines()]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "failures": failures,
-        "shards": [str(output / row["url"]) for row in index["shards"]],
+        "shards": [str(output / row["url"]) for row in dataset.shard_rows(str(output), index)],
         "counters": counters,
         "too_many_failures": too_many,
         "wall_s": wall_s,

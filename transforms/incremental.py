@@ -1,29 +1,46 @@
 """The dataset's state across runs: what was processed, what changed, what is live.
 
-Every run publishes a new dataset version: its shards under ``shards/vNNNNNN/``, a state
-file ``state/state-vNNNNNN.json`` (per input: size, the store's version marker, the
-settings fingerprint, and where its samples went), then ``index.json`` last, in one
-write. Shards are never rewritten: samples of inputs that changed or disappeared are
-excluded from the live index by their source hash (``excluded_sources`` of a shard row;
-the hash is the middle part of every key ``STEM-SOURCEHASH-MS``). ``compact`` rewrites
-a dataset into fresh full shards.
+Every run publishes a new dataset version: its shards under ``shards/vNNNNNN/``, the state as
+part files ``state/vNNNNNN/state-PPPPP.jsonl`` (one line per input: size, the store's version
+marker, the settings fingerprint, and where its samples went), then ``index.json`` last, in
+one small write. Shards are never rewritten: samples of inputs that changed or disappeared are
+excluded from the live index by their source hash (``excluded_sources`` of a shard row; the
+hash is the middle part of every key ``STEM-SOURCEHASH-MS``). ``compact`` rewrites a dataset
+into fresh full shards.
+
+Nothing here holds the whole corpus in one place. Inputs are spread over ``parts`` by a hash
+of their URI (``dataset.slot_of``): the listing is written as sorted runs
+(:func:`write_run`), each part of the previous state is joined with the same part of every
+run (:func:`merge_inputs`, streamed: both sides are sorted by ``dataset.order_key``), and each
+part of the next state is written by one worker (:func:`finish_part`). A part's join writes a
+draft of its next state (unchanged entries verbatim, selected inputs pending their samples)
+under the run's temp folder, so the runner only ever carries the inputs that changed.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
+import heapq
+import itertools
 import json
-from typing import Any, Iterable, Mapping
+import math
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 
-from audiotok.transforms import metrics, storage
+from audiotok.transforms import dataset, metrics, storage
 from audiotok.transforms.records import AudioRef
 
 STATE_FORMAT = "audiotok-state"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
+# Inputs per state part a run aims at (a part is joined, and written, by one worker).
+TARGET_INPUTS_PER_PART = 50_000
+# Selected inputs per element spread over the workers: few enough that one element's audio is
+# a fair share of work, many enough that the runner carries few elements.
+SELECT_BATCH_INPUTS = 32
+SELECT_BATCH_BYTES = 256 << 20
 
 def settings_fingerprint(settings: Mapping[str, Any]) -> str:
     """16 hex characters over the decode, segmentation and tokenizer settings."""
@@ -45,119 +62,521 @@ def needs_processing(ref: AudioRef, entry: Mapping[str, Any] | None, fingerprint
     return None
 
 
-def empty_state() -> dict[str, Any]:
-    return {"format": STATE_FORMAT, "format_version": STATE_VERSION, "dataset_version": 0, "inputs": {},
-            "deleted": {}}
+def choose_parts(n_inputs: int, previous_parts: int = 0) -> int:
+    """How many state parts a run with ``n_inputs`` listed inputs uses: a power of two near
+    ``n_inputs / TARGET_INPUTS_PER_PART``. The previous layout is kept unless it is far off (a
+    refresh that changes nothing must not rewrite the state just to re-partition it)."""
+    if previous_parts and (n_inputs <= 4 * TARGET_INPUTS_PER_PART * previous_parts) and (
+            previous_parts == 1 or n_inputs * 8 >= TARGET_INPUTS_PER_PART * previous_parts):
+        return previous_parts
+    want = max(1, math.ceil(n_inputs / TARGET_INPUTS_PER_PART))
+    return min(dataset.SLOTS, 1 << (want - 1).bit_length())
 
 
-def next_state(previous: Mapping[str, Any], version: int, fingerprint: str, listed: Iterable[AudioRef],
-               selected: Iterable[str], shard_sources: Mapping[str, Mapping[str, Mapping[str, Any]]],
-               failure_counts: Mapping[str, int], transient: Iterable[str] = ()
-               ) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
-    """The state after a run, and the previous entries whose samples are no longer live.
+# ---------------------------------------------------------------------------- lines
 
-    Args:
-        previous: the last published state.
-        version: this run's dataset version.
-        fingerprint: this run's settings fingerprint.
-        listed: every input matched this run.
-        selected: URIs that were (re)processed this run.
-        shard_sources: final shard URL -> source hash -> {"uri", "samples", "audio_s", "tokens"}.
-        failure_counts: URI -> dead-letter records this run.
-        transient: selected URIs with a transient failure (the storage was unavailable): not
-            processed. They keep their previous entry (or get none), whatever samples they
-            gave this run are not live, and they are listed in ``pending`` so the next
-            refresh tries them again.
+
+def ref_line(ref: AudioRef, order: Sequence[int] | None = None) -> str:
+    """An input as one JSON line (listing runs, selected batches); ``order``: where the listing
+    found it (``o``: which of the URIs naming one input is read, :func:`merge_inputs`)."""
+    record: dict[str, Any] = {"uri": ref.uri, "size": ref.size_bytes, "version": ref.version}
+    if ref.meta:
+        record["meta"] = dict(ref.meta)
+    if order is not None:
+        record["o"] = list(order)
+    return json.dumps(record, sort_keys=True)
+
+
+def ref_from_line(line: str) -> AudioRef:
+    record = json.loads(line)
+    return AudioRef(uri=record["uri"], size_bytes=record.get("size"), version=record.get("version"),
+                    meta=record.get("meta") or {})
+
+
+def entry_line(uri: str, entry: Mapping[str, Any]) -> str:
+    """A state line: the input's URI and its entry."""
+    return json.dumps({"uri": uri, **entry}, sort_keys=True)
+
+
+def uri_of_line(line: str) -> str:
+    return json.loads(line)["uri"]
+
+
+# ---------------------------------------------------------------------------- listing runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A file of JSON lines sorted by ``dataset.order_key`` of their URI: one lister's inputs
+    (``kind="listed"``), or a previous state carried over from index version 1 (``"previous"``).
+
+    Attributes:
+        url: where it is.
+        kind: ``listed`` or ``previous``.
+        count: lines.
+        size: bytes.
+        slots: ``(slot, byte offset of the slot's first line)`` for each slot present, ascending.
     """
-    state = {**empty_state(), "dataset_version": version, "settings_fingerprint": fingerprint,
-             "deleted": copy.deepcopy(dict(previous.get("deleted", {})))}
-    prev_inputs = previous.get("inputs", {})
-    transient = set(transient)
-    selected = set(selected) - transient
-    pending: dict[str, Any] = {}
-    per_uri: dict[str, dict[str, Any]] = {}
-    for shard, sources in sorted(shard_sources.items()):
-        for source, stats in sorted(sources.items()):
-            entry = per_uri.setdefault(stats["uri"], {"sources": [], "shards": {}, "samples": 0, "audio_s": 0.0,
-                                                      "tokens": {}})
-            if source not in entry["sources"]:
-                entry["sources"].append(source)
-            entry["shards"][shard] = entry["shards"].get(shard, 0) + stats["samples"]
-            entry["samples"] += stats["samples"]
-            entry["audio_s"] = round(entry["audio_s"] + stats["audio_s"], 6)
-            for name, n in stats["tokens"].items():
-                entry["tokens"][name] = entry["tokens"].get(name, 0) + n
-    stale: list[Mapping[str, Any]] = []
-    seen: set[str] = set()
-    # A URI listed twice (by a pattern and a manifest line) keeps one entry: the same one
-    # whatever order the runner delivered the references in.
-    for ref in sorted(listed, key=_ref_order):
-        if ref.uri in seen:
-            continue
-        seen.add(ref.uri)
-        if ref.uri in selected:
-            produced = per_uri.get(ref.uri, {"sources": [], "shards": {}, "samples": 0, "audio_s": 0.0, "tokens": {}})
-            state["inputs"][ref.uri] = {
-                "size": ref.size_bytes, "version": ref.version, "meta": meta_hash(ref), "fingerprint": fingerprint,
-                "run": version, "failures": int(failure_counts.get(ref.uri, 0)), **produced}
-            state["deleted"].pop(ref.uri, None)
-            if ref.uri in prev_inputs:
-                stale.append(prev_inputs[ref.uri])
-        elif ref.uri in prev_inputs:
-            state["inputs"][ref.uri] = copy.deepcopy(prev_inputs[ref.uri])
-        if ref.uri in transient:
-            pending[ref.uri] = {"run": version}
-            if ref.uri in per_uri:
-                stale.append(per_uri[ref.uri])
-    for uri, entry in prev_inputs.items():
-        if uri not in seen:
-            state["deleted"][uri] = {"run": version}
-            stale.append(entry)
-    state["inputs"] = dict(sorted(state["inputs"].items()))
-    state["deleted"] = dict(sorted(state["deleted"].items()))
-    if pending:
-        state["pending"] = dict(sorted(pending.items()))
-    return state, stale
+
+    url: str
+    kind: str
+    count: int
+    size: int
+    slots: tuple[tuple[int, int], ...]
+
+    def ranges(self, parts: int) -> Iterator[tuple[int, int, int]]:
+        """``(part, start, end)``: the bytes of the run that belong to each part present."""
+        bounds = [*self.slots, (dataset.SLOTS, self.size)]
+        current, start = None, 0
+        for (slot, offset), _ in zip(bounds, bounds[1:]):
+            part = dataset.part_of(slot, parts)
+            if part != current:
+                if current is not None:
+                    yield current, start, offset
+                current, start = part, offset
+        if current is not None:
+            yield current, start, self.size
 
 
-def carry_unlisted(previous: Mapping[str, Any], records: Iterable[Mapping[str, Any]], version: int
-                   ) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
-    """Dead letters that name no input (a pattern matching nothing, a bad manifest line, a
-    file refused when listed) come back every run; those that are the same as last run's
-    are carried, not repeated.
+def write_run(url: str, kind: str, lines: Iterable[tuple[str, str]]) -> Run:
+    """Writes ``(uri, line)`` pairs as a run (sorted by the URI's order key, then the line)."""
+    ordered = sorted(((dataset.order_key(uri), line) for uri, line in lines))
+    offsets: list[tuple[int, int]] = []
+    chunks, size = [], 0
+    for (slot, _), line in ordered:
+        if not offsets or offsets[-1][0] != slot:
+            offsets.append((slot, size))
+        data = (line + "\n").encode("utf-8")
+        chunks.append(data)
+        size += len(data)
+    storage.write_bytes(url, b"".join(chunks))
+    return Run(url=url, kind=kind, count=len(ordered), size=size, slots=tuple(offsets))
+
+
+def read_lines(url: str, start: int, end: int) -> list[str]:
+    """The lines in bytes ``[start, end)`` of a run."""
+    return [line for line in storage.read_range(url, start, end).decode("utf-8").split("\n") if line]
+
+
+# ---------------------------------------------------------------------------- the join
+
+
+DRAFT = "_draft"  # the part of a draft line the next state's writer resolves (never published)
+
+
+def is_input(entry: Mapping[str, Any] | None) -> bool:
+    """Whether a state line holds an input's entry (besides, or instead of, other facets)."""
+    return entry is not None and "fingerprint" in entry
+
+
+def input_facet(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A state line's input entry, without the URI and the other facets."""
+    return {k: v for k, v in entry.items() if k not in ("uri", "deleted", "pending", "unlisted", DRAFT)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What a run does with one URI of a part.
+
+    ``kind``: ``carry`` (an unchanged input: its previous line goes on), ``select`` (processed
+    this run, for ``reason``), ``delete`` (an input listed no more), ``keep`` (no input: a
+    previous line of other facets, e.g. deleted earlier or a dead letter that names no input),
+    ``skip`` (listed, not selected, never processed: not recorded).
+    ``previous``: the URI's previous state line, when it had one.
+    """
+
+    kind: str
+    uri: str
+    ref: AudioRef | None = None
+    previous: Mapping[str, Any] | None = None
+    reason: str | None = None
+    duplicates: int = 0
+
+
+def _keyed(lines: Iterable[str]) -> Iterator[tuple[tuple[int, str], dict]]:
+    """``(order key, record)`` of JSON lines that name a ``uri``: each line parsed once."""
+    for line in lines:
+        record = json.loads(line)
+        yield dataset.order_key(record["uri"]), record
+
+
+def merge_keyed(*streams: Iterable[str]) -> Iterator[tuple[tuple[int, str], dict]]:
+    """Sorted streams of JSON lines merged into one, by their URI's order key (ties in stream order)."""
+    if len(streams) == 1:
+        return _keyed(streams[0])
+    return heapq.merge(*(_keyed(s) for s in streams), key=lambda kr: kr[0])
+
+
+def _as_keyed(lines) -> Iterator[tuple[tuple[int, str], dict]]:
+    """Lines, or already keyed ``(key, record)`` tuples, as keyed tuples."""
+    it = iter(lines)
+    first = next(it, None)
+    if first is None:
+        return iter(())
+    if isinstance(first, tuple):
+        return itertools.chain([first], it)
+    return _keyed(itertools.chain([first], it))
+
+
+def merge_inputs(listed, previous, select: Callable[[AudioRef, Mapping[str, Any] | None], str | None]
+                 ) -> Iterator[Decision]:
+    """Joins one part of the listing with the same part of the previous state.
 
     Args:
-        previous: the last published state's ``unlisted``: URI -> {"run", "records": [[reason, message], ...]}.
-        records: this run's match-stage records (dicts with ``uri``, ``reason``, ``message``).
+        listed: ref lines (:func:`ref_line`) sorted by ``dataset.order_key`` of their URI (or
+            :func:`merge_keyed` of several such streams). URIs naming one input (by
+            ``dataset.input_identity``: listed twice by overlapping patterns, a pattern and a
+            manifest, a manifest twice) count once: the first occurrence (``o``: manifests in
+            the order given, line by line, then patterns), the others as duplicates.
+        previous: state lines of the part, sorted the same way (or :func:`merge_keyed` of them).
+        select: why an input must be processed given its previous entry (None: it need not).
+
+    Yields:
+        One :class:`Decision` per input identity, in order.
+    """
+    keyed_previous = _as_keyed(previous)
+    prev = next(keyed_previous, None)
+    for key, group in itertools.groupby(_as_keyed(listed), key=lambda kr: kr[0]):
+        records = [record for _, record in group]
+        while prev is not None and prev[0] < key:
+            yield _absent(prev[1])
+            prev = next(keyed_previous, None)
+        record = min(records, key=lambda r: r.get("o", ()))
+        ref = AudioRef(uri=record["uri"], size_bytes=record.get("size"), version=record.get("version"),
+                       meta=record.get("meta") or {})
+        line = None
+        if prev is not None and prev[0] == key:
+            line = prev[1]
+            prev = next(keyed_previous, None)
+        entry = line if is_input(line) else None
+        reason = select(ref, entry)
+        kind = "select" if reason else "carry" if entry is not None else "keep" if line is not None else "skip"
+        yield Decision(kind, ref.uri, ref=ref, previous=line, reason=reason, duplicates=len(records) - 1)
+    while prev is not None:
+        yield _absent(prev[1])
+        prev = next(keyed_previous, None)
+
+
+def _absent(line: Mapping[str, Any]) -> Decision:
+    return Decision("delete" if is_input(line) else "keep", line["uri"], previous=line)
+
+
+def draft_line(decision: Decision, version: int, fingerprint: str) -> dict[str, Any] | None:
+    """The line a decision leaves in the part's draft (None: the URI is not recorded).
+
+    A selected input's line is resolved by :func:`finish_part` (what it produced, its dead
+    letters, whether they were transient); a deleted input's line still names its samples, for
+    them to be excluded there.
+    """
+    prev = decision.previous
+    if decision.kind == "carry":
+        return {k: v for k, v in prev.items() if k != "pending"}  # unchanged: nothing to retry
+    if decision.kind == "select":
+        ref = decision.ref
+        entry = {"size": ref.size_bytes, "version": ref.version, "meta": meta_hash(ref), "fingerprint": fingerprint,
+                 "run": version}
+        return {"uri": ref.uri, DRAFT: {"entry": entry, "previous": prev}}
+    if decision.kind == "delete":
+        line = {"uri": decision.uri, "deleted": version, DRAFT: {"stale": input_facet(prev)}}
+        if "unlisted" in prev:
+            line["unlisted"] = prev["unlisted"]
+        return line
+    if decision.kind == "keep":
+        # Listed again without being processed (only where the caller chooses what to
+        # process), or absent: its other facets go on; a pending retry of an input gone does not.
+        line = {k: v for k, v in prev.items() if k != "pending"}
+        return line if len(line) > 1 else None
+    return None
+
+
+def stale_exclusions(entry: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str, ...], int]]:
+    """``(shard url, source hashes, samples)`` of a superseded entry: what its shards' rows lose."""
+    sources = tuple(entry.get("sources", []))
+    for shard, n in sorted(entry.get("shards", {}).items()):
+        yield shard, sources, int(n)
+
+
+def unlisted_summary(records: Iterable[Mapping[str, Any]]) -> list[list[str]]:
+    """What an ``unlisted`` facet keeps of a URI's dead letters: ``[[reason, message], ...]``, sorted."""
+    return sorted([r["reason"], r.get("message", "")] for r in records)
+
+
+def apply_unlisted(draft: Iterable[dict], records: Iterable[Mapping[str, Any]], version: int
+                   ) -> tuple[list[dict], list[Mapping[str, Any]], bool]:
+    """Dead letters that name no input (a pattern matching nothing, a bad manifest line, a file
+    refused when listed) come back every run: those the same as last run's are carried in the
+    ``unlisted`` facet of their URI's line, not published again.
+
+    Args:
+        draft: a part's draft lines (dicts), in order.
+        records: this run's match-stage records of the part (``uri``, ``reason``, ``message``).
         version: this run's dataset version.
 
     Returns:
-        (this run's ``unlisted``, the records to publish: those of URIs whose records changed).
+        (the draft with its ``unlisted`` facets updated, the records to publish: those of URIs
+        whose records changed, whether any facet changed).
     """
-    by_uri: dict[str, list[Mapping[str, Any]]] = {}
+    by_uri: dict[tuple[int, str], list[Mapping[str, Any]]] = {}
+    uris: dict[tuple[int, str], str] = {}
     for record in records:
-        by_uri.setdefault(record["uri"], []).append(record)
-    unlisted: dict[str, Any] = {}
-    new: list[Mapping[str, Any]] = []
-    for uri, found in sorted(by_uri.items()):
-        summary = sorted([r["reason"], r.get("message", "")] for r in found)
-        before = previous.get(uri)
+        key = dataset.order_key(record["uri"])
+        by_uri.setdefault(key, []).append(record)
+        uris.setdefault(key, record["uri"])
+    failed = sorted(by_uri)
+    out, publish, changed, i = [], [], False, 0
+
+    def facet(key, line):
+        nonlocal changed
+        found = by_uri[key]
+        summary = unlisted_summary(found)
+        before = line.get("unlisted")
         if before is not None and before.get("records") == summary:
-            unlisted[uri] = copy.deepcopy(dict(before))
+            line["unlisted"] = before
         else:
-            unlisted[uri] = {"run": version, "records": summary}
-            new.extend(found)
-    return unlisted, new
+            line["unlisted"] = {"run": version, "records": summary}
+            publish.extend(found)
+            changed = True
+        return line
+
+    for line in draft:
+        key = dataset.order_key(line["uri"])
+        while i < len(failed) and failed[i] < key:
+            out.append(facet(failed[i], {"uri": uris[failed[i]]}))
+            i += 1
+        if i < len(failed) and failed[i] == key:
+            out.append(facet(key, line))
+            i += 1
+            continue
+        if "unlisted" in line:  # its dead letters are gone
+            changed = True
+            line = {k: v for k, v in line.items() if k != "unlisted"}
+            if len(line) == 1:
+                continue
+        out.append(line)
+    for key in failed[i:]:
+        out.append(facet(key, {"uri": uris[key]}))
+    return out, publish, changed
 
 
-def _ref_order(ref: AudioRef) -> tuple:
-    return (ref.uri, meta_hash(ref), ref.size_bytes is not None, ref.size_bytes or 0, ref.version or "")
+@dataclasses.dataclass
+class JoinedPart:
+    """One part's join (:func:`join_part`).
+
+    Attributes:
+        draft: the lines of the part's next state (dicts), selected inputs pending.
+        summary: the summary of the lines that are final already (all but the pending ones).
+        selected: the inputs to process.
+        publish: this run's match-stage dead letters of the part that are new (the rest are carried).
+        changed: whether the part's state must be written (otherwise ``reuse`` is it).
+        reuse: the previous part file that is this part's state ("" for none), when unchanged.
+        counters: ``inputs_<why>`` -> inputs.
+    """
+
+    draft: list[dict]
+    summary: dict[str, Any]
+    selected: list[AudioRef]
+    publish: list[Mapping[str, Any]]
+    changed: bool
+    reuse: str | None
+    counters: dict[str, int]
+
+
+def join_part(listed, previous, select: Callable[[AudioRef, Mapping[str, Any] | None], str | None],
+              version: int, fingerprint: str, part: int, parts: int, prev: "Previous | None",
+              match_records: Iterable[Mapping[str, Any]] = ()) -> JoinedPart:
+    """Joins one part of the listing with the previous state (:func:`merge_inputs`) into the
+    part's draft and its inputs to process, and carries the part's unchanged match-stage dead
+    letters (:func:`apply_unlisted`)."""
+    # A first run always publishes; a refresh rewrites a part that changed, and every part when
+    # the layout changes (another number of parts, or the one state file of index version 1).
+    reuse = prev.reusable(part, parts) if prev is not None else None
+    joined = JoinedPart([], empty_summary(), [], [], reuse is None, None, {})
+    draft = []
+    for d in merge_inputs(listed, previous, select):
+        counter = {"carry": "inputs_unchanged", "delete": "inputs_deleted", "select": f"inputs_{d.reason}"}.get(d.kind)
+        for name, n in ((counter, 1), ("inputs_duplicate", d.duplicates)):
+            if name and n:
+                joined.counters[name] = joined.counters.get(name, 0) + n
+        line = draft_line(d, version, fingerprint)
+        if d.kind in ("select", "delete") or (d.previous is not None and line != d.previous):
+            joined.changed = True
+        if d.kind == "select":
+            joined.selected.append(d.ref)
+        if line is not None:
+            draft.append(line)
+    joined.draft, joined.publish, unlisted_changed = apply_unlisted(draft, match_records, version)
+    joined.changed = joined.changed or unlisted_changed
+    for line in joined.draft:
+        if DRAFT not in line:
+            add_to_summary(joined.summary, line)
+        elif "deleted" in line:
+            joined.summary["deleted"] += 1
+    if not joined.changed:
+        joined.reuse = reuse
+    return joined
+
+
+# ---------------------------------------------------------------------------- the next state
+
+
+def empty_summary() -> dict[str, Any]:
+    return {"inputs": 0, "deleted": 0, "samples": 0, "audio_s": 0.0, "tokens": {}, "failures_by_reason": {}}
+
+
+def live_reasons(entry: Mapping[str, Any]) -> dict[str, int]:
+    """The reasons of the dead letters of a state line that still count
+    (``dataset.failure_is_live``): a pending retry's, else the unlisted records', else the input's."""
+    if "pending" in entry:
+        return dict(entry["pending"].get("reasons", {}))
+    if "unlisted" in entry:
+        reasons: dict[str, int] = {}
+        for reason, _ in entry["unlisted"].get("records", []):
+            reasons[reason] = reasons.get(reason, 0) + 1
+        return reasons
+    return dict(entry.get("reasons", {})) if is_input(entry) else {}
+
+
+def add_to_summary(summary: dict[str, Any], entry: Mapping[str, Any]) -> None:
+    """Counts one state line into a part's summary."""
+    if "deleted" in entry:
+        summary["deleted"] += 1
+    if is_input(entry):
+        summary["inputs"] += 1
+        summary["samples"] += int(entry.get("samples", 0))
+        summary["audio_s"] = round(summary["audio_s"] + float(entry.get("audio_s", 0.0)), 6)
+        for name, n in entry.get("tokens", {}).items():
+            summary["tokens"][name] = summary["tokens"].get(name, 0) + n
+    for reason, n in live_reasons(entry).items():
+        summary["failures_by_reason"][reason] = summary["failures_by_reason"].get(reason, 0) + n
+
+
+def merge_summaries(summaries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    total = empty_summary()
+    for s in summaries:
+        total["inputs"] += s["inputs"]
+        total["deleted"] += s["deleted"]
+        total["samples"] += s["samples"]
+        total["audio_s"] = round(total["audio_s"] + s["audio_s"], 6)
+        for field in ("tokens", "failures_by_reason"):
+            for name, n in s[field].items():
+                total[field][name] = total[field].get(name, 0) + n
+    return total
+
+
+def produced_by_uri(contributions: Iterable[tuple[str, str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """What each input's samples became, from ``(shard url, source hash, stats)`` of the shards
+    written this run (stats: ``uri``, ``samples``, ``audio_s``, ``tokens``); summed in a fixed
+    order, whatever order the shards were written in."""
+    out: dict[str, dict[str, Any]] = {}
+    for shard, source, stats in sorted(contributions, key=lambda c: (c[0], c[1])):
+        entry = out.setdefault(stats["uri"], {"sources": [], "shards": {}, "samples": 0, "audio_s": 0.0,
+                                              "tokens": {}})
+        if source not in entry["sources"]:
+            entry["sources"].append(source)
+        entry["shards"][shard] = entry["shards"].get(shard, 0) + stats["samples"]
+        entry["samples"] += stats["samples"]
+        entry["audio_s"] = round(entry["audio_s"] + stats["audio_s"], 6)
+        for name, n in stats["tokens"].items():
+            entry["tokens"][name] = entry["tokens"].get(name, 0) + n
+    return out
+
+
+def finish_part(draft: Iterable[Mapping[str, Any]], produced: Mapping[str, Mapping[str, Any]],
+                records: Mapping[str, Sequence[Mapping[str, Any]]], version: int
+                ) -> tuple[list[str], dict[str, Any], list[tuple[str, tuple[str, ...], int]]]:
+    """A part's next state from its draft: a selected input gets what it produced and its dead
+    letters; a deleted input's samples are excluded; every other line goes on as it was.
+
+    A selected input with a transient dead letter (the storage was unavailable) was not
+    processed: it keeps its previous entry (or gets none), is marked ``pending`` (the next
+    refresh tries it again), and whatever samples it gave this run are excluded.
+
+    Args:
+        draft: the part's draft lines (dicts; :func:`draft_line`), in order.
+        produced: URI -> ``sources``, ``shards``, ``samples``, ``audio_s``, ``tokens`` (:func:`produced_by_uri`).
+        records: URI -> this run's dead-letter records (``reason``, ``transient``...) for inputs of the part.
+        version: this run's dataset version.
+
+    Returns:
+        (the part's lines, its summary: inputs, deleted, samples, audio_s, tokens, live failures
+        by reason; and the samples no longer live: ``(shard url, source hashes, samples)``).
+    """
+    lines, summary, stale = [], empty_summary(), []
+    attached: set[str] = set()
+    for line in draft:
+        line = dict(line)
+        todo = line.pop(DRAFT, None)
+        if todo is not None and "entry" in todo:
+            uri = line["uri"]
+            attached.add(uri)
+            found = records.get(uri, ())
+            reasons: dict[str, int] = {}
+            for r in found:
+                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+            reasons = dict(sorted(reasons.items()))
+            made = produced.get(uri, {"sources": [], "shards": {}, "samples": 0, "audio_s": 0.0, "tokens": {}})
+            previous = todo.get("previous") or {}
+            if any(r.get("transient") for r in found):
+                stale.extend(stale_exclusions(made))
+                line.update({k: v for k, v in previous.items() if k not in ("uri", "pending")})
+                line["pending"] = {"run": version, "reasons": reasons}
+            else:
+                if is_input(previous):
+                    stale.extend(stale_exclusions(previous))
+                line.update({**todo["entry"], **made, "failures": sum(reasons.values())})
+                if reasons:
+                    line["reasons"] = reasons
+                if "unlisted" in previous:
+                    line["unlisted"] = previous["unlisted"]
+        elif todo is not None:
+            stale.extend(stale_exclusions(todo.get("stale", {})))
+        add_to_summary(summary, line)
+        lines.append(json.dumps(line, sort_keys=True))
+    for uri, found in records.items():
+        if uri not in attached:  # names nothing this run processed: counts for this version alone
+            for r in found:
+                summary["failures_by_reason"][r["reason"]] = summary["failures_by_reason"].get(r["reason"], 0) + 1
+    return lines, summary, stale
+
+
+def migrate_state(state: Mapping[str, Any], failure_records: Iterable[tuple[int, Mapping[str, Any]]],
+                  ) -> Iterator[tuple[str, str]]:
+    """The single-file state of index version 1 as ``(uri, state line)`` pairs.
+
+    Its entries counted dead letters without their reasons; ``failure_records`` (``(version,
+    record)`` of the old failure files) give them back, by the rule of what counts
+    (``dataset.failure_is_live``): a pending input's are those of the run that could not read
+    it, an input's those of the run that processed it.
+    """
+    entries = dict(dataset.v1_state_entries(state))
+    reasons: dict[tuple[str, str], dict[str, int]] = {}
+    for run, record in failure_records:
+        entry = entries.get(record.get("uri"))
+        if entry is None or "unlisted" in entry:
+            continue
+        field = "pending" if "pending" in entry else "input" if is_input(entry) else None
+        if field and (entry[field] if field == "pending" else entry).get("run") == run:
+            by_reason = reasons.setdefault((record["uri"], field), {})
+            by_reason[record["reason"]] = by_reason.get(record["reason"], 0) + 1
+    for uri, entry in entries.items():
+        entry = {k: v for k, v in entry.items() if k != "reasons"}
+        if reasons.get((uri, "input")):
+            entry["reasons"] = dict(sorted(reasons[(uri, "input")].items()))
+        if "pending" in entry:
+            entry["pending"] = {**entry["pending"], "reasons": dict(sorted(reasons.get((uri, "pending"), {}).items()))}
+        yield uri, entry_line(uri, entry)
+
+
+# ---------------------------------------------------------------------------- shard rows
 
 
 def live_shards(previous_rows: Iterable[Mapping[str, Any]], new_rows: Iterable[Mapping[str, Any]],
                 stale: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The live index's shard rows: old and new, stale sources excluded, empty shards dropped."""
-    rows = {row["url"]: copy.deepcopy(dict(row)) for row in [*previous_rows, *new_rows]}
+    """The live index's shard rows: old and new, stale sources excluded, empty shards dropped.
+
+    ``stale``: superseded state entries (or ``{"shards": {url: n}, "sources": [...]}``).
+    """
+    rows = {row["url"]: json.loads(json.dumps(row)) for row in [*previous_rows, *new_rows]}
     for entry in stale:
         for shard, n in entry.get("shards", {}).items():
             row = rows.get(shard)
@@ -175,49 +594,263 @@ def live_shards(previous_rows: Iterable[Mapping[str, Any]], new_rows: Iterable[M
     return out
 
 
-def live_totals(state: Mapping[str, Any], shard_rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Totals over the live samples (from the state, so excluded samples do not count)."""
-    inputs = state.get("inputs", {}).values()
-    tokens: dict[str, int] = {}
-    for entry in inputs:
-        for name, n in entry.get("tokens", {}).items():
-            tokens[name] = tokens.get(name, 0) + n
-    rows = list(shard_rows)
-    return {
-        "shards": len(rows),
-        "samples": sum(e.get("samples", 0) for e in inputs),
-        "bytes": sum(r["bytes"] + r.get("vectors_bytes", 0) for r in rows),
-        "audio_s": round(sum(e.get("audio_s", 0.0) for e in inputs), 3),
-        "tokens": dict(sorted(tokens.items())),
-        "inputs": len(state.get("inputs", {})),
-        "deleted_inputs": len(state.get("deleted", {})),
-    }
+# ---------------------------------------------------------------------------- the previous dataset
 
 
-class _SelectFn(beam.DoFn):
-    def __init__(self, state_url: str | None, fingerprint: str):
-        self._state_url = state_url
-        self._fingerprint = fingerprint
+@dataclasses.dataclass(frozen=True)
+class Previous:
+    """What a refresh builds on: the published index's layout (never its rows).
 
-    def setup(self) -> None:
-        # Read once per worker process: the state holds one small entry per input.
-        self._inputs = (json.loads(storage.read_bytes(self._state_url)).get("inputs", {})
-                        if self._state_url else {})
+    Attributes:
+        dataset_version: its version.
+        index_version: 1 (one state file, rows inline in ``index.json``) or 2 (part files).
+        inputs: inputs its state records.
+        parts: its number of parts (index version 2).
+        state: its state part files (version 2; None for an empty part), or its one state file (version 1).
+        rows: its rows part files (version 2).
+    """
 
-    def process(self, ref: AudioRef):
-        why = needs_processing(ref, self._inputs.get(ref.uri), self._fingerprint)
-        metrics.counter(f"inputs_{why or 'unchanged'}").inc()
-        if why:
-            yield ref
+    dataset_version: int
+    index_version: int
+    inputs: int = 0
+    parts: int = 0
+    state: tuple[str | None, ...] = ()
+    rows: tuple[str | None, ...] = ()
+
+    @classmethod
+    def of_index(cls, index: Mapping[str, Any]) -> "Previous":
+        parts = dataset.layout(index)
+        inputs = int(index.get("totals", {}).get("inputs", 0))
+        if parts is None:
+            return cls(dataset_version=int(index.get("dataset_version", 0)), index_version=1, inputs=inputs,
+                       state=(index["state"],) if index.get("state") else ())
+        return cls(dataset_version=int(index["dataset_version"]), index_version=int(index["version"]), inputs=inputs,
+                   parts=int(parts["parts"]), state=tuple(parts["state"]), rows=tuple(parts["rows"]))
+
+    def overlapping(self, part: int, parts: int) -> list[int]:
+        """The previous parts holding slots of ``part`` (of ``parts``), ascending."""
+        return sorted({dataset.part_of(s, self.parts) for s in dataset.part_slots(part, parts)})
+
+    def state_lines(self, output: str, part: int, parts: int) -> Iterator[str]:
+        """The previous state lines of ``part`` (index version 2), in order."""
+        slots = dataset.part_slots(part, parts)
+        whole = self.parts >= parts  # the previous parts lie inside this one
+        for q in self.overlapping(part, parts):
+            rel = self.state[q]
+            if not rel:
+                continue
+            for line in dataset.read_jsonl(output, rel):
+                if whole or dataset.order_key(uri_of_line(line))[0] in slots:
+                    yield line
+
+    def rows_of(self, output: str, part: int, parts: int) -> dict[str, list[dict]]:
+        """The previous shard and failure rows whose url falls in ``part``."""
+        out: dict[str, list[dict]] = {"shards": [], "failures": []}
+        if self.index_version == 1:
+            index = dataset.read_index(output)
+            found = {"shards": index.get("shards", []), "failures": index.get("failures", [])}
+        else:
+            found = {"shards": [], "failures": []}
+            for q in self.overlapping(part, parts):
+                if self.rows[q]:
+                    for kind, rows in dataset.read_rows_part(output, self.rows[q]).items():
+                        found[kind].extend(rows)
+        for kind, rows in found.items():
+            out[kind] = [r for r in rows if dataset.part_of(dataset.slot_of(r["url"]), parts) == part]
+        return out
+
+    def reusable(self, part: int, parts: int) -> str | None:
+        """The previous part file that is this part's state as it stands (same layout), if any."""
+        if self.index_version >= 2 and self.parts == parts:
+            return self.state[part] or ""
+        return None
 
 
-class SelectChanged(beam.PTransform):
-    """PCollection[AudioRef] -> the inputs that are new, changed, or processed with other settings."""
+def read_v1_failures(output: str, index: Mapping[str, Any]) -> Iterator[tuple[int, dict]]:
+    """``(version, record)`` of the dead-letter files an index of version 1 names."""
+    for row in index.get("failures", []):
+        run = int(row["url"].split("/")[1].lstrip("v"))
+        for line in dataset.read_jsonl(output, row["url"]):
+            yield run, json.loads(line)
 
-    def __init__(self, state_url: str | None, fingerprint: str):
+
+# ---------------------------------------------------------------------------- Beam
+
+
+@dataclasses.dataclass(frozen=True)
+class Draft:
+    """A part's join, for the step that writes its next state.
+
+    Attributes:
+        part: which.
+        url: the draft's temp file; or, when ``reuse`` is set, nothing changed in the part.
+        reuse: the previous part file that already is this part's state ("" for an empty part).
+        summary: the summary of the part's unchanged entries (the whole part when ``reuse``).
+        changed: whether anything in the part changed.
+    """
+
+    part: int
+    url: str | None
+    reuse: str | None
+    summary: Mapping[str, Any]
+    changed: bool
+
+
+def parts_singleton(n_listed: int, previous: Previous | None) -> int:
+    return choose_parts(n_listed, previous.parts if previous else 0)
+
+
+class _WriteRunFn(beam.DoFn):
+    """(identity, [(order, AudioRef)]) from one lister -> a listing run under the temp folder.
+
+    The run's name is a hash of the lister's identity, so a retried lister rewrites the same file."""
+
+    def __init__(self, temp_dir: str):
+        self._temp_dir = temp_dir
+
+    def process(self, batch):
+        identity, found = batch
+        name = hashlib.sha1(identity.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+        yield write_run(storage.join(self._temp_dir, "runs", f"{name}.jsonl"), "listed",
+                        ((ref.uri, ref_line(ref, order)) for order, ref in found))
+
+
+class WriteRuns(beam.PTransform):
+    """Listing batches ``(identity, [(order, AudioRef)])`` -> :class:`Run` s under ``temp_dir/runs/``.
+
+    Applied to a tuple of PCollections of batches (``match.ListInputs``): each batch is written
+    where it is made, and only the runs are flattened.
+    """
+
+    def __init__(self, temp_dir: str):
         super().__init__()
-        self.state_url = state_url
-        self.fingerprint = fingerprint
+        self.temp_dir = temp_dir
 
-    def expand(self, refs):
-        return refs | "NewOrChanged" >> beam.ParDo(_SelectFn(self.state_url, self.fingerprint))
+    def expand(self, batches):
+        return ([pc | (f"WriteRun{i}" if i else "WriteRun") >> beam.ParDo(_WriteRunFn(self.temp_dir))
+                 for i, pc in enumerate(batches)]
+                | "AllRuns" >> beam.Flatten())
+
+
+class _MigrateFn(beam.DoFn):
+    """The one state file of an index-version-1 dataset -> a run of state lines (once, on one worker)."""
+
+    def __init__(self, output: str, temp_dir: str):
+        self._output, self._temp_dir = output, temp_dir
+
+    def process(self, state_rel: str):
+        index = dataset.read_index(self._output)
+        state = json.loads(storage.read_bytes(storage.join(self._output, state_rel)))
+        lines = migrate_state(state, read_v1_failures(self._output, index))
+        metrics.counter("state_migrated").inc(len(state.get("inputs", {})))
+        yield write_run(storage.join(self._temp_dir, "runs", "previous-state.jsonl"), "previous", lines)
+
+
+class _MergeFn(beam.DoFn):
+    """(part, {"listed": ranges, "previous": ranges, "failures": match-stage records, "all":
+    markers}) -> the part's join.
+
+    Main output: batches of selected inputs (JSON lines, bytes). Tagged: ``drafts`` ((part,
+    :class:`Draft`)), ``publish`` ((part, record): match-stage dead letters that changed),
+    ``selected`` (count).
+    """
+
+    def __init__(self, output: str, temp_dir: str, version: int, fingerprint: str, previous: Previous | None):
+        self._output, self._temp_dir = output, temp_dir
+        self._version, self._fingerprint, self._previous = version, fingerprint, previous
+
+    def process(self, element, parts: int):
+        part, groups = element
+        listed = merge_keyed(*(read_lines(url, start, end) for url, start, end in sorted(groups["listed"])))
+        if self._previous is not None and self._previous.index_version == 1:
+            previous = merge_keyed(*(read_lines(url, start, end) for url, start, end in sorted(groups["previous"])))
+        elif self._previous is not None:
+            previous = self._previous.state_lines(self._output, part, parts)
+        else:
+            previous = ()
+        fingerprint = self._fingerprint
+        records = [json.loads(f.to_json()) for f in groups["failures"]]
+        joined = join_part(listed, previous, lambda ref, entry: needs_processing(ref, entry, fingerprint),
+                           self._version, fingerprint, part, parts, self._previous, records)
+        for name, n in joined.counters.items():
+            metrics.counter(name).inc(n)
+        for record in joined.publish:
+            yield beam.pvalue.TaggedOutput("publish", (part, record))
+        yield from batch_refs(joined.selected)
+        yield beam.pvalue.TaggedOutput("selected", len(joined.selected))
+        url = None
+        if joined.changed:
+            url = storage.join(self._temp_dir, "drafts", f"state-{part:05d}.jsonl")
+            storage.write_bytes(url, "".join(json.dumps(line, sort_keys=True) + "\n"
+                                             for line in joined.draft).encode("utf-8"))
+        yield beam.pvalue.TaggedOutput("drafts", (part, Draft(part, url, joined.reuse, joined.summary, joined.changed)))
+
+
+def batch_refs(refs: Sequence[AudioRef]) -> Iterator[bytes]:
+    """Selected inputs in batches of :data:`SELECT_BATCH_INPUTS` or :data:`SELECT_BATCH_BYTES`,
+    as JSON lines: what the runner carries to spread the work is a few bytes per input."""
+    batch, size = [], 0
+    for ref in refs:
+        batch.append(ref_line(ref))
+        size += ref.size_bytes or 0
+        if len(batch) >= SELECT_BATCH_INPUTS or size >= SELECT_BATCH_BYTES:
+            yield "\n".join(batch).encode("utf-8")
+            batch, size = [], 0
+    if batch:
+        yield "\n".join(batch).encode("utf-8")
+
+
+def unbatch_refs(blob: bytes) -> list[AudioRef]:
+    return [ref_from_line(line) for line in blob.decode("utf-8").split("\n")]
+
+
+class SelectInputs(beam.PTransform):
+    """Listing runs and the listing's dead letters -> the inputs to process, and the join's
+    drafts for the next state.
+
+    Applied to ``{"runs": PCollection[Run], "failures": PCollection[Failure]}`` (the match
+    stage's). Returns a dict: ``refs`` (PCollection[AudioRef], spread over the workers),
+    ``parts`` (a singleton: the run's number of parts), ``drafts`` ((part, Draft)),
+    ``match_failures`` ((part, record): the match stage's dead letters to publish, those that
+    changed since the last run), ``n_selected`` (a singleton), ``changed`` (singleton: whether
+    anything changed).
+    """
+
+    def __init__(self, output: str, temp_dir: str, version: int, fingerprint: str, previous: Previous | None):
+        super().__init__()
+        self.output, self.temp_dir = output, temp_dir
+        self.version, self.fingerprint, self.previous = version, fingerprint, previous
+
+    def expand(self, inputs):
+        runs, previous = inputs["runs"], self.previous
+        n_listed = (runs
+                    | "RunSizes" >> beam.Map(lambda run: run.count)
+                    | "CountListed" >> beam.CombineGlobally(sum))
+        parts = n_listed | "ChooseParts" >> beam.Map(parts_singleton, previous)
+        parts_si = beam.pvalue.AsSingleton(parts)
+        routed = {"listed": runs}
+        if previous is not None and previous.index_version == 1 and previous.state:
+            routed["previous"] = (runs.pipeline
+                                  | "OldState" >> beam.Create(list(previous.state))
+                                  | "MigrateState" >> beam.ParDo(_MigrateFn(self.output, self.temp_dir)))
+        keyed = {kind: (pc | f"Route{kind.title()}" >> beam.FlatMap(
+            lambda run, n: [(p, (run.url, start, end)) for p, start, end in run.ranges(n)], parts_si))
+                 for kind, pc in routed.items()}
+        keyed.setdefault("previous", runs.pipeline | "NoOldState" >> beam.Create([]))
+        keyed["all"] = parts | "AllParts" >> beam.FlatMap(lambda n: [(p, None) for p in range(n)])
+        keyed["failures"] = inputs["failures"] | "KeyMatchFailures" >> beam.Map(
+            lambda f, n: (dataset.part_of(dataset.order_key(f.uri)[0], n), f), parts_si)
+        merged = (keyed
+                  | "GroupParts" >> beam.CoGroupByKey()
+                  | "JoinState" >> beam.ParDo(
+                      _MergeFn(self.output, self.temp_dir, self.version, self.fingerprint, previous),
+                      parts_si).with_outputs("drafts", "publish", "selected", main="batches"))
+        refs = (merged.batches
+                | "SpreadInputs" >> beam.Reshuffle()
+                | "Unbatch" >> beam.FlatMap(unbatch_refs))
+        n_selected = merged.selected | "CountSelected" >> beam.CombineGlobally(sum)
+        changed = (merged.drafts
+                   | "PartChanged" >> beam.Map(lambda kd: kd[1].changed)
+                   | "AnyChanged" >> beam.CombineGlobally(any))
+        return {"refs": refs, "parts": parts, "drafts": merged.drafts, "match_failures": merged.publish,
+                "n_selected": n_selected, "changed": changed}

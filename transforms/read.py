@@ -35,19 +35,29 @@ class ReadSegments(beam.PTransform):
     """Inputs -> ``{"segments": PCollection[Segment], "failures": PCollection[Failure],
     "listed": PCollection[AudioRef], "selected": PCollection[AudioRef]}``.
 
-    Segments are mono at their source's rate. ``listed`` holds every matched input; when
-    ``select`` is given (a PTransform over AudioRefs, e.g. the incremental filter), only the
-    inputs it passes are decoded.
+    Applied to the pipeline, it matches ``match``'s inputs; applied to a PCollection[AudioRef],
+    it reads those (``listed`` is then that PCollection). Segments are mono at their source's
+    rate. When ``select`` is given (a PTransform over AudioRefs), only the inputs it passes are
+    decoded.
+
+    With ``per_path``, ``segments`` is a tuple of PCollections, one per way segments are made
+    (whole files, long files in stretches): the in-process runner holds every element of a
+    Flatten in memory, so a job that must not hold every segment's audio applies its next steps
+    to each.
     """
 
     def __init__(self, match: MatchConfig, decode: DecodeConfig, segment: SegmentConfig,
-                 select: beam.PTransform | None = None):
+                 select: beam.PTransform | None = None, per_path: bool = False):
         super().__init__()
         self.match, self.decode, self.segment = match, decode, segment
         self.select = select
+        self.per_path = per_path
 
     def expand(self, pbegin):
-        matched = pbegin | "MatchAudio" >> MatchAudio(self.match)
+        if isinstance(pbegin, beam.pvalue.PBegin):
+            matched = pbegin | "MatchAudio" >> MatchAudio(self.match)
+        else:
+            matched = {"refs": pbegin, "failures": pbegin.pipeline | "NoMatchFailures" >> beam.Create([])}
         refs = matched["refs"] if self.select is None else matched["refs"] | "SelectInputs" >> self.select
         decoded = refs | "DecodeAudio" >> DecodeAudio(self.decode, self.segment.split_config())
         segmented = decoded.decoded | "Segment" >> SegmentAudio(self.segment)
@@ -57,8 +67,10 @@ class ReadSegments(beam.PTransform):
             streamed = items | "SegmentLongFiles" >> SegmentWorkItems(self.segment, self.decode)
             segments.append(streamed.segments)
             fails.append(streamed.failures)
-        return {"segments": tuple(segments) | "AllSegments" >> beam.Flatten(),
-                "failures": tuple(fails) | "ReadFailures" >> beam.Flatten(),
+        segments = tuple(segments)
+        if not self.per_path:
+            segments = segments | "AllSegments" >> beam.Flatten() if len(segments) > 1 else segments[0]
+        return {"segments": segments, "failures": tuple(fails) | "ReadFailures" >> beam.Flatten(),
                 "listed": matched["refs"], "selected": refs}
 
 

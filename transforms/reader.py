@@ -77,33 +77,35 @@ def _resolve(output: str, url: str) -> str:
     return url if "://" in url or url.startswith("/") else storage.join(output, url)
 
 
+def _shard_url(output: str, row: Mapping[str, Any]) -> str:
+    return _resolve(output, row["url"])
+
+
 def shard_urls(output: str, index: Mapping[str, Any] | None = None, *, vectors: bool = False) -> list[str]:
     """The shards of a dataset, as URLs (relative index entries resolved against ``output``):
     what a stock WebDataset reader takes. A dataset written with ``--separate-vectors`` has two
     shard sets: the discrete streams (with ``KEY.json``; the default) and, with ``vectors``,
     the vector streams (the rows that have them)."""
-    index = dataset.read_index(output) if index is None else index
+    rows = dataset.shard_rows(output, index)
     if vectors:
-        return [_resolve(output, row["vectors_url"]) for row in index["shards"] if row.get("vectors_url")]
-    return [_resolve(output, row["url"]) for row in index["shards"]]
+        return [_resolve(output, row["vectors_url"]) for row in rows if row.get("vectors_url")]
+    return [_shard_url(output, row) for row in rows]
 
 
 def shard_sources(output: str, index: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
     """What ``sample_pipeline_stages`` reads: per shard ``{"url"}``, and ``{"vectors_url"}``
     where the shard's vector streams are in the vector set."""
-    index = dataset.read_index(output) if index is None else index
-    return [{"url": _resolve(output, row["url"]),
+    return [{"url": _shard_url(output, row),
              **({"vectors_url": _resolve(output, row["vectors_url"])} if row.get("vectors_url") else {})}
-            for row in index["shards"]]
+            for row in dataset.shard_rows(output, index)]
 
 
-def excluded_sources(output: str, index: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+def excluded_sources(output: str, index: Mapping[str, Any] | None = None) -> dict[str, frozenset[str]]:
     """Shard URL -> source hashes whose samples are no longer live (inputs that changed or
     disappeared since the shard was written; see ``audiotok.transforms.incremental``). Shards with
     none are left out."""
-    urls = shard_urls(output, index)
-    return {url: frozenset(row["excluded_sources"]) for url, row in zip(urls, index["shards"])
-            if row.get("excluded_sources")}
+    return {_shard_url(output, row): frozenset(row["excluded_sources"])
+            for row in dataset.shard_rows(output, index) if row.get("excluded_sources")}
 
 
 def live_only(samples: Iterable[Mapping[str, Any]],
@@ -422,9 +424,9 @@ def sample_dataset(output: str, *, streams: Sequence[str] | None = None, meta: b
 
     index = dataset.read_index(output) if index is None else index
     return wds.DataPipeline(sample_pipeline_stages(
-        shard_sources(output, index), streams=streams, meta=meta, vectors=dataset.vector_streams(index.get("streams", {})),
-        shuffle_shards=shuffle_shards, seed=seed, split=split, shuffle_buffer=shuffle_buffer,
-        excluded=excluded_sources(output, index)))
+        shard_sources(output, index), streams=streams, meta=meta,
+        vectors=dataset.vector_streams(index.get("streams", {})), shuffle_shards=shuffle_shards, seed=seed,
+        split=split, shuffle_buffer=shuffle_buffer, excluded=excluded_sources(output, index)))
 
 
 def read_samples(output: str, *, streams: Sequence[str] | None = None, urls: Sequence[str] | None = None,
@@ -491,7 +493,8 @@ def lm_dataset(output: str, config: lm.SequenceConfig, context_len: int, *, voca
     for name in config.streams:
         vocab.stream(name)  # unknown or continuous streams fail here, not in a worker
     stages = sample_pipeline_stages(shard_sources(output, index), streams=config.streams, meta=False,
-                                    vectors=dataset.vector_streams(index.get("streams", {})), shuffle_shards=shuffle_shards, seed=seed, split=split,
+                                    vectors=dataset.vector_streams(index.get("streams", {})),
+                                    shuffle_shards=shuffle_shards, seed=seed, split=split,
                                     shuffle_buffer=shuffle_buffer, excluded=excluded_sources(output, index))
     stages.append(functools.partial(pack_stage, vocab=vocab, config=config, context_len=context_len,
                                     split_documents=split_documents))

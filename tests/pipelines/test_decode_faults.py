@@ -14,6 +14,7 @@ import pytest
 
 from audio_fixtures import synth_speechlike, write_audio
 from audiotok.runners import profiles
+from audiotok.transforms import dataset
 from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.segment import SegmentConfig
@@ -68,7 +69,7 @@ def _run(corpus: Path, out: Path, profile: str, monkeypatch) -> tuple[list[dict]
         tokenize=TokenizeConfig(specs="logmel", torch_threads=1), overwrite=True, max_failure_fraction=1.0)
     index, counters, _ = job.run(config, profiles.pipeline_options(profile, []))
     failures = []
-    for row in index["failures"]:
+    for row in dataset.failure_rows(str(out), index):
         failures += [json.loads(line) for line in (out / row["url"]).read_text("utf-8").splitlines()]
     return failures, index, calls.read_text().splitlines()
 
@@ -83,7 +84,7 @@ def test_a_fault_anywhere_in_the_route_costs_one_record_and_no_retry(corpus, tmp
     assert all(f["stage"] == "decode" for f in failures)
     # Everything else came out: the good files whole, the first stretch of each chunk-fault file.
     sources = collections.Counter()
-    for shard in index["shards"]:
+    for shard in dataset.shard_rows(str(tmp_path / "out"), index):
         for meta in _metas(tmp_path / "out" / shard["url"]):
             sources[os.path.basename(meta["source"]["uri"])] += 1
     assert sources == {"good.wav": 1, "long.flac": 9, "segfault-at-chunk.flac": 5, "hang-at-chunk.flac": 5}

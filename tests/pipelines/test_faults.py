@@ -29,7 +29,7 @@ from audiotok.pipelines import tokenize as job
 from audiotok.pipelines import verify
 from audiotok.runners import profiles
 from audiotok.transforms import dataset, lease, storage
-from audiotok.transforms.decode import DecodeConfig
+from audiotok.transforms.decode import DecodeConfig, FileDecoder
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.segment import SegmentConfig
 from audiotok.transforms.shards import ShardConfig
@@ -76,28 +76,27 @@ def assert_sound(out: Path | str, inputs: set[str]) -> None:
     report = verify.verify_dataset(out)
     assert report.ok(), verify.format_report(report)
     index = dataset.read_index(out)
-    state = json.loads(storage.read_bytes(storage.join(out, index["state"])))
+    state = dict(dataset.state_entries(out, index))
     keys, sources = [], set()
     for row, key, members in live_samples(out):
         keys.append(key)
         sources.add(json.loads(members["json"])["source"]["uri"])
     failed = set()
-    for row in index["failures"]:
+    for row in dataset.failure_rows(out, index):
         run_ = int(row["url"].split("/")[1][1:])
         for line in storage.read_bytes(storage.join(out, row["url"])).decode().splitlines():
             record = json.loads(line)
-            if dataset.failure_is_live(record["uri"], run_, state, index["dataset_version"]):
+            if dataset.failure_is_live(run_, state.get(record["uri"]), index["dataset_version"]):
                 failed.add(record["uri"])
     assert len(keys) == len(set(keys)) == index["totals"]["samples"]
     assert not sources & failed
     assert sources | failed == inputs, (sorted(inputs - sources - failed), sorted((sources | failed) - inputs))
-    assert set(state["inputs"]) | set(state.get("pending", {})) == inputs
+    assert {uri for uri, e in state.items() if "fingerprint" in e or "pending" in e} == inputs
 
 
 def live_samples(out: str):
     """(shard row, key, {member suffix: bytes}) of each live sample, read through storage (any URL)."""
-    index = dataset.read_index(out)
-    for row in index["shards"]:
+    for row in dataset.shard_rows(out):
         data = storage.read_bytes(storage.join(out, row["url"]))
         samples: dict[str, dict[str, bytes]] = {}
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -178,7 +177,7 @@ def test_kill_9_in_a_first_run_and_in_an_overwrite(tmp_path):
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert json.loads((out / "index.json").read_text()) == old
     assert_sound(out, {str(inp / "a.flac"), str(inp / "b.flac")})
-    for row in old["shards"]:  # a reader holding the old index reads every shard
+    for row in dataset.shard_rows(str(out), old):  # a reader holding the old index reads every shard
         assert sum(1 for _ in wds.WebDataset(str(out / row["url"]), shardshuffle=False)) == row["samples"]
     index, _, _ = run(other, out, overwrite=True)
     assert index["dataset_version"] == 2
@@ -227,8 +226,8 @@ def test_a_full_disk_while_publishing_leaves_the_previous_version(tmp_path):
     assert verify.verify_dataset(str(final)).ok()
     index = json.loads((final / "index.json").read_text())
     assert index["dataset_version"] == 2 and index["totals"]["inputs"] == 4 and index["totals"]["failures"] == 0
-    keys = [s["__key__"] for row in index["shards"] for s in wds.WebDataset(str(final / row["url"]),
-                                                                            shardshuffle=False)
+    keys = [s["__key__"] for row in dataset.shard_rows(str(final), index)
+            for s in wds.WebDataset(str(final / row["url"]), shardshuffle=False)
             if dataset.is_live(s["__key__"], row)]
     assert len(keys) == len(set(keys)) == index["totals"]["samples"]
 
@@ -267,18 +266,19 @@ _PROXY: list[TcpProxy] = []
 _DECODES = {"n": 0, "stop_at": 0, "down_s": 0.0}
 
 
-def decode_with_outage(ref, config):
-    """A decoder that takes the object store away (stops the proxy in front of it) before the
-    ``stop_at``-th file, and brings it back ``down_s`` seconds later (never, when negative)."""
-    from audiotok.transforms.decode import decode_checked
+class OutageDecoder(FileDecoder):
+    """The decoder, except that it takes the object store away (stops the proxy in front of
+    it) before the ``stop_at``-th file, and brings it back ``down_s`` seconds later (never,
+    when negative)."""
 
-    _DECODES["n"] += 1
-    if _DECODES["n"] == _DECODES["stop_at"] and _PROXY:
-        proxy = _PROXY[0]
-        proxy.stop()
-        if _DECODES["down_s"] >= 0:
-            threading.Timer(_DECODES["down_s"], proxy.start).start()
-    return decode_checked(ref, config)
+    def open(self, ref, config, split=None):
+        _DECODES["n"] += 1
+        if _DECODES["n"] == _DECODES["stop_at"] and _PROXY:
+            proxy = _PROXY[0]
+            proxy.stop()
+            if _DECODES["down_s"] >= 0:
+                threading.Timer(_DECODES["down_s"], proxy.start).start()
+        return super().open(ref, config, split)
 
 
 @pytest.fixture
@@ -298,7 +298,7 @@ def flaky_s3(monkeypatch):
 
 def _s3_config(out, **kw) -> job.JobConfig:
     return job.JobConfig(output=str(out), match=MatchConfig(patterns=("s3://corpus/in/*",)),
-                         decode=DecodeConfig(isolation="none", decoder="test_faults:decode_with_outage"),
+                         decode=DecodeConfig(isolation="none", decoder="test_faults:OutageDecoder"),
                          segment=SegmentConfig(segment_s=1.0, min_segment_s=0.2),
                          tokenize=TokenizeConfig(specs="logmel[n_mels=16]"), max_failure_fraction=1.0, **kw)
 
@@ -331,9 +331,11 @@ def test_an_object_store_down_for_the_rest_of_the_run_is_retried_by_the_next_ref
     index, counters, _ = _run_s3(_s3_config(out))
     inputs = {f"s3://corpus/in/f{i}.flac" for i in range(6)}
     assert counters["files_ok"] == 3 and index["totals"]["failures_by_reason"] == {"read_error": 3}
-    state = json.loads((out / index["state"]).read_text())
-    assert len(state["pending"]) == 3 and len(state["inputs"]) == 3  # not counted as processed
-    records = [json.loads(line) for row in index["failures"] for line in (out / row["url"]).read_text().splitlines()]
+    state = dict(dataset.state_entries(str(out), index))
+    pending = [uri for uri, e in state.items() if "pending" in e]
+    assert len(pending) == 3 and sum("fingerprint" in e for e in state.values()) == 3  # not counted as processed
+    records = [json.loads(line) for row in dataset.failure_rows(str(out), index)
+               for line in (out / row["url"]).read_text().splitlines()]
     assert all(r["transient"] for r in records)
     assert "a bug" not in caplog.text
     assert_sound(out, inputs)
@@ -341,7 +343,7 @@ def test_an_object_store_down_for_the_rest_of_the_run_is_retried_by_the_next_ref
     _DECODES.update(n=0, stop_at=0)
     index, counters, _ = _run_s3(_s3_config(out, incremental=True))
     assert counters["files_ok"] == 3 and index["totals"]["failures"] == 0  # exactly the three, once
-    assert "pending" not in json.loads((out / index["state"]).read_text())
+    assert not any("pending" in e for _, e in dataset.state_entries(str(out), index))
     assert_sound(out, inputs)
     reference = tmp_path / "reference"
     _run_s3(_s3_config(reference))

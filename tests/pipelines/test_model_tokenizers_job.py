@@ -22,7 +22,7 @@ import tiny_models  # noqa: E402
 from audio_fixtures import synth_speechlike, write_audio  # noqa: E402
 
 from audiotok.pipelines import cli, verify  # noqa: E402
-from audiotok.transforms import lm  # noqa: E402
+from audiotok.transforms import dataset, lm  # noqa: E402
 from audiotok.transforms.tokenizers import registry  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def run(tmp_path_factory):
         torch.set_num_threads(threads)
     assert code == 0
     index = json.loads((out / "index.json").read_text())
-    urls = [str(out / row["url"]) for row in index["shards"]]
+    urls = [str(out / row["url"]) for row in dataset.shard_rows(str(out), index)]
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
     return specs, out, index, samples
 

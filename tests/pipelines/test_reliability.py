@@ -48,9 +48,8 @@ def sha_tree(root: Path) -> dict[str, str]:
 
 
 def live_keys(out: Path) -> list[str]:
-    index = json.loads((out / "index.json").read_text())
     keys = []
-    for row in index["shards"]:
+    for row in dataset.shard_rows(str(out)):
         for sample in wds.WebDataset(str(out / row["url"]), shardshuffle=False):
             if dataset.is_live(sample["__key__"], row):
                 keys.append(sample["__key__"])
@@ -116,8 +115,9 @@ def test_leftovers_are_cleaned_by_name_and_nothing_else(tmp_path):
     make_corpus(inp, 2)
     run(config(inp, out))
     extra = {"shards/notes.txt": "mine", "shards/v2-backup/x.tar": "mine", "state/state-v000001.json.bak": "mine"}
-    leftovers = ["shards/v000002/shard-000000.tar", "failures/v000003/failures-000000.jsonl",
-                 "state/state-v000002.json", "_tmp/0123456789abcdef0123456789abcdef/x.tar", ".index.json.tmp-0123456789ab"]
+    leftovers = ["shards/v000002/shard-000000-0000.tar", "failures/v000003/failures-00000.jsonl",
+                 "state/v000002/state-00000.jsonl", "index/v000002/rows-00000.json", "state/state-v000002.json",
+                 "_tmp/0123456789abcdef0123456789abcdef/x.tar", ".index.json.tmp-0123456789ab"]
     for rel, text in extra.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text(text)
@@ -202,9 +202,9 @@ def test_an_input_listed_twice_is_read_once(tmp_path, capsys):
     keys = live_keys(out)
     assert len(keys) == len(set(keys)) == 1 + 2 + 2  # 1.0 s, 1.3 s, 1.6 s in 1 s segments
     metas = {json.loads(s["json"])["source"]["uri"]: json.loads(s["json"]) for s in wds.WebDataset(
-        [str(out / r["url"]) for r in json.loads((out / "index.json").read_text())["shards"]], shardshuffle=False)}
-    # Manifests come first, line by line; then the patterns.
-    assert set(metas) == {f"{inp}/f00.flac", f"{inp}/f01.flac", f"{tmp_path}/in/./f02.flac"}
+        [str(out / r["url"]) for r in dataset.shard_rows(str(out))], shardshuffle=False)}
+    # Manifests come first, line by line; then the patterns (a manifest's relative URI is made absolute).
+    assert set(metas) == {f"{inp}/f00.flac", f"{inp}/f01.flac", f"{inp}/f02.flac"}
     assert "text" not in metas[f"{inp}/f01.flac"]
     assert (out / "README.md").exists()
     assert_verifies(out)
@@ -224,7 +224,7 @@ def test_inputs_whose_keys_would_collide_are_told_apart(tmp_path, monkeypatch):
     assert index["totals"]["failures_by_reason"] == {"key_collision": 1}
     keys = live_keys(out)
     assert len(keys) == len(set(keys)) == 4
-    record = json.loads((out / index["failures"][0]["url"]).read_text())
+    record = json.loads((out / next(dataset.failure_rows(str(out), index))["url"]).read_text())
     assert record["uri"] == f"{inp}/b/x.flac" and f"{inp}/a/x.flac" in record["message"]
     assert_verifies(out)
 
@@ -245,7 +245,8 @@ def test_a_fifo_is_refused_when_listed_and_never_opened(tmp_path):
     index, counters, _ = run(config(inp, out, match=MatchConfig(patterns=(f"{inp}/*",), manifests=(str(manifest),))))
     assert counters["files_ok"] == 2
     assert index["totals"]["failures_by_reason"] == {"not_a_file": 3}
-    records = [json.loads(line) for row in index["failures"] for line in (out / row["url"]).read_text().splitlines()]
+    records = [json.loads(line) for row in dataset.failure_rows(str(out), index)
+               for line in (out / row["url"]).read_text().splitlines()]
     assert sorted(r["uri"].rsplit("/", 1)[1] for r in records) == ["piped.wav", "y.wav", "z.wav"]
     assert all("FIFO" in r["message"] and r["stage"] == "match" for r in records)
     assert_verifies(out)
@@ -278,7 +279,7 @@ def test_a_refresh_with_nothing_new_publishes_nothing_and_carries_failures(tmp_p
     index, counters, _ = run(config(inp, out, incremental=True, **cfg))
     assert index["dataset_version"] == 2 and counters["files_ok"] == 1
     assert index["totals"]["failures"] == first["totals"]["failures"]  # carried, counted once
-    new_rows = [r for r in index["failures"] if r["url"].startswith("failures/v000002/")]
+    new_rows = [r for r in dataset.failure_rows(str(out), index) if r["url"].startswith("failures/v000002/")]
     assert new_rows == []  # nothing to repeat
     assert_verifies(out)
     (tmp_path / "missing").mkdir()  # the pattern matches now: its dead letter no longer counts
@@ -294,7 +295,7 @@ def test_a_refresh_with_nothing_new_publishes_nothing_and_carries_failures(tmp_p
 
 def read_all(out: Path, index: dict) -> int:
     """Reads every sample an index names (as a trainer holding that index would)."""
-    urls = [str(out / row["url"]) for row in index["shards"]]
+    urls = [str(out / row["url"]) for row in dataset.shard_rows(str(out), index)]
     return sum(1 for _ in wds.WebDataset(urls, shardshuffle=False))
 
 
@@ -307,11 +308,11 @@ def test_overwrite_writes_the_new_version_first_and_old_readers_keep_reading(tmp
     make_corpus(new_inp, 2, seed=20)
     new_index, _, _ = run(config(new_inp, out, overwrite=True))
     assert new_index["dataset_version"] == 2 and new_index["totals"]["inputs"] == 2
-    assert all(r["url"].startswith("shards/v000002/") for r in new_index["shards"])
+    assert all(r["url"].startswith("shards/v000002/") for r in dataset.shard_rows(str(out), new_index))
     assert read_all(out, old_index) == old_samples  # the replaced version is still whole
     assert_verifies(out)
     retired = json.loads((out / dataset.retired_path(2)).read_text())["retired"]
-    assert sorted(retired) == sorted(dataset.referenced_files(old_index))
+    assert sorted(retired) == sorted(dataset.referenced_files(str(out), old_index))
     assert cli.main(["gc", str(out)]) == 0  # within the grace period: nothing goes
     assert all((out / rel).exists() for rel in retired)
     assert cli.main(["gc", str(out), "--older-than", "0", "--dry-run"]) == 0
@@ -333,6 +334,6 @@ def test_refreshes_retire_superseded_files_and_gc_keeps_what_is_live(tmp_path):
     index, _, _ = run(config(inp, out, incremental=True, shards=shard_cfg, gc_grace_s=0))
     assert_verifies(out)
     on_disk = {str(p.relative_to(out)) for p in (out / "shards").rglob("*.tar")}
-    assert on_disk == {r["url"] for r in index["shards"]}  # grace 0: the retired shard went at once
-    assert sorted(p.name for p in (out / "state").iterdir()) == ["state-v000002.json"]
+    assert on_disk == {r["url"] for r in dataset.shard_rows(str(out), index)}  # grace 0: the retired shard went
+    assert sorted(p.name for p in (out / "state").iterdir()) == ["v000002"]
     assert len(live_keys(out)) == index["totals"]["samples"]

@@ -3,7 +3,6 @@ share the run, checked through the main job as a trainer would check it."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import apache_beam as beam
@@ -17,6 +16,7 @@ import tiny_models  # noqa: E402
 from audio_fixtures import synth_speechlike, write_audio  # noqa: E402
 
 from audiotok.pipelines import cli  # noqa: E402
+from audiotok.transforms import dataset  # noqa: E402
 from audiotok.transforms.decode import DecodeConfig  # noqa: E402
 from audiotok.transforms.match import MatchConfig  # noqa: E402
 from audiotok.transforms.read import ReadSegments  # noqa: E402
@@ -42,8 +42,7 @@ def run_job(corpus, out, specs: str) -> dict[str, dict[str, np.ndarray]]:
     code = cli.main(["tokenize", "--input", f"{corpus}/*", "--output", str(out), "--tokenizer", specs,
                      "--segment-s", "1", "--min-segment-s", "0.2"])
     assert code == 0
-    index = json.loads((out / "index.json").read_text())
-    urls = [str(out / row["url"]) for row in index["shards"]]
+    urls = [str(out / row["url"]) for row in dataset.shard_rows(str(out))]
     return {s["__key__"]: {k: v for k, v in s.items() if k.endswith(".npy")}
             for s in wds.WebDataset(urls, shardshuffle=False).decode()}
 

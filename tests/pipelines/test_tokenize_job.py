@@ -16,7 +16,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from audio_fixtures import synth_speechlike, write_audio
 from audiotok.pipelines import cli
 from audiotok.pipelines import tokenize as job
-from audiotok.transforms import failures
+from audiotok.transforms import dataset, failures
+from dataset_fixtures import flat_index as fx_flat_index
 from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.read import ReadSegments
@@ -48,7 +49,7 @@ def job_config(corpus, out, specs="logmel", **kw) -> job.JobConfig:
 
 
 def read_dataset(out):
-    index = json.load(open(out / "index.json"))
+    index = fx_flat_index(out)
     urls = [str(out / s["url"]) for s in index["shards"]]
     return index, list(wds.WebDataset(urls, shardshuffle=False).decode())
 
@@ -124,8 +125,9 @@ def test_separate_vectors_job_writes_two_shard_sets_the_tools_know(corpus, tmp_p
     assert cli.main(argv) == 0
     index = json.load(open(out / "index.json"))
     assert index["settings"]["shards"]["separate_vectors"] is True
-    assert [r["vectors_url"] for r in index["shards"]] == ["shards/v000001/vectors-000000.tar",
-                                                          "shards/v000001/vectors-000001.tar"]
+    rows = list(dataset.shard_rows(str(out), index))
+    assert len(rows) == 2 and all(r["vectors_url"] == dataset.vectors_url(r["url"]) for r in rows)
+    assert all(r["vectors_url"].split("/")[-1].startswith("vectors-") for r in rows)
     discrete = list(wds.WebDataset(reader.shard_urls(str(out)), shardshuffle=False).decode())
     vectors = list(wds.WebDataset(reader.shard_urls(str(out), vectors=True), shardshuffle=False).decode())
     assert [s["__key__"] for s in discrete] == [s["__key__"] for s in vectors] and len(discrete) == 8
@@ -136,16 +138,16 @@ def test_separate_vectors_job_writes_two_shard_sets_the_tools_know(corpus, tmp_p
     assert verify.verify_dataset(str(out)).ok(strict=True)
     capsys.readouterr()
     assert inspect.main([str(out)]) == 0
-    assert "vector streams in a shard set of their own (2 vectors-*.tar" in capsys.readouterr().out
-    assert "`vectors-NNNNNN.tar` beside each" in (out / "README.md").read_text()
+    assert "vector streams (logmel) in a shard set of their own (2 vectors-*.tar" in capsys.readouterr().out
+    assert "`vectors-BBBBBB-NNNN.tar` beside each" in (out / "README.md").read_text()
     if importlib.util.find_spec("lhotse"):  # the export reads both sets
         paths = export.export_lhotse_shar(str(out), str(tmp_path / "shar"))
         assert paths["cuts"] and paths["logmel"]
     # the same run again writes the same bytes, in both sets
-    first = {r[k]: (out / r[k]).read_bytes() for r in index["shards"] for k in ("url", "vectors_url")}
+    first = {r[k]: (out / r[k]).read_bytes() for r in rows for k in ("url", "vectors_url")}
     assert cli.main(argv + ["--overwrite"]) == 0
-    again = json.load(open(out / "index.json"))
-    assert [(out / r[k]).read_bytes() for r in again["shards"] for k in ("url", "vectors_url")] == list(first.values())
+    again = list(dataset.shard_rows(str(out)))
+    assert [(out / r[k]).read_bytes() for r in again for k in ("url", "vectors_url")] == list(first.values())
 
 
 def test_manifest_metadata_reaches_samples(corpus, tmp_path):

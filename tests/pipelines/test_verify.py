@@ -35,7 +35,7 @@ def _codes(report: verify.Report) -> set[str]:
 
 
 def _rewrite_index(out, index) -> None:
-    (out / dataset.INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True))
+    fx.write_flat_index(out, index)
 
 
 def _shard(out, index, i=0):
@@ -69,7 +69,7 @@ def test_truncated_shard(tmp_path, capsys):
     assert {p.where for p in report.problems} == {index["shards"][1]["url"], dataset.INDEX_NAME}
     assert verify.main([str(out)]) == 1
     printed = capsys.readouterr().out
-    assert "problem(s)" in printed and "tar_corrupt: shards/v000001/shard-000001.tar" in printed
+    assert "problem(s)" in printed and "tar_corrupt: shards/v000001/shard-000000-0001.tar" in printed
 
 
 def test_corrupt_header_in_the_middle_of_a_shard(tmp_path):
@@ -120,10 +120,10 @@ def test_duplicated_key_across_shards(tmp_path, capsys):
     key = _key(first, 0)
     problems = verify.verify_dataset(str(out)).errors()
     assert [(p.code, p.key, p.where) for p in problems] == [
-        (verify.DUPLICATE_KEY, key, "shards/v000001/shard-000001.tar")]
-    assert "also in shards/v000001/shard-000000.tar" in problems[0].message
+        (verify.DUPLICATE_KEY, key, "shards/v000001/shard-000000-0001.tar")]
+    assert "also in shards/v000001/shard-000000-0000.tar" in problems[0].message
     assert verify.main([str(out)]) == 1
-    assert (f"duplicate_key: shards/v000001/shard-000001.tar key={key}: also in shards/v000001/shard-000000.tar"
+    assert (f"duplicate_key: shards/v000001/shard-000000-0001.tar key={key}: also in shards/v000001/shard-000000-0000.tar"
             in capsys.readouterr().out)
 
 
@@ -160,7 +160,7 @@ def test_an_index_that_lies(tmp_path, lie):
         totals["tokens"]["codec"] -= 1
         totals["audio_s"] += 0.5
     elif lie == "extra_row":
-        index["shards"].append({**row, "url": "shards/v000001/shard-000009.tar"})
+        index["shards"].append({**row, "url": "shards/v000001/shard-000000-0009.tar"})
     elif lie == "left_out":  # a shard the index forgets, totals adjusted to match the rows
         index["shards"] = index["shards"][:1]
         totals.update(shards=1, samples=row["samples"], bytes=row["bytes"])
@@ -175,7 +175,7 @@ def test_an_index_that_lies(tmp_path, lie):
     assert codes == expected, verify.format_report(report)
     if lie == "left_out":
         assert [p.where for p in report.problems if p.code == verify.UNLISTED_SHARD] == [
-            "shards/v000001/shard-000001.tar"]
+            "shards/v000001/shard-000000-0001.tar"]
         assert not report.ok(strict=True)
 
 
@@ -302,11 +302,11 @@ def test_a_dataset_with_a_vector_shard_set_passes_and_its_damage_is_found(tmp_pa
     report = verify.verify_dataset(str(out))
     assert verify.MISSING_FILE in _codes(report)
     assert verify.main([str(out)]) == 1
-    assert "missing_file: shards/v000001/vectors-000001.tar" in capsys.readouterr().out
+    assert "missing_file: shards/v000001/vectors-000000-0001.tar" in capsys.readouterr().out
 
 
 def test_vector_shards_are_listed_not_unlisted(tmp_path):
     out, index = _split_dataset(tmp_path)
     assert verify.verify_dataset(str(out)).ok(strict=True)
-    (out / "shards" / "v000001" / "vectors-000009.tar").write_bytes(b"")
+    (out / "shards" / "v000001" / "vectors-000000-0009.tar").write_bytes(b"")
     assert {p.code for p in verify.verify_dataset(str(out)).problems} == {verify.UNLISTED_SHARD}

@@ -290,6 +290,19 @@ def test_flex_template_metadata_names_real_flags():
     assert args.batch_max_s == 120.5 and args.torch_threads == 1 and args.segmenter == "vad"
 
 
+def test_flex_template_metadata_is_written_from_the_flags():
+    """metadata.json is generated (python -m audiotok.runners.dataflow.metadata --write ...): its
+    help texts are the flags' (so the config fields'), and its checks their choices and types."""
+    from audiotok.runners.dataflow import metadata
+
+    with open(os.path.join(REPO_ROOT, "runners", "dataflow", "metadata.json"), encoding="utf-8") as f:
+        assert f.read() == metadata.render(), "rerun python -m audiotok.runners.dataflow.metadata --write ..."
+    by_name = {p["name"]: p for p in metadata.metadata()["parameters"]}
+    assert by_name["segmenter"]["regexes"] == ["^(fixed|vad|energy)$"]
+    assert "(default 240)" in by_name["batch_max_s"]["helpText"]
+    assert "isOptional" not in by_name["output"]
+
+
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
 def test_gcloud_builds_the_flex_template_spec(tmp_path):
     env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "PROJECT": "audiotok-test",

@@ -9,7 +9,7 @@ import pytest
 
 import dataset_fixtures as fx
 from audiotok.pipelines import inspect as inspect_cli
-from audiotok.transforms import lm, reader
+from audiotok.transforms import dataset, lm, reader
 
 torch = pytest.importorskip("torch")
 
@@ -51,7 +51,7 @@ def test_stream_selection_and_fsspec_urls(tmp_path):
 
 def test_declared_shape_is_enforced(tmp_path):
     out, _, index = _dataset(tmp_path, n=1)
-    shard = tmp_path / "ds" / index["shards"][0]["url"]
+    shard = tmp_path / "ds" / next(dataset.shard_rows(str(tmp_path / "ds"), index))["url"]
     members = fx.read_members(shard)
     meta = json.loads(members[0][1])
     meta["streams"]["units"]["shape"] = [1]
@@ -301,17 +301,17 @@ def test_separate_vector_set_is_joined_and_opened_only_when_a_vector_stream_is_a
     opened = _opened(monkeypatch)
     rows = list(reader.lm_dataset(out_split, lm.SequenceConfig(("units", "codec")), context_len=64, split=False,
                                   index=index))
-    assert rows and opened[-3:] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert rows and opened[-3:] == [f"shard-000000-{i:04d}.tar" for i in range(3)]
     assert not any(name.startswith("vectors-") for name in opened)
     opened.clear()
     fbank = [s.streams["fbank"] for s in reader.sample_dataset(out_split, streams=["fbank"], meta=False, split=False,
                                                                 index=index)]
-    assert opened == ["vectors-000000.tar", "vectors-000001.tar", "vectors-000002.tar"]
+    assert opened == [f"vectors-000000-{i:04d}.tar" for i in range(3)]
     for got, want in zip(fbank, sorted(samples, key=lambda s: s.key)):
         np.testing.assert_array_equal(got, want.streams["fbank"])
     opened.clear()
     assert len(list(reader.sample_dataset(out_split, streams=["fbank"], split=False, index=index))) == 7  # + KEY.json
-    assert sorted(opened[:2]) == ["shard-000000.tar", "vectors-000000.tar"]
+    assert sorted(opened[:2]) == ["shard-000000-0000.tar", "vectors-000000-0000.tar"]
 
 
 def test_a_vector_shard_out_of_step_with_its_shard_is_an_error(tmp_path):
@@ -324,6 +324,6 @@ def test_a_vector_shard_out_of_step_with_its_shard_is_an_error(tmp_path):
     with pytest.raises(reader.ShardFormatError, match=f"declares stream 'fbank'; the sample has no fbank.npy.*{samples[0].key}"):
         list(reader.read_samples(str(out)))
     fx.write_members(vectors, members + [("zz-0000000000-000000000.fbank.npy", members[-1][1])])
-    with pytest.raises(reader.ShardFormatError, match="vector shard holds a sample its shard does not hold.*vectors-000000"):
+    with pytest.raises(reader.ShardFormatError, match="vector shard holds a sample its shard does not hold.*vectors-000000-0000"):
         list(reader.read_samples(str(out)))
     assert len(list(reader.read_samples(str(out), streams=["units"]))) == 4  # the discrete set alone is fine

@@ -84,23 +84,26 @@ def test_finalize_names_index_and_cleans(tmp_path):
     temp = os.path.join(out, "_tmp", "run1")
     with ShardWriter(temp, ShardConfig(max_samples=2), SPECS) as w:
         written = [x for i in range(5) for x in w.add(make_sample(4 - i))] + w.close()
-    fail = shards.write_failures_file(temp, [Failure("u", "empty", "no bytes", stage="decode")])
+    fail = Failure("u", "empty", "no bytes", stage="decode")
     refs = [AudioRef(f"/in/clip{i:03d}.wav") for i in range(5)] + [AudioRef("u")]
-    index = shards.finalize(out, temp, written + [fail], {"streams": SPECS}, shards.RunPlan(),
-                            listed=refs, selected=[r.uri for r in refs])
-    assert [s["url"] for s in index["shards"]] == ["shards/v000001/shard-000000.tar",
-                                                     "shards/v000001/shard-000001.tar",
-                                                     "shards/v000001/shard-000002.tar"]
+    index = shards.finalize(out, temp, written, {"streams": SPECS}, shards.RunPlan(),
+                            listed=refs, selected=[r.uri for r in refs], failures=[fail])
+    rows = list(dataset.shard_rows(out, index))
+    assert [s["url"] for s in rows] == ["shards/v000001/shard-000000-0000.tar",
+                                        "shards/v000001/shard-000000-0001.tar",
+                                        "shards/v000001/shard-000000-0002.tar"]
     assert index["totals"]["samples"] == 5 and index["totals"]["failures"] == 1
     assert index["totals"]["failures_by_reason"] == {"empty": 1}
+    [failure_row] = dataset.failure_rows(out, index)
+    assert failure_row["records"] == 1 and json.loads(open(os.path.join(out, failure_row["url"])).read())["uri"] == "u"
     assert not os.path.exists(temp)
     assert json.load(open(os.path.join(out, "index.json"))) == index
+    assert set(index) == {"format", "version", "dataset_version", "streams", "totals", "layout"}  # rows: in parts
     # Shards are named in key order, whatever order the writers finished in.
     first_keys = [next(iter(wds.WebDataset(os.path.join(out, s["url"]), shardshuffle=False)))["__key__"]
-                  for s in index["shards"]]
+                  for s in rows]
     assert first_keys == sorted(first_keys)
-    keys = [s["__key__"] for s in wds.WebDataset([os.path.join(out, s["url"]) for s in index["shards"]],
-                                                  shardshuffle=False)]
+    keys = [s["__key__"] for s in wds.WebDataset([os.path.join(out, s["url"]) for s in rows], shardshuffle=False)]
     assert sorted(keys) == sorted(make_sample(i).key for i in range(5))
 
 
@@ -119,6 +122,31 @@ def test_config_checks(value):
         ShardConfig(max_samples=value)
 
 
+@pytest.mark.parametrize("per_file", [2, 1000])
+def test_spilled_samples_make_the_shards_the_writer_makes(tmp_path, monkeypatch, per_file):
+    """Samples reach the bucket writers through spill files (tokens never sit in the runner): the
+    shards are the bytes a writer makes from the samples sorted by key."""
+    monkeypatch.setattr(shards, "SPILL_SAMPLES_PER_FILE", per_file)
+    samples = [make_sample(i) for i in (3, 1, 4, 0, 2)]  # in arrival order
+    temp, out = str(tmp_path / "tmp"), str(tmp_path / "out")
+    spill = shards._SpillFn(temp, SPECS, files_per_bucket=100)
+    spill.start_bundle()
+    sections = [e for s in samples for e in spill.process(s, len(samples))]
+    sections += [wv.value for wv in spill.finish_bundle()]
+    assert {bucket for bucket, _ in sections} == {0}  # 5 inputs, 100 per bucket
+    assert len({url for _, (url, _, _) in sections}) == (3 if per_file == 2 else 1)
+    writer = shards._WriteBucketFn(out, temp, 1, ShardConfig(max_samples=2), SPECS)
+    outputs = list(writer.process((0, [section for _, section in sections]), 1))
+    rows = [o.value[1] for o in outputs if o.tag == "rows"]
+    assert [r["url"] for r in rows] == [f"shards/v000001/shard-000000-{i:04d}.tar" for i in range(3)]
+    direct = write_all(tmp_path / "direct", sorted(samples, key=lambda s: s.key), ShardConfig(max_samples=2))
+    for row, w in zip(rows, direct):
+        assert open(os.path.join(out, row["url"]), "rb").read() == open(w.temp_url, "rb").read()
+        assert (row["samples"], row["bytes"], row["tokens"]) == (w.samples, w.bytes, dict(w.tokens))
+    produced = shards.contributions_of(o.value[1] for o in outputs if o.tag == "produced")
+    assert sorted(stats["uri"] for _, _, stats in produced) == sorted(s.meta["source"]["uri"] for s in samples)
+
+
 def _stock(urls):
     return {s["__key__"]: s for s in wds.WebDataset([str(u) for u in urls], shardshuffle=False).decode()}
 
@@ -128,14 +156,14 @@ def test_separate_vectors_writes_two_shard_sets_stock_webdataset_reads_each(tmp_
     out = tmp_path / "out"
     written = write_all(tmp_path, samples, ShardConfig(max_samples=3, separate_vectors=True))
     index = shards.finalize(str(out), str(tmp_path / "tmp"), written, {"streams": SPECS})
-    rows = index["shards"]
+    rows = list(dataset.shard_rows(str(out), index))
     assert [(r["url"], r["vectors_url"]) for r in rows] == [
-        ("shards/v000001/shard-000000.tar", "shards/v000001/vectors-000000.tar"),
-        ("shards/v000001/shard-000001.tar", "shards/v000001/vectors-000001.tar")]
+        ("shards/v000001/shard-000000-0000.tar", "shards/v000001/vectors-000000-0000.tar"),
+        ("shards/v000001/shard-000000-0001.tar", "shards/v000001/vectors-000000-0001.tar")]
     for r in rows:
         assert r["bytes"] == os.path.getsize(out / r["url"]) and r["vectors_bytes"] == os.path.getsize(out / r["vectors_url"])
     assert index["totals"]["bytes"] == sum(r["bytes"] + r["vectors_bytes"] for r in rows)
-    assert dataset.referenced_files(index) >= {r["vectors_url"] for r in rows}
+    assert dataset.referenced_files(str(out), index) >= {r["vectors_url"] for r in rows}
     with tarfile.open(out / rows[0]["url"]) as a, tarfile.open(out / rows[0]["vectors_url"]) as b:
         assert [m.name.split(".", 1)[1] for m in a] == ["json", "units.npy"] * 3
         assert [m.name for m in b] == [f"{s.key}.mel.npy" for s in samples[:3]]
@@ -154,12 +182,13 @@ def test_separate_vectors_shards_are_the_same_bytes_on_a_rerun_and_absent_withou
     for run in ("a", "b"):
         written = write_all(tmp_path / run, samples, ShardConfig(max_samples=2, separate_vectors=True))
         index = shards.finalize(str(tmp_path / run / "out"), str(tmp_path / run / "tmp"), written, {"streams": SPECS})
-        files.append({r: (tmp_path / run / "out" / r).read_bytes() for row in index["shards"]
+        files.append({r: (tmp_path / run / "out" / r).read_bytes()
+                      for row in dataset.shard_rows(str(tmp_path / run / "out"), index)
                       for r in (row["url"], row["vectors_url"])})
     assert files[0] == files[1] and len(files[0]) == 4
     units_only = [Sample(s.key, s.meta, {"units": s.streams["units"]}) for s in samples]
     written = write_all(tmp_path / "c", units_only, ShardConfig(separate_vectors=True))
     assert [w.vectors_temp_url for w in written] == [""]
     index = shards.finalize(str(tmp_path / "c" / "out"), str(tmp_path / "c" / "tmp"), written, {"streams": SPECS})
-    assert "vectors_url" not in index["shards"][0]
-    assert sorted(os.listdir(tmp_path / "c" / "out" / "shards" / "v000001")) == ["shard-000000.tar"]
+    assert "vectors_url" not in next(dataset.shard_rows(str(tmp_path / "c" / "out"), index))
+    assert sorted(os.listdir(tmp_path / "c" / "out" / "shards" / "v000001")) == ["shard-000000-0000.tar"]
