@@ -72,7 +72,8 @@ def compact(output: str, config: shards.ShardConfig | None = None, wait_for_lock
                                        previous.rows_of(output, q, parts)["failures"]) for q in range(parts)]
         run_info = {k: index[k] for k in ("tokenizers", "streams", "settings") if k in index}
         new_index = shards.write_index(output, plan, run_info, parts, states, rows,
-                                       retired=[r["url"] for r in dataset.shard_rows(output, index)])
+                                       retired=[u for r in dataset.shard_rows(output, index)
+                                                for u in (r["url"], r.get("vectors_url")) if u])
         storage.remove(temp_dir)
     return new_index
 

@@ -242,7 +242,8 @@ def test_units_only_reading_skips_the_other_members(tmp_path, monkeypatch):
         with real_open(url) as f:
             counted = _Counting(f.read())
             yield counted
-            read.append(counted.bytes_read)
+            if url.endswith(".tar"):
+                read.append(counted.bytes_read)
 
     monkeypatch.setattr(reader.storage, "open_input", counting_open)
     lm.write_vocab(out, index)
@@ -270,7 +271,7 @@ def test_a_sample_without_a_wanted_member_is_an_error_not_a_gap(tmp_path):
 
 
 def _opened(monkeypatch):
-    """Records every URL the reader opens."""
+    """Records every shard the reader opens."""
     import contextlib
 
     opened = []
@@ -278,7 +279,8 @@ def _opened(monkeypatch):
 
     @contextlib.contextmanager
     def recording_open(url):
-        opened.append(url.rsplit("/", 1)[-1])
+        if url.endswith(".tar"):
+            opened.append(url.rsplit("/", 1)[-1])
         with real_open(url) as f:
             yield f
 
@@ -301,7 +303,7 @@ def test_separate_vector_set_is_joined_and_opened_only_when_a_vector_stream_is_a
     opened = _opened(monkeypatch)
     rows = list(reader.lm_dataset(out_split, lm.SequenceConfig(("units", "codec")), context_len=64, split=False,
                                   index=index))
-    assert rows and opened[-3:] == [f"shard-000000-{i:04d}.tar" for i in range(3)]
+    assert rows and opened == [f"shard-000000-{i:04d}.tar" for i in range(3)]
     assert not any(name.startswith("vectors-") for name in opened)
     opened.clear()
     fbank = [s.streams["fbank"] for s in reader.sample_dataset(out_split, streams=["fbank"], meta=False, split=False,
