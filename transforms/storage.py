@@ -321,7 +321,13 @@ def open_output(url: str) -> IO[bytes]:
     return fs.open(path, "wb", block_size=WRITE_BLOCK_BYTES)
 
 
-def read_bytes(url: str) -> bytes:
+def read_bytes(url: str, fresh: bool = False) -> bytes:
+    """The whole object. ``fresh``: forget what this process has cached of its folder's listing
+    first (an object store client that listed the folder before another process wrote the object
+    would not find it)."""
+    if fresh:
+        fs, path = filesystem(url)
+        fs.invalidate_cache(path)
     with open_input(url) as f:
         return f.read()
 
