@@ -176,10 +176,13 @@ def tar_members(f, url: str, keep: Callable[[str], bool] | None = None) -> Itera
     seekable = bool(getattr(f, "seekable", lambda: False)())
     next_name: str | None = None
     while True:
+        at = f.tell() if seekable else 0
         block = f.read(_BLOCK)
         if len(block) < _BLOCK:
             if block:
                 raise ShardFormatError("tar archive cut short inside a member header", url)
+            if seekable and f.seek(0, 2) < at:  # a seek went past the end: the last member is cut short
+                raise ShardFormatError("tar archive cut short inside a member", url)
             return  # like tarfile: an archive may end without its two zero blocks
         if block.count(0) == _BLOCK:
             return
@@ -207,7 +210,7 @@ def tar_members(f, url: str, keep: Callable[[str], bool] | None = None) -> Itera
                 while padded:
                     chunk = f.read(min(padded, 1 << 20))
                     if not chunk:
-                        break
+                        raise ShardFormatError(f"tar archive cut short inside member {name}", url)
                     padded -= len(chunk)
             if kind in (b"0", b"\0", b"7"):
                 yield name, None
@@ -216,7 +219,10 @@ def tar_members(f, url: str, keep: Callable[[str], bool] | None = None) -> Itera
         if f.readinto(data) != size:
             raise ShardFormatError(f"tar archive cut short inside member {name}", url)
         if padded != size:
-            f.seek(padded - size, 1) if seekable else f.read(padded - size)
+            if seekable:
+                f.seek(padded - size, 1)
+            elif len(f.read(padded - size)) < padded - size:
+                raise ShardFormatError(f"tar archive cut short inside member {name}", url)
         yield name, data
 
 

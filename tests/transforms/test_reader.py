@@ -178,6 +178,9 @@ class _Counting:
         assert self._seekable
         return self._f.seek(offset, whence)
 
+    def tell(self):
+        return self._f.tell()
+
 
 @pytest.mark.parametrize("fmt", ["USTAR_FORMAT", "PAX_FORMAT", "GNU_FORMAT"])
 @pytest.mark.parametrize("seekable", [True, False])
@@ -197,6 +200,16 @@ def test_tar_members_reads_what_tarfile_writes_and_skips_what_it_is_told(fmt, se
         (n, None if n.endswith(".npy") else d) for n, d in members if d is not None]
     if seekable:  # skipped members are seeked over, not read
         assert f.bytes_read < len(data) - 5000
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_a_cut_inside_a_skipped_member_is_an_error_not_an_early_end(seekable):
+    import tarfile
+
+    data = _tar_bytes([("a.json", b"{}"), ("a.big.npy", bytes(5000)), ("b.json", b"{}")], tarfile.USTAR_FORMAT)
+    for cut in (512 + 512 + 512 + 2000, 512 + 512 + 512 + 5000 + 100):  # in the data, in its padding
+        with pytest.raises(reader.ShardFormatError, match="cut short.*shard cut.tar"):
+            list(reader.tar_members(_Counting(data[:cut], seekable), "cut.tar", keep=lambda n: n.endswith(".json")))
 
 
 def test_tar_members_refuses_damaged_archives():
