@@ -34,12 +34,12 @@ S3 = ["s3fs>=2025.3"]
 
 EXTRAS = {
     # The jobs: Beam, torch/torchaudio (any build in the range: CPU or CUDA), the decoders
-    # (libsndfile, FFmpeg through PyAV, soxr) and cloud storage. Not Beam's [torch] extra: it
-    # pins an old torch. Lower bounds: Beam 2.66 is the first to know the FnApiRunner by name
-    # (the local profiles' runner); transformers 5 needs torch 2.6. The oldest pair is checked
-    # by scripts/check_oldest.sh (requirements-oldest.txt).
+    # (libsndfile, FFmpeg through PyAV, soxr), k-means fitting (faiss) and cloud storage. Not
+    # Beam's [torch] extra: it pins an old torch. Lower bounds: Beam 2.66 is the first to know
+    # the FnApiRunner by name (the local profiles' runner); transformers 5 needs torch 2.6. The
+    # oldest pair is checked by scripts/check_oldest.sh (requirements-oldest.txt).
     "pipeline": ["apache-beam[gcp]>=2.66,<3", "torch>=2.6,<3", "torchaudio>=2.6,<3", "soundfile>=0.12.1",
-                 "av>=14", "soxr>=0.5", *GCS, *S3],
+                 "av>=14", "soxr>=0.5", "faiss-cpu>=1.8", *GCS, *S3],
     # Neural codecs and SSL models (EnCodec, DAC, Mimi, HuBERT, WavLM, wav2vec2).
     "models": ["transformers>=5.0"],
     "snac": ["snac>=1.2"],
@@ -55,7 +55,8 @@ EXTRAS = {
 }
 EXTRAS["test"] = sorted({req for name in ("pipeline", "models", "snac", "vad", "lhotse", "card", "hf")
                          for req in EXTRAS[name]} | {
-    "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "moto[server]>=5.1", "gcp-storage-emulator>=2024.8"})
+    "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "moto[server]>=5.1", "gcp-storage-emulator>=2024.8",
+    "scikit-learn>=1.4"})
 
 setup(
     name="audiotok",

@@ -1,29 +1,39 @@
-"""Throughput of the tokenize job on this machine, against Lhotse measured in the same run.
+"""Throughput of the tokenize job against Lhotse, of its decode stage against a bare decoding
+loop, and over worker processes; every ratio from rows measured side by side in one run.
 
-The example corpus (9 files, 78 s, WAV/FLAC/MP3/Ogg-Vorbis/Opus/M4A) is copied ``--copies``
-times into a temporary folder; then, in one process, one after the other:
+The corpus: the files of the example corpus that Lhotse opens (WAV, FLAC, MP3, Ogg/Vorbis,
+Opus at 16-48 kHz, mono and stereo: 8 of its 9 files, 66 s) copied ``--copies`` times into a
+temporary folder (default 110: 2.0 hours, 880 files). Rows, one after the other:
 
-* ``audiotok e2e``: the Beam job (``audiotok.pipelines.tokenize.run``: match -> decode -> downmix ->
-  resample to 16 kHz -> 30 s windows -> ``logmel`` (80-dim log-mel, float16) -> WebDataset
-  shards, index, dataset card), DirectRunner profile ``direct`` (``--multiprocess`` adds
-  ``direct-multiprocess``, 2 worker processes). The ``one`` row runs it on one short file:
-  what a run costs besides the audio.
-* ``audiotok decode``: ``decode_ref`` + downmix + ``resample`` to 16 kHz, a plain loop over
-  the files in this process, nothing written.
-* ``lhotse e2e``, the peer baseline: ``Recording.from_file`` -> ``CutSet`` -> 30 s windows ->
-  80-bin ``Fbank`` -> Lhotse Shar (``SharWriter``, the ``features`` field as numpy arrays),
-  read back with ``CutSet.from_shar`` (untimed).
-* ``lhotse decode``: ``Recording.from_file(...).resample(16000).load_audio()`` + downmix.
+* end to end, each a whole process (interpreter start and imports included), timed from the
+  parent: decode -> resample to 16 kHz -> 30 s windows -> 80-band log-mel -> shards on disk.
 
-Lhotse's default audio backends cannot open every input (M4A/AAC here), so the Lhotse rows run
-on the files it can open (``common``) and the audiotok rows run on ``common`` and on ``all``.
-``vs lhotse`` is a row's x-real-time divided by that of the Lhotse row of the same stage.
+  - ``lhotse e2e``: Lhotse's recipe (``Recording`` -> ``cut_into_windows`` -> ``Fbank`` ->
+    ``SharWriter``) in a fresh interpreter (``python benchmarks/throughput.py lhotse-e2e``);
+  - ``audiotok e2e``: ``python -m audiotok.pipelines.tokenize --tokenizer logmel``, defaults;
+  - ``audiotok e2e, N workers``: the same on all the machine's cores the documented way
+    (``--workers-profile``, default ``direct-multiprocess``, ``--direct_num_workers=N``);
+  - ``audiotok e2e, 1 worker, 1 core``: that profile with one worker, the process tree held to
+    one core (``sched_setaffinity``): what one worker of the row above does alone;
+  - ``audiotok e2e, one file``: the default job on one 4 s file: what a run costs besides audio.
 
-Every row first gets one untimed warm-up pass over the 9 original files (imports, first-call
-set-up, the decoder process server), then ``--repeats`` interleaved timed rounds; a row
-reports its fastest round (``time.perf_counter``).
+* the decode stage, in this process after a warm-up:
 
-    python benchmarks/throughput.py                       # 30 copies (39 min of audio)
+  - ``bare decode loop``: soundfile on the path (PyAV for what it cannot open), mean of the
+    channels, soxr (HQ) to 16 kHz, file after file;
+  - ``audiotok decode stage``: the job's own steps on the in-process runner:
+    ``MatchAudio`` -> ``DecodeAudio`` (default config: process isolation, the input policy) ->
+    soxr to 16 kHz.
+
+``x real time`` = seconds of input audio / wall seconds. ``ratio`` = a row's x real time / its
+baseline's: ``lhotse e2e`` for the e2e rows, ``audiotok e2e, 1 worker, 1 core`` for the
+N-worker row, ``bare decode loop`` for the decode stage. Every row gets an untimed warm-up
+on the original files (imports, page cache) unless ``--quick``, then ``--repeats`` interleaved
+rounds; a row reports its fastest. Both sides use ``--torch-threads`` (default 1) torch threads.
+The load average before and after is in the report: read the ratios, not the speeds, on a busy
+machine.
+
+    python benchmarks/throughput.py                       # 110 copies: 2.0 h
     python benchmarks/throughput.py --copies 20 --repeats 2 --json out.json
     python benchmarks/throughput.py --quick               # 1 copy, no warm-up: a smoke run
 """
@@ -39,6 +49,7 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -51,7 +62,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the repo's packages importable
     sys.path.insert(0, str(ROOT))
 
-from audiotok.transforms import dataset  # noqa: E402
 from audiotok.transforms.match import DEFAULT_EXCLUDE, is_excluded  # noqa: E402
 
 logger = logging.getLogger("audiotok.benchmarks.throughput")
@@ -61,38 +71,13 @@ TARGET_RATE_HZ = 16000
 SEGMENT_S = 30.0
 MIN_SEGMENT_S = 1.0
 N_MELS = 80
-DEFAULT_COPIES = 30  # x 78 s = 39 min of audio
-
-COMMON = "common"  # files both sides can open
-ALL = "all"  # every file of the corpus
-ONE = "one"  # the smallest file, once: what a run costs besides the audio
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """What one timed run returns: counts, audio seconds, wall and CPU seconds, other figures.
-
-    ``cpu_s`` is this process's CPU time (all its threads); work done in other processes
-    (``direct-multiprocess`` workers) is not in it.
-    """
-
-    files: int
-    failed: int
-    audio_s: float
-    wall_s: float
-    cpu_s: float
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-class Clock:
-    """Wall seconds (``time.perf_counter``) and this process's CPU seconds since it was made."""
-
-    def __init__(self) -> None:
-        self._wall = time.perf_counter()
-        self._cpu = time.process_time()
-
-    def read(self) -> dict[str, float]:
-        return {"wall_s": time.perf_counter() - self._wall, "cpu_s": time.process_time() - self._cpu}
+DEFAULT_COPIES = 110  # x 66 s = 2.0 h of audio
+ONE_FILE = "en/a/us_0001.wav"  # the fixed-cost row's file (4.1 s)
+LHOTSE_E2E = "lhotse e2e"
+E2E = "audiotok e2e"
+ONE = "audiotok e2e, one file"
+BARE = "bare decode loop"
+STAGE = "audiotok decode stage"
 
 
 # ---------------------------------------------------------------------------- corpus
@@ -100,11 +85,7 @@ class Clock:
 
 def audio_files(root: Path) -> list[Path]:
     """The files under ``root`` that the tokenize job's default exclusions keep, sorted."""
-    out = []
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not is_excluded(str(path), DEFAULT_EXCLUDE):
-            out.append(path)
-    return out
+    return [p for p in sorted(root.rglob("*")) if p.is_file() and not is_excluded(str(p), DEFAULT_EXCLUDE)]
 
 
 def build_corpus(source: Path, dest: Path, copies: int, keep: Callable[[str], bool] = lambda rel: True) -> list[Path]:
@@ -122,110 +103,15 @@ def build_corpus(source: Path, dest: Path, copies: int, keep: Callable[[str], bo
     if copies < 1:
         raise ValueError(f"copies must be >= 1. Found: {copies}")
     originals = [(p, p.relative_to(source).as_posix()) for p in audio_files(source)]
-    originals = [(p, rel) for p, rel in originals if keep(rel)]
     out = []
     for i in range(copies):
         for path, rel in originals:
-            target = dest / f"copy-{i:04d}" / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            out.append(target)
+            if keep(rel):
+                target = dest / f"copy-{i:04d}" / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                out.append(target)
     return sorted(out)
-
-
-def dir_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-
-# ---------------------------------------------------------------------------- audiotok
-
-
-def run_audiotok(input_dir: Path, output_dir: Path, profile: str = "direct") -> Outcome:
-    """The tokenize job (``logmel``, 30 s windows) over every file under ``input_dir``."""
-    import torch
-
-    from audiotok.pipelines import tokenize as job
-    from audiotok.runners import profiles
-    from audiotok.transforms.match import MatchConfig
-    from audiotok.transforms.segment import SegmentConfig
-    from audiotok.transforms.tokenize import TokenizeConfig
-
-    config = job.JobConfig(
-        output=str(output_dir), match=MatchConfig(patterns=(f"{input_dir}/**/*",)),
-        segment=SegmentConfig(segment_s=SEGMENT_S, min_segment_s=MIN_SEGMENT_S),
-        # 80 bands at 16 kHz by default; the Lhotse side's thread count (torch's setting is global
-        # to the process: the job would otherwise set it to one, for both sides, mid-benchmark).
-        tokenize=TokenizeConfig(specs="logmel", device="cpu", torch_threads=torch.get_num_threads()),
-        overwrite=True)
-    options = profiles.pipeline_options(profile, [])
-    clock = Clock()
-    index, counters, _ = job.run(config, options)
-    elapsed = clock.read()
-    totals = index["totals"]
-    failed = int(totals["failures"])
-    if "files_ok" in counters:
-        files, audio_s = counters["files_ok"], counters.get("audio_ms", 0) / 1000
-    else:  # a runner that reports no metrics: count from the shards (segment seconds, tails dropped)
-        files, audio_s = _distinct_sources(output_dir, index), float(totals["audio_s"])
-    return Outcome(files=int(files), failed=failed, audio_s=float(audio_s), **elapsed, extra={
-        "samples": totals["samples"], "shards": totals["shards"], "segment_audio_s": totals["audio_s"],
-        "bytes_written": totals["bytes"], "failures_by_reason": totals["failures_by_reason"]})
-
-
-def _distinct_sources(output_dir: Path, index: dict) -> int:
-    uris = set()
-    for shard in dataset.shard_rows(str(output_dir), index):
-        with tarfile.open(output_dir / shard["url"]) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    uris.add(json.load(tar.extractfile(member))["source"]["uri"])
-    return len(uris)
-
-
-def check_audiotok_output(output_dir: Path) -> dict[str, Any]:
-    """Reads back the first shard: every ``logmel`` array is float16 [T, N_MELS]."""
-    import numpy as np
-
-    index = dataset.read_index(str(output_dir))
-    first = next(dataset.shard_rows(str(output_dir), index), None)
-    if first is None:
-        raise RuntimeError(f"{output_dir}: the index lists no shard")
-    arrays = 0
-    with tarfile.open(output_dir / first["url"]) as tar:
-        for member in tar:
-            if member.name.endswith(".logmel.npy"):
-                array = np.load(io.BytesIO(tar.extractfile(member).read()))
-                if array.dtype != np.float16 or array.ndim != 2 or array.shape[1] != N_MELS:
-                    raise RuntimeError(f"{member.name}: {array.dtype} {array.shape}, expected float16 [T, {N_MELS}]")
-                arrays += 1
-    if arrays != first["samples"]:
-        raise RuntimeError(f"first shard holds {arrays} logmel arrays, the index says {first['samples']}")
-    return {"samples": index["totals"]["samples"], "first_shard_arrays_checked": arrays}
-
-
-def run_decode_only(paths: Sequence[Path]) -> Outcome:
-    """``decode_ref`` + downmix + ``resample`` to 16 kHz for each file, one process."""
-    from audiotok.transforms.decode import DecodeConfig, decode_ref, resample
-    from audiotok.transforms.failures import AudiotokError
-    from audiotok.transforms.records import AudioRef
-
-    config = DecodeConfig()
-    files = failed = 0
-    audio_s = 0.0
-    clock = Clock()
-    for path in paths:
-        try:
-            decoded = decode_ref(AudioRef(uri=str(path)), config)  # already downmixed
-        except AudiotokError:
-            failed += 1
-            continue
-        resample(decoded.audio, decoded.sample_rate, TARGET_RATE_HZ)
-        files += 1
-        audio_s += decoded.duration_s
-    return Outcome(files=files, failed=failed, audio_s=audio_s, **clock.read())
-
-
-# ---------------------------------------------------------------------------- Lhotse
 
 
 def have_lhotse() -> bool:
@@ -234,11 +120,6 @@ def have_lhotse() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _recording_id(path: Path, root: Path) -> str:
-    # Copies share file names: the id must carry the copy folder too.
-    return path.relative_to(root).with_suffix("").as_posix().replace("/", "_")
 
 
 def lhotse_can_open(path: Path) -> bool:
@@ -252,7 +133,22 @@ def lhotse_can_open(path: Path) -> bool:
     return True
 
 
-def run_lhotse(paths: Sequence[Path], root: Path, output_dir: Path) -> Outcome:
+def audio_seconds(paths: Sequence[Path]) -> float:
+    """The corpus's seconds of audio, from the headers (every row is credited with the same)."""
+    from audiotok.transforms.decode import probe_uri
+
+    return sum(probe_uri(str(p)).duration_s for p in paths)
+
+
+# ---------------------------------------------------------------------------- Lhotse
+
+
+def _recording_id(path: Path, root: Path) -> str:
+    # Copies share file names: the id must carry the copy folder too.
+    return path.relative_to(root).with_suffix("").as_posix().replace("/", "_")
+
+
+def run_lhotse(paths: Sequence[Path], root: Path, output_dir: Path) -> dict[str, Any]:
     """Lhotse's recipe: recordings -> cuts -> 30 s windows -> 80-bin Fbank -> Shar, one process.
 
     Multi-channel cuts are downmixed (mean of channels) before Fbank, as audiotok does;
@@ -266,16 +162,13 @@ def run_lhotse(paths: Sequence[Path], root: Path, output_dir: Path) -> Outcome:
 
     output_dir.mkdir(parents=True, exist_ok=True)
     extractor = Fbank(FbankConfig(num_mel_bins=N_MELS))
-    clock = Clock()
-    recordings, failed, audio_s = [], 0, 0.0
+    recordings, failed = [], 0
     for path in paths:
-        recording_id = _recording_id(path, root)
         try:
-            recording = Recording.from_file(path, recording_id=recording_id)
+            recording = Recording.from_file(path, recording_id=_recording_id(path, root))
         except Exception:  # AudioLoadingError and whatever a backend raised: counted as a failure
             failed += 1
             continue
-        audio_s += recording.duration
         recordings.append(recording.resample(TARGET_RATE_HZ))
     cuts = (CutSet.from_manifests(recordings=RecordingSet.from_recordings(recordings))
             .cut_into_windows(duration=SEGMENT_S)
@@ -291,47 +184,214 @@ def run_lhotse(paths: Sequence[Path], root: Path, output_dir: Path) -> Outcome:
                 offset=cut.start, channel=0)
             w.write(fastcopy(cut, features=features))
             written += 1
-    elapsed = clock.read()
-    return Outcome(files=len(recordings), failed=failed, audio_s=audio_s, **elapsed,
-                   extra={"samples": written, "bytes_written": dir_bytes(output_dir)})
+    return {"files": len(recordings), "failed": failed, "samples": written}
 
 
 def check_lhotse_output(output_dir: Path) -> dict[str, Any]:
     """Loads the Shar back with ``CutSet.from_shar``: every cut has [T, N_MELS] features."""
     from lhotse import CutSet
 
-    cuts = 0
-    frames = 0
+    cuts = frames = 0
     for cut in CutSet.from_shar(in_dir=str(output_dir)):
         features = cut.load_features()
         if features.ndim != 2 or features.shape[1] != N_MELS:
             raise RuntimeError(f"{cut.id}: features of shape {features.shape}, expected [T, {N_MELS}]")
         cuts += 1
         frames += int(features.shape[0])
-    return {"cuts_loaded": cuts, "frames_loaded": frames}
+    return {"samples": cuts, "frames": frames}
 
 
-def run_lhotse_decode_only(paths: Sequence[Path], root: Path) -> Outcome:
-    """``Recording.from_file(...).resample(16000).load_audio()`` + downmix for each file."""
+def check_audiotok_output(output_dir: Path) -> dict[str, Any]:
+    """The index lists shards and no failure; the first shard's ``logmel`` arrays are float16 [T, N_MELS]."""
     import numpy as np
-    from lhotse import Recording
 
-    files = failed = 0
-    audio_s = 0.0
-    clock = Clock()
+    from audiotok.transforms import dataset
+
+    index = dataset.read_index(str(output_dir))
+    rows = list(dataset.shard_rows(str(output_dir), index))
+    if not rows or index["totals"]["failures"]:
+        raise RuntimeError(f"{output_dir}: {len(rows)} shards, {index['totals']['failures']} failures")
+    with tarfile.open(output_dir / rows[0]["url"]) as tar:
+        for member in tar:
+            if member.name.endswith(".logmel.npy"):
+                array = np.load(io.BytesIO(tar.extractfile(member).read()))
+                if array.dtype != np.float16 or array.ndim != 2 or array.shape[1] != N_MELS:
+                    raise RuntimeError(f"{member.name}: {array.dtype} {array.shape}, expected float16 [T, {N_MELS}]")
+    return {"samples": index["totals"]["samples"], "shards": len(rows)}
+
+
+# ---------------------------------------------------------------------------- the decode stage
+
+
+def bare_decode(paths: Sequence[Path]) -> int:
+    """soundfile (PyAV for what it cannot open) + mean of channels + soxr HQ to 16 kHz; samples out."""
+    import numpy as np
+    import soundfile
+    import soxr
+
+    total = 0
     for path in paths:
-        recording_id = _recording_id(path, root)
         try:
-            recording = Recording.from_file(path, recording_id=recording_id)
-        except Exception:  # as in run_lhotse
-            failed += 1
-            continue
-        samples = recording.resample(TARGET_RATE_HZ).load_audio()
-        if samples.shape[0] > 1:
-            samples.mean(axis=0, dtype=np.float32)
-        files += 1
-        audio_s += recording.duration
-    return Outcome(files=files, failed=failed, audio_s=audio_s, **clock.read())
+            samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+            samples = samples.T
+        except soundfile.LibsndfileError:
+            samples, rate = _pyav_decode(path)
+        mono = samples.mean(axis=0, dtype=np.float32) if samples.shape[0] > 1 else samples[0]
+        total += soxr.resample(mono, rate, TARGET_RATE_HZ, quality="HQ").shape[0]
+    return total
+
+
+def _pyav_decode(path: Path):
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp")
+        parts = [out.to_ndarray() for frame in container.decode(stream) for out in resampler.resample(frame)]
+        parts += [out.to_ndarray() for out in resampler.resample(None)]
+        return np.concatenate(parts, axis=1), stream.codec_context.sample_rate
+
+
+def decode_stage(folder: Path) -> int:
+    """The job's decode stage on the in-process runner (MatchAudio -> DecodeAudio -> soxr to 16 kHz);
+    samples out."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from audiotok.transforms.decode import DecodeConfig, resample
+    from audiotok.transforms.match import MatchAudio, MatchConfig
+    from audiotok.transforms.read import DecodeAudio
+
+    counted = folder.parent / f"{folder.name}.samples"
+    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+        matched = p | "Match" >> MatchAudio(MatchConfig(patterns=(f"{folder}/**/*",)))
+        decoded = matched["refs"] | "Decode" >> DecodeAudio(DecodeConfig())
+        _ = (decoded.decoded
+             | "Resample" >> beam.Map(lambda d: resample(d.audio, d.sample_rate, TARGET_RATE_HZ).shape[0])
+             | "Sum" >> beam.CombineGlobally(sum)
+             | "Write" >> beam.Map(lambda n: counted.write_text(str(n))))
+    return int(counted.read_text())
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+@dataclasses.dataclass
+class Row:
+    """One row: what runs, and what it is compared with.
+
+    Attributes:
+        name: the row's label.
+        baseline: the row whose x real time this one's is divided by (None: none).
+        command: the whole process to time (argv), for e2e rows; None for in-process rows.
+        call: the in-process work, for the decode rows.
+        cpus: CPUs the process tree may use (None: all).
+        output: for e2e rows, the folder the process writes (checked after the first round).
+        audio_s: seconds of input audio it is credited with.
+        walls: one per timed round.
+    """
+
+    name: str
+    baseline: str | None
+    audio_s: float
+    command: list[str] | None = None
+    call: Callable[[], Any] | None = None
+    cpus: set[int] | None = None
+    output: Path | None = None
+    check: Callable[[Path], dict] | None = None
+    warm: Callable[[], Any] | None = None
+    walls: list[float] = dataclasses.field(default_factory=list)
+    checked: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def best_wall_s(self) -> float:
+        return min(self.walls)
+
+    @property
+    def x_realtime(self) -> float:
+        return self.audio_s / self.best_wall_s
+
+    def run(self) -> None:
+        if self.output is not None:
+            shutil.rmtree(self.output, ignore_errors=True)
+        start = time.perf_counter()
+        if self.command is not None:
+            _run_process(self.command, self.cpus)
+        else:
+            self.call()
+        self.walls.append(time.perf_counter() - start)
+        if self.check is not None and not self.checked:
+            self.checked = self.check(self.output)
+
+
+def _run_process(command: list[str], cpus: set[int] | None) -> None:
+    def pin() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, preexec_fn=pin)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} ... exited {done.returncode}:\n{done.stderr[-3000:]}")
+
+
+def _tokenize_command(pattern: str, output: Path, threads: int, flags: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "audiotok.pipelines.tokenize", "--input", pattern, "--output", str(output),
+            "--tokenizer", "logmel", "--segment-s", str(SEGMENT_S), "--min-segment-s", str(MIN_SEGMENT_S),
+            "--torch-threads", str(threads), "--overwrite", *flags]
+
+
+def plan_rows(work: Path, copies: int, threads: int, lhotse: bool, workers_profile: str,
+              workers: int, source: Path = EXAMPLE_CORPUS) -> tuple[list[Row], dict[str, Any]]:
+    """Builds the corpus under ``work``; returns the rows (in the order each round runs them) and
+    the corpus's description."""
+    originals = audio_files(source)
+    keep = {p.relative_to(source).as_posix(): (lhotse_can_open(p) if lhotse else True) for p in originals}
+    corpus = work / "corpus"
+    files = build_corpus(source, corpus, copies, keep=lambda rel: keep[rel])
+    warm_dir = work / "warm"
+    build_corpus(source, warm_dir, 1, keep=lambda rel: keep[rel])
+    one_dir = work / "one"
+    one = build_corpus(source, one_dir, 1, keep=lambda rel: rel == ONE_FILE)
+    audio_s = audio_seconds(files)
+    pattern = f"{corpus}/**/*"
+    rows = []
+
+    def e2e(name: str, baseline: str | None, flags: Sequence[str] = (), cpus: set[int] | None = None,
+            folder: Path = corpus, seconds: float = audio_s) -> Row:
+        out = work / "out" / name.replace(" ", "-").replace(",", "")
+        return Row(name, baseline, seconds, command=_tokenize_command(f"{folder}/**/*", out, threads, flags),
+                   cpus=cpus, output=out, check=check_audiotok_output,
+                   warm=lambda: _run_process(_tokenize_command(f"{warm_dir}/**/*", work / "out" / "warm", threads,
+                                                               flags), cpus))
+
+    if lhotse:
+        out = work / "out" / "lhotse"
+        listing = work / "files.txt"
+        listing.write_text("".join(f"{p}\n" for p in files))
+        warm_listing = work / "warm-files.txt"
+        warm_listing.write_text("".join(f"{p}\n" for p in audio_files(warm_dir)))
+        command = [sys.executable, str(Path(__file__).resolve()), "lhotse-e2e", "--files", str(listing), "--root",
+                   str(corpus), "--out", str(out), "--torch-threads", str(threads)]
+        warm_command = [*command[:4], str(warm_listing), "--root", str(warm_dir), "--out", str(work / "out" / "lw"),
+                        "--torch-threads", str(threads)]
+        rows.append(Row(LHOTSE_E2E, None, audio_s, command=command, output=out, check=check_lhotse_output,
+                        warm=lambda: _run_process(warm_command, None)))
+    rows.append(e2e(E2E, LHOTSE_E2E if lhotse else None))
+    cpus = sorted(os.sched_getaffinity(0))
+    profile_flags = ["--profile", workers_profile]
+    if workers > 1 and len(cpus) >= workers:
+        one_worker = f"audiotok e2e, 1 worker, 1 core"
+        rows.append(e2e(one_worker, None, [*profile_flags, "--direct_num_workers=1"], cpus={cpus[0]}))
+        rows.append(e2e(f"audiotok e2e, {workers} workers", one_worker,
+                        [*profile_flags, f"--direct_num_workers={workers}"], cpus=set(cpus[:workers])))
+    rows.append(e2e(ONE, None, folder=one_dir, seconds=audio_seconds(one)))
+    rows.append(Row(BARE, None, audio_s, call=lambda: bare_decode(files), warm=lambda: bare_decode(originals)))
+    rows.append(Row(STAGE, BARE, audio_s, call=lambda: decode_stage(corpus), warm=lambda: decode_stage(warm_dir)))
+    described = {"copies": copies, "files": len(files), "audio_s": round(audio_s, 1),
+                 "bytes": sum(p.stat().st_size for p in files),
+                 "left_out": sorted(rel for rel, ok in keep.items() if not ok)}
+    return rows, described
 
 
 # ---------------------------------------------------------------------------- the run
@@ -347,15 +407,7 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-        info["cuda"] = torch.cuda.is_available()
-    except ImportError:
-        pass
-    for module in ("apache_beam", "lhotse", "soundfile", "av", "soxr"):
+    for module in ("torch", "apache_beam", "lhotse", "soundfile", "av", "soxr"):
         try:
             info[module] = __import__(module).__version__
         except (ImportError, AttributeError):
@@ -367,229 +419,136 @@ class UnknownRowError(ValueError):
     """``rows`` names a row the plan does not have."""
 
 
-@dataclasses.dataclass
-class Bench:
-    """One row of the table: what runs, on which files, and what it is compared with.
-
-    Attributes:
-        name: what runs (``label`` adds the file set).
-        side: ``audiotok`` or ``lhotse``.
-        stage: ``e2e`` or ``decode``; ratios compare rows of the same stage.
-        file_set: ``common`` (files Lhotse opens), ``all``, or ``one`` (one short file: the
-            fixed cost of a run).
-        run: output folder -> Outcome (timed).
-        warm: the same work on the 9 original files (untimed).
-        outcomes: one per timed round.
-    """
-
-    name: str
-    side: str
-    stage: str
-    file_set: str
-    run: Callable[[Path], Outcome]
-    warm: Callable[[Path], Any]
-    outcomes: list[Outcome] = dataclasses.field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.file_set})"
-
-    @property
-    def best(self) -> Outcome:
-        return min(self.outcomes, key=lambda o: o.wall_s)
-
-    @property
-    def x_realtime(self) -> float:
-        best = self.best
-        return best.audio_s / best.wall_s if best.wall_s > 0 else float("nan")
-
-
-def plan_benches(source: Path, corpora: dict[str, tuple[Path, list[Path]]], lhotse: bool,
-                 multiprocess: bool) -> list[Bench]:
-    """The rows, in the order each round runs them."""
-    originals = audio_files(source)
-    benches = []
-
-    def audiotok_e2e(file_set: str, profile: str) -> Bench:
-        folder = corpora[file_set][0]
-        name = "audiotok e2e" + (" multiprocess" if profile != "direct" else "")
-        return Bench(name, "audiotok", "e2e", file_set, run=lambda out: run_audiotok(folder, out, profile),
-                     warm=lambda out: run_audiotok(source, out, profile))
-
-    common_folder, common_files = corpora[COMMON]
-    if lhotse:
-        benches.append(Bench("lhotse e2e", "lhotse", "e2e", COMMON,
-                             run=lambda out: run_lhotse(common_files, common_folder, out),
-                             warm=lambda out: run_lhotse(originals, source, out)))
-    benches.append(audiotok_e2e(COMMON, "direct"))
-    benches.append(audiotok_e2e(ALL, "direct"))
-    benches.append(audiotok_e2e(ONE, "direct"))
-    if multiprocess:
-        benches.append(audiotok_e2e(COMMON, "direct-multiprocess"))
-        benches.append(audiotok_e2e(ALL, "direct-multiprocess"))
-    if lhotse:
-        benches.append(Bench("lhotse decode", "lhotse", "decode", COMMON,
-                             run=lambda out: run_lhotse_decode_only(common_files, common_folder),
-                             warm=lambda out: run_lhotse_decode_only(originals, source)))
-    for file_set in (COMMON, ALL):
-        benches.append(Bench("audiotok decode", "audiotok", "decode", file_set,
-                             run=lambda out, files=corpora[file_set][1]: run_decode_only(files),
-                             warm=lambda out: run_decode_only(originals)))
-    return benches
-
-
-def measure(workdir: Path, copies: int, repeats: int = 1, warmup: bool = True, multiprocess: bool = False,
-            lhotse: bool = True, source: Path = EXAMPLE_CORPUS, rows: Sequence[str] | None = None) -> dict[str, Any]:
-    """Builds the corpora under ``workdir``, runs every row, checks the outputs.
+def measure(workdir: Path, copies: int, repeats: int = 1, warmup: bool = True, lhotse: bool = True,
+            threads: int = 1, workers_profile: str = "direct-multiprocess", workers: int | None = None,
+            source: Path = EXAMPLE_CORPUS, rows: Sequence[str] | None = None) -> dict[str, Any]:
+    """Builds the corpus under ``workdir``, runs every row, checks the outputs.
 
     Args:
-        rows: run only these rows, by label (``"audiotok e2e (common)"``); None: all.
+        rows: run only these rows, by name; None: all.
+        workers: worker processes of the N-worker row (default: the CPUs this process may use).
 
     Raises:
         UnknownRowError: ``rows`` names a row that is not in the plan.
 
     Returns:
-        A JSON-serialisable report: ``rows`` (one dict per row, with ``x_realtime`` and
-        ``ratio_vs_lhotse``), ``audiotok_fixed_cost``, ``corpus``, ``machine``, ``checks``, ``date``.
+        A JSON-serialisable report: ``rows`` (one dict per row, with ``x_realtime`` and ``ratio``),
+        ``corpus``, ``machine``, ``load`` (before, after), ``settings``, ``date``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1. Found: {repeats}")
     lhotse = lhotse and have_lhotse()
-    originals = audio_files(source)
-    opens = {p.relative_to(source).as_posix(): (lhotse_can_open(p) if lhotse else True) for p in originals}
-    smallest = min(originals, key=lambda p: p.stat().st_size).relative_to(source).as_posix()
-    corpora = {}
-    for file_set, n, keep in ((ALL, copies, lambda rel: True), (COMMON, copies, lambda rel: opens[rel]),
-                              (ONE, 1, lambda rel: rel == smallest)):
-        folder = workdir / f"corpus-{file_set}"
-        corpora[file_set] = (folder, build_corpus(source, folder, n, keep=keep))
-    out_root = workdir / "out"
-    benches = plan_benches(source, corpora, lhotse, multiprocess)
+    workers = workers or len(os.sched_getaffinity(0))
+    plan, corpus = plan_rows(workdir, copies, threads, lhotse, workers_profile, workers, source)
     if rows is not None:
-        labels = [b.label for b in benches]
-        unknown = sorted(set(rows) - set(labels))
+        unknown = sorted(set(rows) - {r.name for r in plan})
         if unknown:
-            raise UnknownRowError(f"unknown row(s) {', '.join(unknown)}; known: {', '.join(labels)}")
-        benches = [b for b in benches if b.label in rows]
-
-    if warmup:  # imports, first-call set-up, the decoder forkserver: not what a long run pays per file
-        done = set()
-        for bench in benches:
-            if (bench.name, bench.stage) in done:
-                continue
-            done.add((bench.name, bench.stage))
-            logger.info("warm-up: %s", bench.name)
-            bench.warm(out_root / "warmup")
-            shutil.rmtree(out_root / "warmup", ignore_errors=True)
-
-    checks: dict[str, Any] = {}
+            raise UnknownRowError(f"unknown row(s) {', '.join(unknown)}; known: {', '.join(r.name for r in plan)}")
+        plan = [r for r in plan if r.name in rows]
+    load_before = os.getloadavg()
+    if warmup:
+        for row in plan:
+            logger.info("warm-up: %s", row.name)
+            row.warm()
     for round_no in range(repeats):
-        for bench in benches:
-            out = out_root / f"{bench.name.replace(' ', '-')}-{bench.file_set}-{round_no}"
-            logger.info("round %d/%d: %s (%s)", round_no + 1, repeats, bench.name, bench.file_set)
-            outcome = bench.run(out)
-            if outcome.files == 0:
-                raise RuntimeError(f"{bench.name} ({bench.file_set}) processed no file ({outcome.failed} failed)")
-            logger.info("  %.1f s of audio in %.2f s", outcome.audio_s, outcome.wall_s)
-            bench.outcomes.append(outcome)
-            if round_no == 0 and out.exists():  # untimed: does the output load back?
-                checks[bench.label] = (
-                    check_lhotse_output(out) if bench.side == "lhotse" else check_audiotok_output(out))
-            shutil.rmtree(out, ignore_errors=True)
-
-    unreadable = sorted(rel for rel, ok in opens.items() if not ok)
-    baselines = {b.stage: b for b in benches if b.side == "lhotse"}
-    rows = []
-    for bench in benches:
-        best = bench.best
-        failed = best.failed + (len(unreadable) * copies if bench.side == "lhotse" else 0)
-        baseline = baselines.get(bench.stage) if bench.file_set != ONE else None
-        ratio = bench.x_realtime / baseline.x_realtime if baseline else None
-        rows.append({
-            "name": bench.name, "side": bench.side, "stage": bench.stage, "file_set": bench.file_set,
-            "files": best.files, "failed": failed, "audio_s": round(best.audio_s, 3),
-            "wall_s": round(best.wall_s, 4), "x_realtime": round(bench.x_realtime, 2),
-            "ratio_vs_lhotse": round(ratio, 3) if ratio is not None else None,
-            "walls_s": [round(o.wall_s, 4) for o in bench.outcomes],
-            "cpu_s_this_process": round(best.cpu_s, 4), **best.extra})
-    fixed_cost = None
-    one = next((b for b in benches if b.file_set == ONE), None)
-    if one is not None:
-        fixed, marginal = one.best, {}
-        for bench in benches:
-            if bench.side == "audiotok" and bench.stage == "e2e" and bench.file_set != ONE:
-                extra_wall = bench.best.wall_s - fixed.wall_s
-                marginal[bench.label] = (
-                    round((bench.best.audio_s - fixed.audio_s) / extra_wall, 2) if extra_wall > 0 else None)
-        fixed_cost = {"file": smallest, "wall_s": round(fixed.wall_s, 3), "marginal_x_realtime": marginal}
+        for row in plan:
+            logger.info("round %d/%d: %s", round_no + 1, repeats, row.name)
+            row.run()
+            logger.info("  %.2f s", row.walls[-1])
+    by_name = {r.name: r for r in plan}
+    report_rows = []
+    for row in plan:
+        base = by_name.get(row.baseline) if row.baseline else None
+        report_rows.append({
+            "name": row.name, "baseline": base.name if base else None, "audio_s": round(row.audio_s, 2),
+            "wall_s": round(row.best_wall_s, 3), "walls_s": [round(w, 3) for w in row.walls],
+            "x_realtime": round(row.x_realtime, 1),
+            "ratio": round(row.x_realtime / base.x_realtime, 3) if base else None,
+            "cpus": sorted(row.cpus) if row.cpus else None, "command": row.command and _short(row.command, workdir),
+            "output": row.checked or None})
+    fixed = by_name.get(ONE)
     return {
         "benchmark": "throughput",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "settings": {"copies": copies, "repeats": repeats, "warmup": warmup, "segment_s": SEGMENT_S,
-                     "min_segment_s": MIN_SEGMENT_S, "n_mels": N_MELS, "sample_rate_hz": TARGET_RATE_HZ,
-                     "timing": "fastest round by time.perf_counter; cpu_s_this_process excludes child "
-                               "processes (audiotok's decoder processes, multiprocess workers)"},
-        "corpus": {"source": str(source), "copies": copies, "files_all": len(corpora[ALL][1]),
-                   "files_common": len(corpora[COMMON][1]), "bytes_all": dir_bytes(corpora[ALL][0]),
-                   "one_file": smallest, "lhotse_unreadable": unreadable if lhotse else None},
-        "rows": rows,
-        "audiotok_fixed_cost": fixed_cost,
-        "checks": checks,
+        "load": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
+        "settings": {"copies": copies, "repeats": repeats, "warmup": warmup, "torch_threads": threads,
+                     "workers_profile": workers_profile, "workers": workers, "segment_s": SEGMENT_S,
+                     "n_mels": N_MELS, "sample_rate_hz": TARGET_RATE_HZ},
+        "corpus": corpus,
+        "rows": report_rows,
+        "fixed_cost_s": round(fixed.best_wall_s, 3) if fixed else None,
     }
 
 
+def _short(command: list[str], workdir: Path) -> str:
+    text = " ".join(command[1:]).replace(str(workdir), "WORK").replace(str(ROOT) + "/", "")
+    return "python " + text
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """The report as an aligned text table, with a header naming machine and corpus."""
-    m, c = report["machine"], report["corpus"]
+    """The report as an aligned text table, with a header naming the machine, corpus and load."""
+    m, c, load = report["machine"], report["corpus"], report["load"]
     lines = [
         f"throughput: {report['date']}, {m.get('cpu', '?')} ({m['cpu_count']} cores), "
-        f"{'CUDA' if m.get('cuda') else 'no GPU'}, torch threads {m.get('torch_threads')}",
-        f"corpus: example corpus x {c['copies']} = {c['files_all']} files ('all'); "
-        f"{c['files_common']} that Lhotse opens ('common')"
-        + (f"; Lhotse cannot open {', '.join(c['lhotse_unreadable'])}" if c.get("lhotse_unreadable") else ""),
-        f"timing: fastest of {report['settings']['repeats']} round(s), "
-        + ("after a warm-up pass" if report["settings"]["warmup"] else "no warm-up"),
+        f"torch threads {report['settings']['torch_threads']}",
+        f"corpus: example corpus x {c['copies']}: {c['files']} files, {c['audio_s'] / 3600:.2f} h"
+        + (f" (left out, Lhotse cannot open it: {', '.join(c['left_out'])})" if c["left_out"] else ""),
+        f"load average: {' '.join(map(str, load['before']))} before, {' '.join(map(str, load['after']))} after; "
+        f"fastest of {report['settings']['repeats']} round(s)"
+        + (", after a warm-up" if report["settings"]["warmup"] else ", no warm-up"),
         "",
     ]
-    headers = ["name", "files", "failed", "audio s", "wall s", "x real time", "vs lhotse"]
-    body = []
-    for r in report["rows"]:
-        ratio = r["ratio_vs_lhotse"]
-        body.append([f"{r['name']} ({r['file_set']})", str(r["files"]), str(r["failed"]), f"{r['audio_s']:.1f}",
-                     f"{r['wall_s']:.2f}", f"{r['x_realtime']:.{0 if r['x_realtime'] >= 10 else 1}f}x", f"{ratio:.2f}" if ratio is not None else "-"])
+    headers = ["row", "wall s", "x real time", "ratio", "vs"]
+    body = [[r["name"], f"{r['wall_s']:.2f}", f"{r['x_realtime']:.0f}x" if r["x_realtime"] >= 10
+             else f"{r['x_realtime']:.1f}x", f"{r['ratio']:.2f}" if r["ratio"] is not None else "-",
+             r["baseline"] or ""] for r in report["rows"]]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
-
-    def fmt(cells: list[str]) -> str:
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
-
-    lines.append(fmt(headers))
+    lines.append("  ".join(h.ljust(w) if i in (0, 4) else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
     lines.append("  ".join("-" * w for w in widths))
-    lines.extend(fmt(b) for b in body)
-    fixed = report["audiotok_fixed_cost"]
-    lines.append("")
-    lines.append("vs lhotse: this row's x real time / the Lhotse row of the same stage (e2e or decode).")
-    if fixed:
-        lines.append(f"audiotok e2e (one) is the fixed cost of a run ({fixed['file']}); without it: "
-                     + ", ".join(f"{k} {v:.0f}x" for k, v in fixed["marginal_x_realtime"].items() if v is not None))
+    lines += ["  ".join(cell.ljust(w) if i in (0, 4) else cell.rjust(w) for i, (cell, w) in enumerate(zip(b, widths)))
+              for b in body]
+    if report["fixed_cost_s"] is not None:
+        lines += ["", f"fixed cost of a run (the default job on one {ONE_FILE.rsplit('/', 1)[-1]}): "
+                      f"{report['fixed_cost_s']:.2f} s"]
     return "\n".join(lines)
 
 
+def _lhotse_main(argv: Sequence[str]) -> int:
+    """``lhotse-e2e``: Lhotse's recipe on the listed files, in this (fresh) interpreter."""
+    parser = argparse.ArgumentParser(prog="throughput.py lhotse-e2e")
+    parser.add_argument("--files", required=True, help="a text file: one audio path per line")
+    parser.add_argument("--root", required=True, help="the folder the paths are under (recording ids)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--torch-threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+    warnings.filterwarnings("ignore", category=UserWarning, module="lhotse")
+    paths = [Path(line) for line in Path(args.files).read_text().splitlines() if line]
+    print(json.dumps(run_lhotse(paths, Path(args.root), Path(args.out))))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lhotse-e2e"]:
+        return _lhotse_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=None,
-                        help=f"copies of the example corpus (default {DEFAULT_COPIES}: {DEFAULT_COPIES * 78 // 60} min)")
+                        help=f"copies of the example corpus's files (default {DEFAULT_COPIES}: 2.0 h)")
     parser.add_argument("--quick", action="store_true", help="1 copy, no warm-up: checks that everything runs")
     parser.add_argument("--repeats", type=int, default=1, help="timed rounds; each row reports its fastest")
-    parser.add_argument("--multiprocess", action="store_true",
-                        help="also run the job with the direct-multiprocess profile (2 worker processes)")
-    parser.add_argument("--torch-threads", type=int, default=None, metavar="N",
-                        help="torch.set_num_threads(N) for both sides, and OMP_NUM_THREADS=N for the processes "
-                             "they start (default: torch's choice, one per core)")
-    parser.add_argument("--no-lhotse", action="store_true", help="skip the Lhotse rows")
-    parser.add_argument("--rows", metavar="LABELS", help="comma-separated row labels to run, e.g. "
-                        "'lhotse e2e (common),audiotok e2e (common)' (default: all)")
+    parser.add_argument("--torch-threads", type=int, default=1, metavar="N",
+                        help="torch threads on both sides (default 1; OMP_NUM_THREADS for the processes too)")
+    parser.add_argument("--workers-profile", default="direct-multiprocess",
+                        help="the runner profile of the N-worker rows (default direct-multiprocess)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes of the N-worker row (default: the cores this process may use)")
+    parser.add_argument("--no-lhotse", action="store_true", help="skip the Lhotse row")
+    parser.add_argument("--rows", metavar="NAMES", help="'|'-separated row names to run (default: all)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--workdir", metavar="DIR", help="where the corpus copies and outputs go "
                         "(default: a temporary folder, removed afterwards)")
@@ -598,27 +557,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     copies = args.copies if args.copies is not None else (1 if args.quick else DEFAULT_COPIES)
     if copies < 1 or args.repeats < 1:
         parser.error(f"--copies and --repeats must be >= 1. Found: {copies}, {args.repeats}")
-
-    # Beam and the job log progress and platform notes; the table is what this script prints.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
-    warnings.filterwarnings("ignore", category=UserWarning, module="lhotse")
-    if args.torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
-        # Child processes (multiprocess workers, decoder processes) start with the same setting.
-        os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
-
+    os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
     lhotse = not args.no_lhotse
     if lhotse and not have_lhotse():
-        logger.warning("lhotse is not installed (pip install 'lhotse>=1.30'): no baseline rows")
+        logger.warning("lhotse is not installed (pip install 'lhotse>=1.30'): no Lhotse row")
         lhotse = False
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="audiotok-throughput-"))
     try:
-        report = measure(workdir, copies, repeats=args.repeats, warmup=not args.quick,
-                         multiprocess=args.multiprocess, lhotse=lhotse,
-                         rows=[r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None)
+        report = measure(workdir, copies, repeats=args.repeats, warmup=not args.quick, lhotse=lhotse,
+                         threads=args.torch_threads, workers_profile=args.workers_profile, workers=args.workers,
+                         rows=[r.strip() for r in args.rows.split("|") if r.strip()] if args.rows else None)
     except UnknownRowError as e:
         parser.error(str(e))
     finally:

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         after = compact(args.output, shards.ShardConfig(args.shard_max_samples, args.shard_max_bytes))
     except (lease.LeaseHeld, lease.LeaseLost, shards.IndexChanged) as e:
         print(f"audiotok compact: {e}", file=sys.stderr)
-        return 75
+        return lease.EXIT_BUSY
     print(f"compacted {before['totals']['shards']} shards into {after['totals']['shards']} "
           f"({after['totals']['samples']} live samples), dataset version {after['dataset_version']}")
     return 0

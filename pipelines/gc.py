@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             removed = collect_garbage(args.output, older_than_s, dry_run=args.dry_run)
     except (lease.LeaseHeld, lease.LeaseLost) as e:
         print(f"audiotok gc: {e}", file=sys.stderr)
-        return 75
+        return lease.EXIT_BUSY
     for rel in removed:
         print(("would delete " if args.dry_run else "deleted ") + rel)
     print(f"audiotok gc: {'would delete' if args.dry_run else 'deleted'} {len(removed)} file(s) under {args.output}",

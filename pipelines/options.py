@@ -111,6 +111,12 @@ class Flag:
         return hint
 
     def help(self) -> str:
+        """What ``--help`` says of the flag (``description`` with argparse's ``%`` escaped)."""
+        return self.description().replace("%", "%%")
+
+    def description(self, note: bool = True) -> str:
+        """The field's docstring entry, in the flag's terms, with the default (and ``note``, the
+        command line's own remark, unless ``note`` is False)."""
         text = field_docs(self.config).get(self.field, "")
         if not text:
             raise ValueError(f"{self.config.__name__}.{self.field} has no entry in its docstring's Attributes: "
@@ -129,13 +135,13 @@ class Flag:
             if "_" in field and field != self.field:
                 text = re.sub(rf"\b{field}\b", flag, text)
         text = text.rstrip(".")
-        if self.note:
+        if self.note and note:
             text = f"{text}; {self.note}"
         default = self.flag_default()
         if self.field_default() is not dataclasses.MISSING and not (default is None or default is False or default == []):
             shown = f"{default:g}" if isinstance(default, float) else str(default)
             text += f" (default {shown})" if shown else " (default: none)"
-        return text.replace("%", "%%")  # argparse formats help with %
+        return text
 
     def add_to(self, group: argparse._ArgumentGroup) -> None:
         kwargs: dict[str, Any] = {"dest": self.dest, "help": self.help()}
@@ -191,10 +197,8 @@ def field_docs(config: type) -> dict[str, str]:
 # ------------------------------------------------------------------ the flags, by what they configure
 
 MATCH_FLAGS = (
-    Flag("--input", MatchConfig, "patterns", repeat=True, metavar="PATTERN",
-         note="local, file://, gs://, s3://, ...; '**' recurses; repeatable"),
-    Flag("--manifest", MatchConfig, "manifests", repeat=True, metavar="URL",
-         note="'uri' plus optional id, text, speaker, language; repeatable"),
+    Flag("--input", MatchConfig, "patterns", repeat=True, metavar="PATTERN", note="repeatable"),
+    Flag("--manifest", MatchConfig, "manifests", repeat=True, metavar="URL", note="repeatable"),
     Flag("--exclude", MatchConfig, "exclude", comma_list=True, metavar="GLOBS", note="comma-separated; '' skips nothing"),
 )
 
@@ -275,6 +279,12 @@ ALL_FLAGS = MATCH_FLAGS + SEGMENT_FLAGS + DECODE_FLAGS + TOKENIZE_FLAGS + SHARD_
 def flag_names(config: type) -> dict[str, str]:
     """Field of ``config`` -> the flag that sets it."""
     return {f.field: f.name for f in ALL_FLAGS if f.config is config}
+
+
+def find_flag(name: str, options_class: type[PipelineOptions] | None = None) -> Flag:
+    """The flag called ``name`` among ``options_class``'s (default: ``audiotok tokenize``'s)."""
+    (found,) = [f for f in (options_class or TokenizeOptions).FLAGS if f.name == name]
+    return found
 
 
 def _add_profile_flag(group: argparse._ArgumentGroup) -> None:

@@ -39,8 +39,7 @@ from audiotok.transforms.tokenizers.spectral import KMeansTokenizer
 logger = logging.getLogger(__name__)
 
 CODEBOOKS_DIR = "codebooks"
-# Exit status when another run holds the dataset's lease: try again later (sysexits' EX_TEMPFAIL).
-EXIT_BUSY = 75
+EXIT_BUSY = lease.EXIT_BUSY
 
 
 @dataclasses.dataclass(frozen=True)

@@ -226,8 +226,8 @@ def join_index(output: str) -> str:
 
 
 def read_index(output: str) -> dict:
-    """Reads ``OUTPUT/index.json``."""
-    return json.loads(storage.read_bytes(storage.join(output, INDEX_NAME)))
+    """Reads ``OUTPUT/index.json`` as it is now: a worker process may just have published it."""
+    return json.loads(storage.read_bytes(storage.join(output, INDEX_NAME), fresh=True))
 
 
 def layout(index: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -40,6 +40,9 @@ DEFAULT_TTL_S = 120.0
 # its publishing step releases it, and it expires after this long if the job never gets there.
 JOB_TTL_S = 6 * 3600.0
 _POLL_S = 2.0
+# Exit status of a command refused because another run holds the lease: try again later
+# (sysexits' EX_TEMPFAIL).
+EXIT_BUSY = 75
 
 
 class LeaseHeld(RuntimeError):

@@ -64,8 +64,10 @@ class MatchConfig:
     """What to read.
 
     Attributes:
-        patterns: glob patterns or directories (any fsspec URL).
-        manifests: JSON lines manifests.
+        patterns: glob patterns or directories (any fsspec URL: local, ``file://``, ``gs://``,
+            ``s3://``, ...); ``**`` recurses.
+        manifests: JSON lines manifests: ``uri`` plus optional ``id``, ``text``, ``speaker``,
+            ``language`` and a timed transcript.
         exclude: basename glob patterns skipped when matching patterns (not manifests).
     """
 

@@ -286,8 +286,10 @@ _is_local = is_local_fs
 def local_path(url: str) -> str | None:
     """The operating system's path of ``url`` when it names a local file (a plain path or
     ``file://``), else None."""
+    if "::" in url or ("://" in url and protocol_of(url) not in ("file", "local")):
+        return None  # another store, or a scheme fsspec does not know (nothing local to name)
     fs, path = filesystem(url)
-    return path if _is_local(fs) and "::" not in url else None
+    return path if _is_local(fs) else None
 
 
 @contextlib.contextmanager
@@ -319,7 +321,13 @@ def open_output(url: str) -> IO[bytes]:
     return fs.open(path, "wb", block_size=WRITE_BLOCK_BYTES)
 
 
-def read_bytes(url: str) -> bytes:
+def read_bytes(url: str, fresh: bool = False) -> bytes:
+    """The whole object. ``fresh``: forget what this process has cached of its folder's listing
+    first (an object store client that listed the folder before another process wrote the object
+    would not find it)."""
+    if fresh:
+        fs, path = filesystem(url)
+        fs.invalidate_cache(path)
     with open_input(url) as f:
         return f.read()
 

@@ -15,6 +15,7 @@ import logging
 import sys
 
 from audiotok.pipelines import options, tokenize
+from audiotok.runners.dataflow.metadata import TEMPLATE_PROFILES
 
 
 def our_flags(argv: list[str]) -> list[str]:
@@ -33,7 +34,7 @@ def our_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     # Later flags win: a --profile among the parameters replaces this default.
-    return tokenize.main(["--profile=dataflow", "--incremental", *our_flags(argv)], wait=False)
+    return tokenize.main([f"--profile={TEMPLATE_PROFILES[0]}", "--incremental", *our_flags(argv)], wait=False)
 
 
 if __name__ == "__main__":

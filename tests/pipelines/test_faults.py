@@ -29,7 +29,7 @@ from audiotok.pipelines import tokenize as job
 from audiotok.pipelines import verify
 from audiotok.runners import profiles
 from audiotok.transforms import dataset, lease, storage
-from audiotok.transforms.decode import DecodeConfig
+from audiotok.transforms.decode import DecodeConfig, FileDecoder
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.segment import SegmentConfig
 from audiotok.transforms.shards import ShardConfig
@@ -266,18 +266,19 @@ _PROXY: list[TcpProxy] = []
 _DECODES = {"n": 0, "stop_at": 0, "down_s": 0.0}
 
 
-def decode_with_outage(ref, config):
-    """A decoder that takes the object store away (stops the proxy in front of it) before the
-    ``stop_at``-th file, and brings it back ``down_s`` seconds later (never, when negative)."""
-    from audiotok.transforms.decode import decode_checked
+class OutageDecoder(FileDecoder):
+    """The decoder, except that it takes the object store away (stops the proxy in front of
+    it) before the ``stop_at``-th file, and brings it back ``down_s`` seconds later (never,
+    when negative)."""
 
-    _DECODES["n"] += 1
-    if _DECODES["n"] == _DECODES["stop_at"] and _PROXY:
-        proxy = _PROXY[0]
-        proxy.stop()
-        if _DECODES["down_s"] >= 0:
-            threading.Timer(_DECODES["down_s"], proxy.start).start()
-    return decode_checked(ref, config)
+    def open(self, ref, config, split=None):
+        _DECODES["n"] += 1
+        if _DECODES["n"] == _DECODES["stop_at"] and _PROXY:
+            proxy = _PROXY[0]
+            proxy.stop()
+            if _DECODES["down_s"] >= 0:
+                threading.Timer(_DECODES["down_s"], proxy.start).start()
+        return super().open(ref, config, split)
 
 
 @pytest.fixture
@@ -297,7 +298,7 @@ def flaky_s3(monkeypatch):
 
 def _s3_config(out, **kw) -> job.JobConfig:
     return job.JobConfig(output=str(out), match=MatchConfig(patterns=("s3://corpus/in/*",)),
-                         decode=DecodeConfig(isolation="none", decoder="test_faults:decode_with_outage"),
+                         decode=DecodeConfig(isolation="none", decoder="test_faults:OutageDecoder"),
                          segment=SegmentConfig(segment_s=1.0, min_segment_s=0.2),
                          tokenize=TokenizeConfig(specs="logmel[n_mels=16]"), max_failure_fraction=1.0, **kw)
 

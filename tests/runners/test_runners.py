@@ -168,6 +168,24 @@ def test_portable_runner_with_an_external_worker_pool_bucket_to_bucket(monkeypat
         assert dataset_digest("s3://corpus/tokens") == local_reference()
 
 
+@pytest.mark.slow
+def test_the_launcher_reads_the_index_a_worker_process_published(monkeypatch):
+    """On a portable runner the launcher lists the output folder, a worker process publishes the
+    index, and the launcher then reads it: a listing cached in the launcher must not hide it."""
+    from audiotok.transforms import dataset, storage
+
+    with MotoS3() as s3:
+        for k, v in s3.env.items():
+            monkeypatch.setenv(k, v)
+        s3.make_bucket("out")
+        storage.write_bytes("s3://out/ds/state/state-v000001.json", b"{}")
+        assert [url for url, _ in storage.list_folder("s3://out/ds")] == ["s3://out/ds/state"]  # cached here
+        subprocess.run([sys.executable, "-c", "from audiotok.transforms import storage; "
+                        "storage.write_bytes('s3://out/ds/index.json', b'{\"dataset_version\": 1}')"],
+                       check=True, timeout=120)
+        assert dataset.read_index("s3://out/ds") == {"dataset_version": 1}
+
+
 # ------------------------------------------------------------------ Dataflow, offline
 
 
@@ -288,6 +306,19 @@ def test_flex_template_metadata_names_real_flags():
     args, unknown = opts.parse(opts.TokenizeOptions, argv[:-1], prog="t")  # ...is one our parser takes
     assert unknown == []
     assert args.batch_max_s == 120.5 and args.torch_threads == 1 and args.segmenter == "vad"
+
+
+def test_flex_template_metadata_is_written_from_the_flags():
+    """metadata.json is generated (python -m audiotok.runners.dataflow.metadata --write ...): its
+    help texts are the flags' (so the config fields'), and its checks their choices and types."""
+    from audiotok.runners.dataflow import metadata
+
+    with open(os.path.join(REPO_ROOT, "runners", "dataflow", "metadata.json"), encoding="utf-8") as f:
+        assert f.read() == metadata.render(), "rerun python -m audiotok.runners.dataflow.metadata --write ..."
+    by_name = {p["name"]: p for p in metadata.metadata()["parameters"]}
+    assert by_name["segmenter"]["regexes"] == ["^(fixed|vad|energy)$"]
+    assert "(default 240)" in by_name["batch_max_s"]["helpText"]
+    assert "isOptional" not in by_name["output"]
 
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")

@@ -112,7 +112,7 @@ class SignUnitsTokenizer(Tokenizer):
 
     @property
     def streams(self) -> tuple[StreamSpec, ...]:
-        return (StreamSpec(self.name, base.UNITS, 100.0, "int16", codebook_size=2),)
+        return (StreamSpec(self.name, base.UNITS, 100.0, "int16", codebook_size=2, frame0_center_s=0.005),)
 
     def num_frames(self, num_samples: int) -> int:
         return num_samples // 160

@@ -134,9 +134,12 @@ def test_card_command_regenerates_from_some_shards(tmp_path, capsys):
     (out / lm.VOCAB_NAME).unlink()
     (out / card.PLOTS_DIR).mkdir()
     (out / card.PLOTS_DIR / "codebooks-gone.png").write_bytes(b"a plot of a stream a previous run had")
+    (out / card.PLOTS_DIR / "mine.png").write_bytes(b"a file the card never listed")
+    (out / card.STATS_NAME).write_text(json.dumps({"plots": [f"{card.PLOTS_DIR}/codebooks-gone.png"]}))
     assert card_cli.main([str(out), "--max-shards", "1"]) == 0
     assert (out / lm.VOCAB_NAME).exists()
-    assert not (out / card.PLOTS_DIR / "codebooks-gone.png").exists()
+    assert not (out / card.PLOTS_DIR / "codebooks-gone.png").exists()  # the previous card's, gone
+    assert (out / card.PLOTS_DIR / "mine.png").exists()  # not the card's: left alone
     stats = json.loads((out / card.STATS_NAME).read_text())
     assert stats["coverage"] == {"shards_read": 1, "shards_total": 3, "samples_read": 4}
     assert stats["dataset"]["samples"] == 9  # totals stay exact

@@ -107,70 +107,122 @@ def assign(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class KMeansFit:
+    """Attributes:
+        centroids: float32 [k, D].
+        inertia: sum of squared distances from each frame to its nearest centroid.
+        iterations: Lloyd iterations run.
+    """
+
     centroids: np.ndarray
     inertia: float
     iterations: int
 
 
-def fit(features: np.ndarray, k: int, seed: int = 0, max_iter: int = 100, tol: float = 1e-4) -> KMeansFit:
-    """Lloyd's k-means with k-means++ seeding, deterministic for a given seed.
+_FAISS_HINT = "k-means fitting needs faiss: pip install 'audiotok[pipeline]' (or pip install faiss-cpu)"
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as e:
+        raise ImportError(_FAISS_HINT) from e
+    return faiss
+
+
+def fit(features: np.ndarray, k: int, seed: int = 0, max_iter: int = 100, tol: float = 1e-4,
+        seeding_frames: int = 250_000) -> KMeansFit:
+    """k-means: greedy k-means++ seeding, then Lloyd iterations by faiss over every frame.
+
+    The seeding (scikit-learn's greedy k-means++: each new centroid is the best of
+    ``2 + ln k`` candidates drawn by squared distance) looks at every frame, or at
+    ``seeding_frames`` of them drawn with ``seed`` when there are more: seeding on a subsample
+    costs inertia where clusters are small and many. The Lloyd iterations (faiss, all CPU
+    cores) stop when an iteration improves the inertia by less than ``tol`` of it, or after
+    ``max_iter``. Empty clusters are refilled by splitting large ones (faiss).
+
+    Deterministic: the same frames, ``k`` and ``seed`` give the same centroids, byte for byte,
+    on the same machine (CPU type and core count: BLAS sums in another order elsewhere).
 
     Args:
         features: float32 [N, D], N >= k.
         k: number of centroids.
-        seed: RNG seed (a local generator; global state is untouched).
+        seed: RNG seed (local generators; global state is untouched).
         max_iter: Lloyd iterations at most.
-        tol: stop when the relative inertia improvement falls below this.
+        tol: relative inertia improvement under which the iterations stop.
+        seeding_frames: frames the seeding draws from (all of them when N is smaller).
 
     Raises:
-        ValueError: fewer distinct frames than ``k``, or non-finite features.
+        ValueError: fewer than ``k`` frames, or non-finite features.
+        ImportError: faiss is not installed.
     """
-    x = np.ascontiguousarray(features, dtype=np.float64)
+    x = np.ascontiguousarray(features, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"features must be [N, D] with N > 0. Found shape {features.shape}")
     if not np.isfinite(x).all():
         raise ValueError("features contain NaN or Inf")
     if x.shape[0] < k:
         raise ValueError(f"k-means needs at least k={k} frames. Found: {x.shape[0]}")
+    if k < 1 or max_iter < 1 or seeding_frames < k:
+        raise ValueError(f"need k >= 1, max_iter >= 1, seeding_frames >= k. Found: {k}, {max_iter}, {seeding_frames}")
+    faiss = _faiss()
     rng = np.random.default_rng(seed)
-    centroids = _kmeans_plus_plus(x, k, rng)
-    x_sq = (x * x).sum(1)
+    n = x.shape[0]
+    sample = np.sort(rng.choice(n, size=seeding_frames, replace=False)) if n > seeding_frames else np.arange(n)
+    centroids = greedy_kmeans_plus_plus(x[sample], k, rng)
     previous = np.inf
-    inertia = np.inf
     iteration = 0
     for iteration in range(1, max_iter + 1):
-        d = x_sq[:, None] - 2.0 * (x @ centroids.T) + (centroids * centroids).sum(1)[None, :]
-        labels = d.argmin(1)
-        inertia = float(np.maximum(d[np.arange(len(x)), labels], 0).sum())
-        counts = np.bincount(labels, minlength=k)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, labels, x)
-        empty = counts == 0
-        centroids = np.where(empty[:, None], centroids, sums / np.maximum(counts, 1)[:, None])
-        if empty.any():
-            # Re-seed empty clusters with the frames farthest from their centroid.
-            far = np.argsort(-d[np.arange(len(x)), labels], kind="stable")[: int(empty.sum())]
-            centroids[np.flatnonzero(empty)] = x[far]
+        # One iteration per call: faiss runs a fixed count; stopping on convergence is ours.
+        km = faiss.Kmeans(x.shape[1], k, niter=1, seed=seed + iteration, max_points_per_centroid=n,
+                          min_points_per_centroid=1, verbose=False)
+        km.train(x, init_centroids=centroids)
+        inertia = float(km.obj[-1])  # of the assignment to the centroids this iteration started from
+        centroids = km.centroids.copy()
         if np.isfinite(previous) and previous - inertia <= tol * max(previous, 1e-12):
             break
         previous = inertia
-    return KMeansFit(centroids=centroids.astype(np.float32), inertia=inertia, iterations=iteration)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(centroids)
+    distances, _ = index.search(x, 1)
+    return KMeansFit(centroids=centroids, inertia=float(distances.sum(dtype=np.float64)), iterations=iteration)
 
 
-def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def greedy_kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding: float32 [N, D] -> float32 [k, D] rows of ``x``.
+
+    Each centroid after the first is the best (lowest total squared distance) of
+    ``2 + ln k`` candidates drawn with probability proportional to the squared distance to
+    the nearest centroid so far. Distances come from one matrix product per step.
+    """
     n = x.shape[0]
-    centroids = np.empty((k, x.shape[1]), dtype=np.float64)
-    centroids[0] = x[rng.integers(n)]
-    closest = ((x - centroids[0]) ** 2).sum(1)
+    trials = 2 + int(np.log(k))
+    norms = np.einsum("ij,ij->i", x, x)
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = rng.integers(n)
+    closest = _squared_distances(x, norms, chosen[:1])[:, 0]
+    potential = float(closest.sum(dtype=np.float64))
     for i in range(1, k):
-        total = closest.sum()
-        if total <= 0:  # all remaining frames coincide with a centroid
-            centroids[i] = x[rng.integers(n)]
+        if potential <= 0:  # every frame sits on a centroid: the rest are drawn uniformly
+            chosen[i] = rng.integers(n)
             continue
-        index = int(np.searchsorted(np.cumsum(closest), rng.random() * total))
-        centroids[i] = x[min(index, n - 1)]
-        closest = np.minimum(closest, ((x - centroids[i]) ** 2).sum(1))
-    return centroids
+        cumulative = np.cumsum(closest, dtype=np.float64)
+        candidates = np.minimum(np.searchsorted(cumulative, rng.random(trials) * cumulative[-1]), n - 1)
+        d = np.minimum(_squared_distances(x, norms, candidates), closest[:, None])
+        potentials = d.sum(axis=0, dtype=np.float64)
+        best = int(potentials.argmin())
+        chosen[i] = candidates[best]
+        closest = np.ascontiguousarray(d[:, best])
+        potential = float(potentials[best])
+    return x[chosen].copy()
+
+
+def _squared_distances(x: np.ndarray, norms: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """float32 [N, len(rows)]: squared distances from every frame to the frames ``rows``."""
+    d = x @ x[rows].T
+    d *= -2.0
+    d += norms[:, None]
+    d += norms[rows][None, :]
+    return np.maximum(d, 0.0, out=d)
 
 
 def dedup_units(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
