@@ -135,7 +135,7 @@ def test_spilled_samples_make_the_shards_the_writer_makes(tmp_path, monkeypatch,
     sections += [wv.value for wv in spill.finish_bundle()]
     assert {bucket for bucket, _ in sections} == {0}  # 5 inputs, 100 per bucket
     assert len({url for _, (url, _, _) in sections}) == (3 if per_file == 2 else 1)
-    writer = shards._WriteBucketFn(out, temp, 1, ShardConfig(max_samples=2), SPECS)
+    writer = shards._WriteBucketFn(out, temp, shards.RunPlan(version=1), ShardConfig(max_samples=2), SPECS)
     outputs = list(writer.process((0, [section for _, section in sections]), 1))
     rows = [o.value[1] for o in outputs if o.tag == "rows"]
     assert [r["url"] for r in rows] == [f"shards/v000001/shard-000000-{i:04d}.tar" for i in range(3)]
