@@ -178,6 +178,9 @@ class _Counting:
         assert self._seekable
         return self._f.seek(offset, whence)
 
+    def tell(self):
+        return self._f.tell()
+
 
 @pytest.mark.parametrize("fmt", ["USTAR_FORMAT", "PAX_FORMAT", "GNU_FORMAT"])
 @pytest.mark.parametrize("seekable", [True, False])
@@ -197,6 +200,16 @@ def test_tar_members_reads_what_tarfile_writes_and_skips_what_it_is_told(fmt, se
         (n, None if n.endswith(".npy") else d) for n, d in members if d is not None]
     if seekable:  # skipped members are seeked over, not read
         assert f.bytes_read < len(data) - 5000
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_a_cut_inside_a_skipped_member_is_an_error_not_an_early_end(seekable):
+    import tarfile
+
+    data = _tar_bytes([("a.json", b"{}"), ("a.big.npy", bytes(5000)), ("b.json", b"{}")], tarfile.USTAR_FORMAT)
+    for cut in (512 + 512 + 512 + 2000, 512 + 512 + 512 + 5000 + 100):  # in the data, in its padding
+        with pytest.raises(reader.ShardFormatError, match="cut short.*shard cut.tar"):
+            list(reader.tar_members(_Counting(data[:cut], seekable), "cut.tar", keep=lambda n: n.endswith(".json")))
 
 
 def test_tar_members_refuses_damaged_archives():
@@ -268,3 +281,64 @@ def test_a_sample_without_a_wanted_member_is_an_error_not_a_gap(tmp_path):
     fx.write_members(shard, original + [(f"{samples[2].key}.json", b"{}")])
     with pytest.raises(reader.ShardFormatError, match="appears twice"):
         list(reader.read_samples(out))
+
+
+def _opened(monkeypatch):
+    """Records every shard the reader opens."""
+    import contextlib
+
+    opened = []
+    real_open = reader.storage.open_input
+
+    @contextlib.contextmanager
+    def recording_open(url):
+        if url.endswith(".tar"):
+            opened.append(url.rsplit("/", 1)[-1])
+        with real_open(url) as f:
+            yield f
+
+    monkeypatch.setattr(reader.storage, "open_input", recording_open)
+    return opened
+
+
+def test_separate_vector_set_is_joined_and_opened_only_when_a_vector_stream_is_asked_for(tmp_path, monkeypatch):
+    samples = fx.synthetic_samples(7, seed=3)
+    out, out_split = str(tmp_path / "one"), str(tmp_path / "two")
+    fx.write_dataset(out, samples, max_samples=3)
+    index = fx.write_dataset(out_split, samples, max_samples=3, separate_vectors=True)
+    lm.write_vocab(out_split, index)
+    assert all(r.get("vectors_url") for r in index["shards"])
+    assert reader.shard_urls(out_split, vectors=True) == [f"{out_split}/{r['vectors_url']}" for r in index["shards"]]
+    together = [(s.key, s.meta, {n: a.tolist() for n, a in s.streams.items()}) for s in reader.read_samples(out)]
+    split = [(s.key, s.meta, {n: a.tolist() for n, a in s.streams.items()}) for s in reader.read_samples(out_split)]
+    assert split == together and set(split[0][2]) == {"codec", "units", "fbank"}
+
+    opened = _opened(monkeypatch)
+    rows = list(reader.lm_dataset(out_split, lm.SequenceConfig(("units", "codec")), context_len=64, split=False,
+                                  index=index))
+    assert rows and opened == [f"shard-000000-{i:04d}.tar" for i in range(3)]
+    assert not any(name.startswith("vectors-") for name in opened)
+    opened.clear()
+    fbank = [s.streams["fbank"] for s in reader.sample_dataset(out_split, streams=["fbank"], meta=False, split=False,
+                                                                index=index)]
+    assert opened == [f"vectors-000000-{i:04d}.tar" for i in range(3)]
+    for got, want in zip(fbank, sorted(samples, key=lambda s: s.key)):
+        np.testing.assert_array_equal(got, want.streams["fbank"])
+    opened.clear()
+    assert len(list(reader.sample_dataset(out_split, streams=["fbank"], split=False, index=index))) == 7  # + KEY.json
+    assert sorted(opened[:2]) == ["shard-000000-0000.tar", "vectors-000000-0000.tar"]
+
+
+def test_a_vector_shard_out_of_step_with_its_shard_is_an_error(tmp_path):
+    samples = fx.synthetic_samples(4, seed=1)
+    out = tmp_path / "ds"
+    index = fx.write_dataset(out, samples, max_samples=4, separate_vectors=True)
+    vectors = out / index["shards"][0]["vectors_url"]
+    members = fx.read_members(vectors)
+    fx.write_members(vectors, [members[1], members[0], *members[2:]])
+    with pytest.raises(reader.ShardFormatError, match=f"declares stream 'fbank'; the sample has no fbank.npy.*{samples[0].key}"):
+        list(reader.read_samples(str(out)))
+    fx.write_members(vectors, members + [("zz-0000000000-000000000.fbank.npy", members[-1][1])])
+    with pytest.raises(reader.ShardFormatError, match="vector shard holds a sample its shard does not hold.*vectors-000000-0000"):
+        list(reader.read_samples(str(out)))
+    assert len(list(reader.read_samples(str(out), streams=["units"]))) == 4  # the discrete set alone is fine
