@@ -167,8 +167,9 @@ def fit(features: np.ndarray, k: int, seed: int = 0, max_iter: int = 100, tol: f
     faiss = _faiss()
     rng = np.random.default_rng(seed)
     n = x.shape[0]
-    sample = np.sort(rng.choice(n, size=seeding_frames, replace=False)) if n > seeding_frames else np.arange(n)
-    centroids = greedy_kmeans_plus_plus(x[sample], k, rng)
+    # All frames are seeded from in place (a fancy-indexed copy would double the memory).
+    seeding = x[np.sort(rng.choice(n, size=seeding_frames, replace=False))] if n > seeding_frames else x
+    centroids = greedy_kmeans_plus_plus(seeding, k, rng)
     previous = np.inf
     iteration = 0
     for iteration in range(1, max_iter + 1):
