@@ -1,5 +1,8 @@
 """K-means codebooks: fitting, nearest-centroid assignment, and the codebook file.
 
+Fitting is greedy k-means++ seeding (numpy) then Lloyd iterations by faiss over every frame
+(``faiss-cpu``, imported when a fit runs); assignment stays exact, in float64, in numpy.
+
 A codebook file is safetensors (never pickle): one tensor ``centroids`` float32 [k, D]
 plus string metadata: the format and its version, the tokenizer and feature fingerprint it
 was fitted for, k, D, the seed, how many frames it saw and the final inertia.
