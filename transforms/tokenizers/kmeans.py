@@ -1,5 +1,8 @@
 """K-means codebooks: fitting, nearest-centroid assignment, and the codebook file.
 
+Fitting is greedy k-means++ seeding (numpy) then Lloyd iterations by faiss over every frame
+(``faiss-cpu``, imported when a fit runs); assignment stays exact, in float64, in numpy.
+
 A codebook file is safetensors (never pickle): one tensor ``centroids`` float32 [k, D]
 plus string metadata: the format and its version, the tokenizer and feature fingerprint it
 was fitted for, k, D, the seed, how many frames it saw and the final inertia.
@@ -167,8 +170,9 @@ def fit(features: np.ndarray, k: int, seed: int = 0, max_iter: int = 100, tol: f
     faiss = _faiss()
     rng = np.random.default_rng(seed)
     n = x.shape[0]
-    sample = np.sort(rng.choice(n, size=seeding_frames, replace=False)) if n > seeding_frames else np.arange(n)
-    centroids = greedy_kmeans_plus_plus(x[sample], k, rng)
+    # All frames are seeded from in place (a fancy-indexed copy would double the memory).
+    seeding = x[np.sort(rng.choice(n, size=seeding_frames, replace=False))] if n > seeding_frames else x
+    centroids = greedy_kmeans_plus_plus(seeding, k, rng)
     previous = np.inf
     iteration = 0
     for iteration in range(1, max_iter + 1):
