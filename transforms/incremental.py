@@ -8,13 +8,20 @@ excluded from the live index by their source hash (``excluded_sources`` of a sha
 hash is the middle part of every key ``STEM-SOURCEHASH-MS``). ``compact`` rewrites a dataset
 into fresh full shards.
 
+A state line is keyed by a URI and holds facets: the input's entry (with a ``fingerprint``),
+``deleted`` (the version that found it gone), ``pending`` (the run that could not read it,
+transiently: the next refresh tries again) and ``unlisted`` (dead letters of something that is
+no input: a pattern matching nothing, a bad manifest line, a refused file; carried while they
+repeat). ``dataset.failure_is_live`` reads a URI's line to tell which dead letters count.
+
 Nothing here holds the whole corpus in one place. Inputs are spread over ``parts`` by a hash
-of their URI (``dataset.slot_of``): the listing is written as sorted runs
+of their identity (``dataset.order_key``): the listing is written as sorted runs
 (:func:`write_run`), each part of the previous state is joined with the same part of every
-run (:func:`merge_inputs`, streamed: both sides are sorted by ``dataset.order_key``), and each
-part of the next state is written by one worker (:func:`finish_part`). A part's join writes a
-draft of its next state (unchanged entries verbatim, selected inputs pending their samples)
-under the run's temp folder, so the runner only ever carries the inputs that changed.
+run, streamed (:func:`merge_inputs`, :func:`join_part`: both sides are sorted the same way),
+into a draft of the part's next state written under the run's temp folder (unchanged lines as
+they were, selected inputs pending their samples); the part's next state is finished by one
+worker once the shards are written (:func:`finish_part`). The runner carries only the inputs
+that changed, never the corpus.
 """
 
 from __future__ import annotations
