@@ -4,8 +4,8 @@
     python benchmarks/reader.py --quick          # 40 samples, 1 round: checks that it runs
     python benchmarks/reader.py --samples 4000 --repeats 5 --json out/reader.json
 
-A dataset is written once into a temporary folder by the project's own shard writer
-(``ShardWriter`` + ``finalize``, 500 samples per shard): samples whose durations are drawn
+A dataset is written into a temporary folder by the project's own shard writer
+(``ShardWriter`` + ``finalize``, 500 samples per shard), once in each layout: samples whose durations are drawn
 evenly from 2-30 s (seeded), each with the three streams a speech-LM dataset typically holds,
 random values of the real shapes and types:
 
@@ -20,23 +20,23 @@ round, after an untimed warm-up round; each row keeps its fastest of ``--repeats
   packed rows of units alone, what a units LM trains on;
 * ``lm codec+units``: the same with ``("codec", "units")``, codes flattened frame by frame;
 * ``samples units``: ``reader.sample_dataset(OUT, streams=["units"])``: samples with their
-  ``KEY.json`` parsed and the arrays checked against it;
+  ``KEY.json`` parsed and the arrays checked against it; ``samples codec+logmel+units``: every
+  stream (what a reader of whole samples pays);
 * ``stock ...``: the baseline, the same rows from the stock webdataset reader
   (``webdataset.WebDataset(urls, shardshuffle=False).decode()``, which reads and decodes every
   member of every sample) turned into the same documents and rows with the same functions
-  (``lm.sample_to_document``, ``lm.pack_documents``, ``lm.next_token_targets``).
+  (``lm.sample_to_document``, ``lm.pack_documents``, ``lm.next_token_targets``);
+* ``(split)``: the same samples written with ``--separate-vectors`` (``ShardConfig(
+  separate_vectors=True)``): ``logmel`` in a shard set of its own beside the discrete one.
 
 Columns: ``tokens/s``: tokens in the rows, padding excluded, per wall second (for ``samples``
-rows, the tokens of the arrays read); ``CPU s``: this process's CPU time (``tokens/CPU s``: the
-rate on a machine with a core to itself); ``vs stock``: tokens/s
-over the stock row of the same streams; ``read MB``: bytes the row read from local files
-(``rchar`` of ``/proc/self/io``: what ``read()`` returned; seeks cost nothing); ``bucket MB``:
-bytes the same reading fetches from an object store (a second, untimed pass through an fsspec
-file with ``storage.open_input``'s settings for buckets: one 4 MiB read-ahead block, as gcsfs and
-s3fs use it; counted at the fetch; stock rows: the whole shards, which webdataset pipes through
-``gsutil`` or ``curl``). ``shard MB``: the dataset's shard bytes. ``split`` rows read
-the same samples with ``logmel`` moved into a shard set of its own: the discrete set's tars
-hold ``KEY.json``, ``KEY.codec.npy`` and ``KEY.units.npy``; the vector set's ``KEY.logmel.npy``.
+rows, the tokens of the arrays read, as the index counts them: a vector frame is one token); ``CPU s``: this process's CPU time (``tokens/CPU s``: the
+rate on a machine with a core to itself); ``vs stock``: tokens/s over the stock row of the same
+streams; ``read MB``: bytes the row read from local files (``rchar`` of ``/proc/self/io``: what
+``read()`` returned; seeks cost nothing); ``bucket MB``: bytes the same reading fetches from an
+object store (a second, untimed pass through an fsspec file with ``storage.open_input``'s
+settings for buckets: one 4 MiB read-ahead block, as gcsfs and s3fs use it; counted at the
+fetch; stock rows: the whole shards, which webdataset pipes through ``gsutil`` or ``curl``).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def synthetic_samples(n: int, seed: int = 0, min_s: float = 2.0, max_s: float = 
         yield Sample(key=segment.key, meta=sample_meta(segment, streams, descriptions), streams=streams)
 
 
-def write_dataset(output: Path, n: int, seed: int = 0) -> dict:
+def write_dataset(output: Path, n: int, seed: int = 0, separate_vectors: bool = False) -> dict:
     """Writes the benchmark's dataset and its ``vocab.json``; returns the index."""
     from audiotok.transforms import dataset, lm, shards
     from audiotok.transforms.records import AudioRef
@@ -131,7 +131,8 @@ def write_dataset(output: Path, n: int, seed: int = 0) -> dict:
     temp = str(output / dataset.TMP_DIR / "bench")
     written, uris = [], []
     samples = sorted(synthetic_samples(n, seed), key=lambda s: s.key)
-    with shards.ShardWriter(temp, shards.ShardConfig(max_samples=SAMPLES_PER_SHARD), descriptions) as writer:
+    config = shards.ShardConfig(max_samples=SAMPLES_PER_SHARD, separate_vectors=separate_vectors)
+    with shards.ShardWriter(temp, config, descriptions) as writer:
         for sample in samples:
             written += writer.add(sample)
             uris.append(sample.meta["source"]["uri"])
@@ -140,28 +141,6 @@ def write_dataset(output: Path, n: int, seed: int = 0) -> dict:
     index = shards.finalize(str(output), temp, written, info, listed=[AudioRef(uri=u) for u in uris], selected=uris)
     lm.write_vocab(str(output), index)
     return index
-
-
-def split_copy(source: Path, dest: Path, vector_streams: Sequence[str] = ("logmel",)) -> dict[str, list[str]]:
-    """Copies a dataset's shards into two shard sets: every member but the vector streams'
-    (``discrete/``), and the vector streams' members (``vectors/``), same samples, same order."""
-    import tarfile
-
-    sets: dict[str, list[str]] = {"discrete": [], "vectors": []}
-    vector_ext = {f"{v}.npy" for v in vector_streams}
-    for shard in sorted(source.glob("shards/*/*.tar")):
-        outs = {name: dest / name / shard.name for name in sets}
-        for path in outs.values():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(shard) as src, \
-                tarfile.open(outs["discrete"], "w", format=tarfile.USTAR_FORMAT) as discrete, \
-                tarfile.open(outs["vectors"], "w", format=tarfile.USTAR_FORMAT) as vectors:
-            for member in src:
-                target = vectors if member.name.split(".", 1)[1] in vector_ext else discrete
-                target.addfile(member, src.extractfile(member))
-        for name, path in outs.items():
-            sets[name].append(str(path))
-    return sets
 
 
 # ---------------------------------------------------------------------------- a bucket, simulated
@@ -223,7 +202,9 @@ def _count_lm(rows: Iterable[dict[str, np.ndarray]]) -> int:
 
 
 def _count_samples(samples: Iterable[Any]) -> int:
-    return sum(sum(int(a.size) for a in s.streams.values()) for s in samples)
+    """Tokens as the index counts them: K x T codes, T units, T frames of vectors."""
+    vectors = {s.name for s in STREAMS if s.kind == "vectors"}
+    return sum(sum(int(a.shape[0]) if n in vectors else int(a.size) for n, a in s.streams.items()) for s in samples)
 
 
 def stock_lm_rows(urls: Sequence[str], vocab, config) -> Iterator[dict[str, np.ndarray]]:
@@ -240,22 +221,11 @@ def stock_lm_rows(urls: Sequence[str], vocab, config) -> Iterator[dict[str, np.n
                "targets": lm.next_token_targets(row.tokens, row.document_ids)}
 
 
-def split_lm_rows(discrete_urls: Sequence[str], vocab, config) -> Iterator[dict[str, np.ndarray]]:
-    """Our reading stages over the discrete set alone (what a units trainer needs from a split dataset)."""
-    import webdataset as wds
-
-    from audiotok.transforms import reader
-
-    stages = reader.sample_pipeline_stages(list(discrete_urls), streams=config.streams, meta=False, split=False)
-    stages.append(lambda samples: reader.pack_stage(samples, vocab, config, CONTEXT_LEN))
-    return iter(wds.DataPipeline(stages))
-
-
 @dataclasses.dataclass
 class Row:
     name: str
     streams: tuple[str, ...]
-    layout: str  # "interleaved" or "split"
+    layout: str  # "interleaved", or "split": written with ShardConfig(separate_vectors=True)
     make: Callable[[str], Iterable[Any]]  # dataset root or URL prefix -> what to count
     count: Callable[[Iterable[Any]], int]
     rounds: list[dict[str, float]] = dataclasses.field(default_factory=list)
@@ -266,7 +236,7 @@ class Row:
         return f"{self.name} {'+'.join(self.streams)}" + (" (split)" if self.layout == "split" else "")
 
 
-def plan_rows(out: Path, split_sets: dict[str, list[str]], root: Path) -> list[Row]:
+def plan_rows() -> list[Row]:
     from audiotok.transforms import lm, reader
 
     def ours_lm(streams):
@@ -277,25 +247,19 @@ def plan_rows(out: Path, split_sets: dict[str, list[str]], root: Path) -> list[R
         config = lm.SequenceConfig(streams)
         return lambda base: stock_lm_rows(reader.shard_urls(base), lm.read_vocab(base), config)
 
-    vocab = lm.read_vocab(str(out))
-
-    def split_lm(streams):
-        config = lm.SequenceConfig(streams)
-
-        def make(base):
-            urls = [base + u[len(str(root)):] for u in split_sets["discrete"]]
-            return split_lm_rows(urls, vocab, config)
-
-        return make
+    def samples(streams):
+        return lambda base: reader.sample_dataset(base, streams=streams, split=False)
 
     return [
         Row("stock lm", ("units",), "interleaved", stock_lm(("units",)), _count_lm),
         Row("lm", ("units",), "interleaved", ours_lm(("units",)), _count_lm),
-        Row("lm", ("units",), "split", split_lm(("units",)), _count_lm),
+        Row("lm", ("units",), "split", ours_lm(("units",)), _count_lm),
         Row("stock lm", ("codec", "units"), "interleaved", stock_lm(("codec", "units")), _count_lm),
         Row("lm", ("codec", "units"), "interleaved", ours_lm(("codec", "units")), _count_lm),
-        Row("samples", ("units",), "interleaved",
-            lambda base: reader.sample_dataset(base, streams=["units"], split=False), _count_samples),
+        Row("lm", ("codec", "units"), "split", ours_lm(("codec", "units")), _count_lm),
+        Row("samples", ("units",), "interleaved", samples(["units"]), _count_samples),
+        Row("samples", ("codec", "logmel", "units"), "interleaved", samples(None), _count_samples),
+        Row("samples", ("codec", "logmel", "units"), "split", samples(None), _count_samples),
     ]
 
 
@@ -307,35 +271,34 @@ def _timed(row: Row, base: str) -> dict[str, float]:
 
 
 def measure(workdir: Path, samples: int, repeats: int = 3, warmup: bool = True, seed: int = 0) -> dict[str, Any]:
-    """Writes the dataset under ``workdir`` and measures every row; returns the report."""
-    out = workdir / "dataset"
+    """Writes the dataset under ``workdir`` in both layouts and measures every row; returns the report."""
     t0 = time.perf_counter()
-    index = write_dataset(out, samples, seed)
-    split_sets = split_copy(out, workdir / "split")
+    roots = {"interleaved": workdir / "interleaved", "split": workdir / "split"}
+    indexes = {layout: write_dataset(root, samples, seed, separate_vectors=layout == "split")
+               for layout, root in roots.items()}
     written_s = time.perf_counter() - t0
-    rows = plan_rows(out, split_sets, workdir / "split")
-    for row in rows:
-        row_base = str(workdir / "split") if row.layout == "split" else str(out)
-        if warmup:
-            row.count(row.make(row_base))
+    rows = plan_rows()
+    if warmup:
+        for row in rows:
+            row.count(row.make(str(roots[row.layout])))
     for _ in range(repeats):
         for row in rows:  # interleaved rounds: a busy spell slows every row alike
-            row.rounds.append(_timed(row, str(workdir / "split") if row.layout == "split" else str(out)))
-
-    def size(paths: Iterable[Path | str]) -> int:
-        return sum(os.path.getsize(p) for p in paths)
+            row.rounds.append(_timed(row, str(roots[row.layout])))
 
     from audiotok.transforms import dataset
 
-    shard_list = list(dataset.shard_rows(str(out), index))
-    shard_bytes = size(Path(out, r["url"]) for r in shard_list)
+    shard_rows = {layout: list(dataset.shard_rows(str(root))) for layout, root in roots.items()}
+
+    def size(layout: str, field: str) -> int:
+        return sum(os.path.getsize(roots[layout] / r[field]) for r in shard_rows[layout] if r.get(field))
+
+    shard_bytes = size("interleaved", "url")
     for row in rows:
         if row.name.startswith("stock"):
             # webdataset opens bucket URLs by piping whole objects through gsutil or curl.
-            row.bucket = {"bytes": shard_bytes, "requests": len(shard_list)}
+            row.bucket = {"bytes": shard_bytes, "requests": len(shard_rows["interleaved"])}
             continue
-        root = workdir / "split" if row.layout == "split" else out
-        with bucket_view(root) as (prefix, counter):
+        with bucket_view(roots[row.layout]) as (prefix, counter):
             row.count(row.make(prefix))
             row.bucket = dict(counter)
 
@@ -344,24 +307,26 @@ def measure(workdir: Path, samples: int, repeats: int = 3, warmup: bool = True, 
     for row in rows:
         best = min(row.rounds, key=lambda r: r["wall_s"])
         base = stock.get(row.streams)
-        base_rate = (min(base.rounds, key=lambda r: r["wall_s"])["tokens"]
-                     / min(r["wall_s"] for r in base.rounds)) if base else None
+        base_best = min(base.rounds, key=lambda r: r["wall_s"]) if base else None
         rate = best["tokens"] / best["wall_s"]
         report_rows.append({
             "label": row.label, "name": row.name, "streams": list(row.streams), "layout": row.layout,
             "tokens": best["tokens"], "wall_s": round(best["wall_s"], 4), "cpu_s": round(best["cpu_s"], 4),
             "tokens_per_s": round(rate), "tokens_per_cpu_s": round(best["tokens"] / max(best["cpu_s"], 1e-9)),
-            "vs_stock": round(rate / base_rate, 2) if base_rate and row.name != "samples" else None,
+            "vs_stock": round(rate / (base_best["tokens"] / base_best["wall_s"]), 2)
+            if base_best and row.name == "lm" else None,
             "read_bytes": best["read_bytes"], "bucket_bytes": row.bucket["bytes"],
             "bucket_requests": row.bucket["requests"], "rounds": row.rounds,
         })
+    split = indexes["split"]
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "load_before": _load(),
-        "dataset": {"samples": samples, "shards": len(shard_list), "audio_s": index["totals"]["audio_s"],
-                    "tokens": index["totals"]["tokens"], "shard_bytes": shard_bytes,
-                    "split_bytes": {k: size(v) for k, v in split_sets.items()}, "write_s": round(written_s, 1)},
+        "dataset": {"samples": samples, "shards": len(shard_rows["split"]), "audio_s": split["totals"]["audio_s"],
+                    "tokens": split["totals"]["tokens"], "shard_bytes": shard_bytes,
+                    "split_bytes": {"discrete": size("split", "url"), "vectors": size("split", "vectors_url")},
+                    "write_s": round(written_s, 1)},
         "repeats": repeats,
         "rows": report_rows,
     }

@@ -48,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -317,7 +318,7 @@ def run_scenario(args) -> dict[str, Any]:
     sampler.enter("pipeline")
     t = time.perf_counter()
     p = beam.Pipeline(options=profiles.pipeline_options("direct", []))
-    job.build(p, config, plan=plan, run_id=f"scale-{args.scenario}", audio=stub_audio)
+    job.build(p, config, plan=plan, run_id=uuid.uuid4().hex, audio=stub_audio)
     result = p.run()
     result.wait_until_finish()
     wall["pipeline"] = round(time.perf_counter() - t, 3)

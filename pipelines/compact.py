@@ -10,48 +10,29 @@ them once the new version is older than its grace period.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-import tarfile
 from typing import Iterator
 
-import numpy as np
-
 from audiotok.pipelines import gc
-from audiotok.transforms import dataset, incremental, lease, shards, storage
+from audiotok.transforms import dataset, incremental, lease, reader, shards, storage
 from audiotok.transforms.records import Sample
 
 
 def live_samples(output: str, index: dict) -> Iterator[Sample]:
-    """The live samples of a dataset, shard by shard, in tar order."""
-    stream_names = set(index.get("streams", {}))
-    for row in dataset.shard_rows(output, index):
-        with storage.open_input(storage.join(output, row["url"])) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            key, parts = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                k, ext = member.name.split(".", 1)
-                if key is not None and k != key:
-                    if dataset.is_live(key, row):
-                        yield _sample(key, parts, stream_names)
-                    parts = {}
-                key = k
-                parts[ext] = tar.extractfile(member).read()
-            if key is not None and dataset.is_live(key, row):
-                yield _sample(key, parts, stream_names)
+    """The live samples of a dataset, shard by shard, in tar order (both shard sets joined)."""
+    for s in reader.read_samples(output, index=index):
+        yield Sample(key=s.key, meta=dict(s.meta), streams=dict(s.streams))
 
 
-def _sample(key: str, parts: dict[str, bytes], stream_names: set[str]) -> Sample:
-    meta = json.loads(parts.pop("json"))
-    streams = {ext[:-4]: np.load(io.BytesIO(data), allow_pickle=False)
-               for ext, data in parts.items() if ext.endswith(".npy")}
-    return Sample(key=key, meta=meta, streams=streams)
+def separate_vectors(output: str, index: dict) -> bool:
+    """Whether a dataset keeps its vector streams in a shard set of their own."""
+    return any(row.get("vectors_url") for row in dataset.shard_rows(output, index))
 
 
-def compact(output: str, config: shards.ShardConfig = shards.ShardConfig(), wait_for_lock_s: float = 0.0) -> dict:
-    """Rewrites the live dataset into fresh shards; returns the new index.
+def compact(output: str, config: shards.ShardConfig | None = None, wait_for_lock_s: float = 0.0) -> dict:
+    """Rewrites the live dataset into fresh shards; returns the new index. Without ``config``,
+    shards of 1000 samples in the dataset's layout (``separate_vectors``).
 
     Holds the dataset's lease, and publishes only over the index it read (like a run). The state
     keeps its parts (a dataset of index version 1 gets them here); each entry's ``shards`` now
@@ -63,6 +44,8 @@ def compact(output: str, config: shards.ShardConfig = shards.ShardConfig(), wait
     with lease.Lease(output, command="compact").acquire(wait_for_lock_s).start_heartbeat() as held:
         data, generation = storage.read_versioned(dataset.join_index(output))
         index = json.loads(data)
+        if config is None:
+            config = shards.ShardConfig(separate_vectors=separate_vectors(output, index))
         previous = incremental.Previous.of_index(index)
         version = int(index["dataset_version"]) + 1
         plan = shards.RunPlan(version=version, previous=previous, index_generation=generation,
@@ -89,7 +72,8 @@ def compact(output: str, config: shards.ShardConfig = shards.ShardConfig(), wait
                                        previous.rows_of(output, q, parts)["failures"]) for q in range(parts)]
         run_info = {k: index[k] for k in ("tokenizers", "streams", "settings") if k in index}
         new_index = shards.write_index(output, plan, run_info, parts, states, rows,
-                                       retired=[r["url"] for r in dataset.shard_rows(output, index)])
+                                       retired=[u for r in dataset.shard_rows(output, index)
+                                                for u in (r["url"], r.get("vectors_url")) if u])
         storage.remove(temp_dir)
     return new_index
 
@@ -127,10 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="the dataset folder (any fsspec URL)")
     parser.add_argument("--shard-max-samples", type=int, default=1000)
     parser.add_argument("--shard-max-bytes", type=int, default=1 << 30)
+    parser.add_argument("--separate-vectors", action=argparse.BooleanOptionalAction, default=None,
+                        help="vector streams in a shard set of their own (default: as the dataset has them)")
     args = parser.parse_args(argv)
     before = dataset.read_index(args.output)
+    layout = separate_vectors(args.output, before) if args.separate_vectors is None else args.separate_vectors
     try:
-        after = compact(args.output, shards.ShardConfig(args.shard_max_samples, args.shard_max_bytes))
+        after = compact(args.output, shards.ShardConfig(args.shard_max_samples, args.shard_max_bytes,
+                                                        separate_vectors=layout))
     except (lease.LeaseHeld, lease.LeaseLost, shards.IndexChanged) as e:
         print(f"audiotok compact: {e}", file=sys.stderr)
         return lease.EXIT_BUSY

@@ -4,7 +4,7 @@ Reads one sample from a shard, finds the codec that made its codes (the dataset'
 ``index.json`` records every tokenizer's config; the sample records each stream's weights),
 loads that codec with the same weights, and writes what it decodes as a WAV file.
 
-    audiotok decode out/shards/shard-000000.tar us_0001-000000 -o us_0001.wav
+    audiotok decode out/shards/v000001/shard-000000-0000.tar us_0001-000000 -o us_0001.wav
     audiotok decode shard.tar KEY -o x.wav --tokenizer 'encodec-24k[model=/models/encodec]'
 
 A plain function (no Beam): decoding one sample is a debugging and listening aid.

@@ -12,7 +12,7 @@ from typing import Any, Mapping, TextIO
 
 import numpy as np
 
-from audiotok.transforms import dataset, lm, reader, storage
+from audiotok.transforms import card, dataset, lm, reader, storage
 
 
 def summary_lines(output: str, index: Mapping[str, Any], vocab: lm.VocabSpec) -> list[str]:
@@ -26,6 +26,10 @@ def summary_lines(output: str, index: Mapping[str, Any], vocab: lm.VocabSpec) ->
            if t.get("failures") else ""),
         "  streams:",
     ]
+    vectors = card.vector_shard_stats(dataset.shard_rows(output, index), index.get("streams", {}))
+    if vectors:
+        lines.insert(-1, f"  vector streams ({', '.join(vectors['streams'])}) in a shard set of their own "
+                         f"({vectors['files']} vectors-*.tar, {vectors['bytes'] / 2**20:.1f} MiB)")
     for name, s in index.get("streams", {}).items():
         shape = {"codes": f"[{s.get('num_codebooks')}, T]", "units": "[T]", "vectors": f"[T, {s.get('dim')}]"}.get(
             s.get("kind"), "[T]")

@@ -252,6 +252,7 @@ SHARD_FLAGS = (
     Flag("--shard-max-samples", ShardConfig, "max_samples"),
     Flag("--shard-max-bytes", ShardConfig, "max_bytes"),
     Flag("--files-per-bucket", ShardConfig, "files_per_bucket"),
+    Flag("--separate-vectors", ShardConfig, "separate_vectors"),
 )
 
 JOB_FLAGS = (

@@ -187,7 +187,7 @@ def build(p: beam.Pipeline, config: JobConfig, plan: shards.RunPlan | None = Non
     selection = {"runs": runs, "failures": listed["failures"]} | "SelectInputs" >> incremental.SelectInputs(
         config.output, temp_dir, plan.version, plan.fingerprint, plan.previous)
     samples, fails = audio(selection["refs"], config)
-    all_failures = fails | "AllFailures" >> beam.Flatten()
+    all_failures = (fails or [p | "NoFailures" >> beam.Create([])]) | "AllFailures" >> beam.Flatten()
     info = run_info(config)
     return ({**selection, "samples": tuple(samples), "failures": all_failures}
             | "WriteDataset" >> WriteDataset(config.output, config.shards, info["streams"], info, plan=plan,

@@ -3,14 +3,17 @@
 What is checked:
 
 * ``index.json``: readable, format and version; the part files it names read; no shard listed
-  twice; totals (shards, bytes, live samples) equal the sum of the shard rows; the state names
-  as many inputs as the totals say.
+  twice; totals (shards, bytes of both shard sets, live samples) equal the sum of the shard rows;
+  the state names as many inputs as the totals say.
 * every shard: the file exists and has the size the index says; the tar reads to its end
   (header checksums, and no data after an early end-of-archive, where ``tarfile`` would
   stop quietly); every member is a regular file that passes ``tarfile``'s ``data``
   extraction filter and is named ``KEY.json``, ``KEY.<stream>.npy`` or ``KEY.txt`` with a safe key; a
   sample's members are adjacent; its samples, seconds of audio and tokens per stream equal
   the index row, and so do its live samples (those not in ``excluded_sources``).
+* every vector shard (``vectors_url``, ``--separate-vectors``): the same file and tar checks;
+  it holds only vector-stream members, of the shard's samples, in the shard's order, and the
+  shard holds none; each sample is checked with the members of both.
 * every sample: ``KEY.json`` parses and names the key; start_s, end_s and duration_s agree;
   it has exactly the streams its metadata declares, and those are in the index; each
   ``.npy`` loads without pickle, has the shape and dtype ``KEY.json`` declares, and fits the
@@ -42,7 +45,7 @@ import posixpath
 import re
 import sys
 import tarfile
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -265,60 +268,26 @@ def check_array(name: str, array: np.ndarray, spec: Mapping[str, Any], declared:
 # ---------------------------------------------------------------------------- one shard
 
 
-def check_shard(output: str, row: Mapping[str, Any], specs: Mapping[str, Mapping[str, Any]]) -> ShardReport:
-    """Reads one shard end to end (see the module doc for what is checked).
+def _resolve(output: str, rel: str) -> str:
+    return rel if "://" in rel or rel.startswith("/") else storage.join(output, rel)
 
-    Samples of the row's ``excluded_sources`` (superseded by a later run) are checked like the
-    others but do not count as live.
-    """
-    excluded = set(row.get("excluded_sources", []))
-    rel = row.get("url", "")
-    url = rel if "://" in rel or rel.startswith("/") else storage.join(output, rel)
-    report = ShardReport(url=rel)
 
-    def problem(code: str, message: str, key: str = "") -> None:
-        report.problems.append(Problem(code, message, rel, key))
-
+def _file_size_ok(url: str, expected: Any, problem) -> bool:
+    """Whether the file exists (a problem otherwise); its size against the index's."""
     try:
         fs, path = storage.filesystem(url)
         size = int(fs.size(path))
     except (FileNotFoundError, OSError):
         problem(MISSING_FILE, "listed in the index; no such file")
-        return report
-    if size != row.get("bytes"):
-        problem(SIZE_MISMATCH, f"{size} bytes; the index says {row.get('bytes')}")
+        return False
+    if size != expected:
+        problem(SIZE_MISMATCH, f"{size} bytes; the index says {expected}")
+    return True
 
-    seen: dict[str, set[str]] = {}  # key -> member suffixes read so far
-    current_key: str | None = None
-    current: dict[str, bytes] = {}
 
-    def finish_sample() -> None:
-        if current_key is None:
-            return
-        if current_key in seen:
-            if seen[current_key] & set(current):
-                problem(DUPLICATE_KEY, "the key occurs twice in this shard", current_key)
-            else:
-                problem(SPLIT_SAMPLE, "the sample's members are not adjacent in the tar", current_key)
-        seen.setdefault(current_key, set()).update(current)
-        meta, arrays, problems = check_sample(current_key, current, specs, rel)
-        live = dataset.source_of_key(current_key) not in excluded
-        # Superseded samples may come from the tokenizers of an earlier run.
-        report.problems.extend(p for p in problems if live or p.code != FINGERPRINT_MISMATCH)
-        report.keys.append(current_key)
-        if live:
-            report.live_keys.append(current_key)
-        try:
-            duration_s = float(meta.get("duration_s", 0.0)) if meta is not None else 0.0
-        except (TypeError, ValueError):
-            duration_s = 0.0
-        report.audio_s += duration_s
-        report.live_audio_s += duration_s if live else 0.0
-        for name, n in dataset.count_tokens(arrays, specs).items():
-            report.tokens[name] = report.tokens.get(name, 0) + n
-            if live:
-                report.live_tokens[name] = report.live_tokens.get(name, 0) + n
-
+def _tar_members(url: str, problem) -> Iterator[tuple[str, str, bytes]]:
+    """(key, suffix, data) of each well-formed member of a tar, in order; what is wrong with
+    the tar or a member goes to ``problem(code, message, key="")``."""
     try:
         with storage.open_input(url) as f:
             tar = tarfile.open(fileobj=f, mode="r:")
@@ -345,14 +314,7 @@ def check_shard(output: str, row: Mapping[str, Any], specs: Mapping[str, Mapping
                 except ValueError as e:
                     problem(BAD_MEMBER_NAME, str(e))
                     continue
-                if key != current_key:
-                    finish_sample()
-                    current_key, current = key, {}
-                if suffix in current:
-                    problem(DUPLICATE_KEY, f"member {member.name!r} occurs twice in this sample", key)
-                    continue
-                current[suffix] = tar.extractfile(member).read()
-            finish_sample()
+                yield key, suffix, tar.extractfile(member).read()
             end = tar.offset
             # tarfile stops quietly at a header it cannot parse after the first one: whatever
             # follows the end of the archive must be zero blocks.
@@ -366,6 +328,95 @@ def check_shard(output: str, row: Mapping[str, Any], specs: Mapping[str, Mapping
                     break
     except (tarfile.TarError, EOFError, OSError) as e:
         problem(TAR_CORRUPT, f"tar does not read to its end: {type(e).__name__}: {e}")
+
+
+def check_shard(output: str, row: Mapping[str, Any], specs: Mapping[str, Mapping[str, Any]]) -> ShardReport:
+    """Reads one shard end to end, and its vector shard when it has one (see the module doc for
+    what is checked).
+
+    Samples of the row's ``excluded_sources`` (superseded by a later run) are checked like the
+    others but do not count as live.
+    """
+    excluded = set(row.get("excluded_sources", []))
+    rel = row.get("url", "")
+    vrel = row.get("vectors_url", "")
+    vectors = dataset.vector_streams(specs)
+    report = ShardReport(url=rel)
+
+    def problem(code: str, message: str, key: str = "") -> None:
+        report.problems.append(Problem(code, message, rel, key))
+
+    def vector_problem(code: str, message: str, key: str = "") -> None:
+        report.problems.append(Problem(code, message, vrel, key))
+
+    if not _file_size_ok(_resolve(output, rel), row.get("bytes"), problem):
+        return report
+    vector_members: Iterator[tuple[str, str, bytes]] = iter(())
+    if vrel and _file_size_ok(_resolve(output, vrel), row.get("vectors_bytes"), vector_problem):
+        vector_members = _tar_members(_resolve(output, vrel), vector_problem)
+    pending = next(vector_members, None)
+
+    seen: dict[str, set[str]] = {}  # key -> member suffixes read so far
+    current_key: str | None = None
+    current: dict[str, bytes] = {}
+
+    def finish_sample() -> None:
+        nonlocal pending
+        if current_key is None:
+            return
+        if current_key in seen:
+            if seen[current_key] & set(current):
+                problem(DUPLICATE_KEY, "the key occurs twice in this shard", current_key)
+            else:
+                problem(SPLIT_SAMPLE, "the sample's members are not adjacent in the tar", current_key)
+        seen.setdefault(current_key, set()).update(current)
+        if vrel:
+            for suffix in current:
+                if dataset.member_stream(f"{current_key}.{suffix}") in vectors:
+                    problem(EXTRA_MEMBER, f"vector stream member {current_key}.{suffix} in the shard; this "
+                                          f"shard's vector streams belong in {vrel}", current_key)
+        while pending is not None and pending[0] == current_key:
+            _, suffix, data = pending
+            if dataset.member_stream(f"{current_key}.{suffix}") not in vectors:
+                vector_problem(EXTRA_MEMBER, f"{current_key}.{suffix} in the vector shard, which holds only the "
+                                             f"vector streams ({', '.join(sorted(vectors)) or 'none'})", current_key)
+            elif suffix in current:
+                vector_problem(DUPLICATE_KEY, f"member {current_key}.{suffix} occurs twice", current_key)
+            else:
+                current[suffix] = data
+            pending = next(vector_members, None)
+        meta, arrays, problems = check_sample(current_key, current, specs, rel)
+        live = dataset.source_of_key(current_key) not in excluded
+        # Superseded samples may come from the tokenizers of an earlier run.
+        report.problems.extend(p for p in problems if live or p.code != FINGERPRINT_MISMATCH)
+        report.keys.append(current_key)
+        if live:
+            report.live_keys.append(current_key)
+        try:
+            duration_s = float(meta.get("duration_s", 0.0)) if meta is not None else 0.0
+        except (TypeError, ValueError):
+            duration_s = 0.0
+        report.audio_s += duration_s
+        report.live_audio_s += duration_s if live else 0.0
+        for name, n in dataset.count_tokens(arrays, specs).items():
+            report.tokens[name] = report.tokens.get(name, 0) + n
+            if live:
+                report.live_tokens[name] = report.live_tokens.get(name, 0) + n
+
+    for key, suffix, data in _tar_members(_resolve(output, rel), problem):
+        if key != current_key:
+            finish_sample()
+            current_key, current = key, {}
+        if suffix in current:
+            problem(DUPLICATE_KEY, f"member {key + '.' + suffix!r} occurs twice in this sample", key)
+            continue
+        current[suffix] = data
+    finish_sample()
+    if pending is not None:
+        vector_problem(SPLIT_SAMPLE, "the vector shard holds a sample its shard does not hold, or not in the same "
+                                     "order", pending[0])
+        for _ in vector_members:
+            pass  # the rest of the tar is still checked for corruption
 
     if len(report.keys) != row.get("samples"):
         problem(INDEX_MISMATCH, f"holds {len(report.keys)} samples; the index says {row.get('samples')}")
@@ -420,7 +471,7 @@ def check_index(output: str, index: Mapping[str, Any]) -> list[Problem]:
                     r.get("url", dataset.INDEX_NAME))
     sums = {
         "shards": len(rows),
-        "bytes": sum(int(r.get("bytes", 0)) for r in rows),
+        "bytes": sum(int(r.get("bytes", 0)) + int(r.get("vectors_bytes", 0)) for r in rows),
         "samples": sum(int(r.get("live_samples", r.get("samples", 0))) for r in rows),
     }
     for field, value in sums.items():
@@ -437,7 +488,7 @@ def check_index(output: str, index: Mapping[str, Any]) -> list[Problem]:
             problem(MISSING_FILE, f"the state does not read: {type(e).__name__}: {e}")
     shard_dir = storage.join(output, dataset.SHARDS_DIR)
     if storage.exists(shard_dir):
-        listed = {u.rstrip("/") for u in urls if u}
+        listed = {u.rstrip("/") for u in urls if u} | {r["vectors_url"] for r in rows if r.get("vectors_url")}
         for found, _ in storage.list_files(storage.join(shard_dir, "**")):
             if not found.endswith(".tar"):
                 continue

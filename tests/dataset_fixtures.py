@@ -98,14 +98,16 @@ def synthetic_samples(n: int, seed: int = 0, specs: Sequence[StreamSpec] = DEFAU
 
 
 def write_dataset(output: str | os.PathLike, samples: Sequence[Sample], specs: Sequence[StreamSpec] = DEFAULT_SPECS,
-                  max_samples: int = 1000, failures: Sequence[Failure] = ()) -> dict:
+                  max_samples: int = 1000, failures: Sequence[Failure] = (), separate_vectors: bool = False) -> dict:
     """Writes samples (and dead letters) with ``ShardWriter`` + ``finalize``; returns the index
-    with its rows inline (:func:`flat_index`)."""
+    with its rows inline (:func:`flat_index`). ``separate_vectors``: the vector streams in a shard
+    set of their own."""
     output = str(output)
     temp = os.path.join(output, dataset.TMP_DIR, "test")
     descriptions = describe(specs)
     written = []
-    with ShardWriter(temp, ShardConfig(max_samples=max_samples), descriptions) as writer:
+    with ShardWriter(temp, ShardConfig(max_samples=max_samples, separate_vectors=separate_vectors),
+                     descriptions) as writer:
         for sample in samples:
             written += writer.add(sample)
         written += writer.close()

@@ -550,6 +550,7 @@ def render_readme(index: Mapping[str, Any], stats: Mapping[str, Any], vocab: lm.
         "duration_s, streams' shape and dtype) and `KEY.<stream>.npy`. After an incremental refresh a shard row may "
         "list `excluded_sources`: samples of those sources are superseded (the audiotok reader skips them; other "
         "readers should too, or run `audiotok compact` first).",
+        *_vector_set_lines(stats),
         "- `vocab.json`: the flat LM vocabulary; `stats.json`: every figure on this card; `card/`: the plots.",
         "",
         "```python",
@@ -564,6 +565,28 @@ def render_readme(index: Mapping[str, Any], stats: Mapping[str, Any], vocab: lm.
         "",
     ]
     return "\n".join(lines)
+
+
+def vector_shard_stats(rows: Iterable[Mapping[str, Any]], streams: Mapping[str, Mapping[str, Any]]) -> dict | None:
+    """The vector shard set of a dataset's shard rows (``--separate-vectors``): its streams,
+    files and bytes; None when the vector streams are in the shards."""
+    rows = [r for r in rows if r.get("vectors_url")]
+    if not rows:
+        return None
+    return {"streams": sorted(dataset.vector_streams(streams)), "files": len(rows),
+            "bytes": sum(int(r.get("vectors_bytes", 0)) for r in rows)}
+
+
+def _vector_set_lines(stats: Mapping[str, Any]) -> list[str]:
+    vectors = stats.get("dataset", {}).get("vector_shards")
+    if not vectors:
+        return []
+    names = ", ".join(f"`{n}`" for n in vectors["streams"])
+    return [f"- the vector streams ({names}) are in a shard set of their own: `vectors-BBBBBB-NNNN.tar` beside each "
+            f"`shard-BBBBBB-NNNN.tar` (its samples, same order; the rows' `vectors_url`), "
+            f"{vectors['bytes'] / 2**20:.1f} MiB of the {stats['dataset']['bytes'] / 2**20:.1f} MiB. The audiotok "
+            "reader opens them only when a vector stream is asked for; stock WebDataset readers read each set on "
+            "its own (`reader.shard_urls(OUT, vectors=True)`)."]
 
 
 # ---------------------------------------------------------------------------- the whole card
@@ -599,6 +622,9 @@ def write_card(output: str, index: Mapping[str, Any] | None = None, max_shards: 
     discrete = [n for n, d in index.get("streams", {}).items() if d.get("kind") in ("codes", "units")]
     samples = reader.read_samples(output, streams=discrete, urls=picked, index=index)
     stats, usage = dataset_stats(index, samples, shards_read=len(picked))
+    vectors = vector_shard_stats(dataset.shard_rows(output, index), index.get("streams", {}))
+    if vectors:
+        stats["dataset"]["vector_shards"] = vectors
     vocab_url = storage.join(output, lm.VOCAB_NAME)
     vocab = lm.read_vocab(output) if storage.exists(vocab_url) else lm.build_vocab(index.get("streams", {}))
     try:

@@ -7,6 +7,8 @@ An audiotok dataset is a folder (any fsspec URL)::
     index.json                              the live dataset: settings, streams, totals, and the part
                                             files below (written last, one small object)
     shards/vNNNNNN/shard-BBBBBB-NNNN.tar    WebDataset shards: KEY.json, KEY.<stream>.npy, KEY.txt per sample
+    shards/vNNNNNN/vectors-BBBBBB-NNNN.tar  with ``--separate-vectors``: the vector streams' KEY.<stream>.npy
+                                            of that shard's samples, same order (a shard set of their own)
     index/vNNNNNN/rows-PPPPP.json           shard rows (url, counts, excluded sources) and failure-file rows
     state/vNNNNNN/state-PPPPP.jsonl         per-input bookkeeping for incremental refreshes, one line per input
     failures/vNNNNNN/failures-PPPPP.jsonl   dead-letter records
@@ -18,6 +20,13 @@ URL (:func:`slot_of`, :func:`part_of`; an input by its :func:`input_identity`), 
 written in parallel and a refresh joins each part of the listing with the same part of the
 previous state. :func:`shard_rows`, :func:`failure_rows` and :func:`state_entries` read them
 whatever the layout (index version 1 held the rows inline and the state in one file).
+
+Vector streams (log-mel, SSL embeddings: ``kind`` ``vectors``) hold most of the bytes of a
+dataset that also has discrete streams (log-mel frames take 160 times the bytes of HuBERT units
+per hour: the README's tokenizer table). Written into a shard set of their own, beside the
+discrete one, a trainer of discrete tokens reads (and downloads from a bucket) only the
+discrete set; each set is a WebDataset of its own, and a shard row names both (``url``,
+``vectors_url``; ``bytes``, ``vectors_bytes``).
 
 A sample key is ``STEM-SOURCEHASH-MS``; a refresh never rewrites a shard, it excludes the samples
 of superseded inputs by their source hash (``excluded_sources`` of a shard row: :func:`is_live`).
@@ -182,7 +191,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
-    """The tar members of one sample, metadata first, streams by name."""
+    """The tar members of one sample, metadata first, streams by name (``split_members`` parts
+    them into the two shard sets)."""
     key = check_key(sample.key)
     members = [(f"{key}.json", json.dumps(sample.meta, sort_keys=True, ensure_ascii=False).encode("utf-8"))]
     for name in sorted(sample.streams):
@@ -193,6 +203,33 @@ def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
     if text is not None:
         members.append((f"{key}.txt", text.encode("utf-8")))
     return members
+
+
+def vector_streams(specs: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
+    """The streams that go into the vector shard set: those of kind ``vectors``."""
+    return frozenset(name for name, spec in specs.items() if spec.get("kind") == "vectors")
+
+
+def member_stream(name: str) -> str | None:
+    """The stream a member holds (``KEY.<stream>.npy`` -> ``stream``), None for others."""
+    parts = name.split(".")
+    return parts[1] if len(parts) == 3 and parts[2] == "npy" else None
+
+
+def split_members(members: list[tuple[str, bytes]], vectors: frozenset[str]) -> tuple[list, list]:
+    """A sample's members -> (the discrete set's, the vector set's), each in order."""
+    discrete, vector = [], []
+    for name, data in members:
+        (vector if member_stream(name) in vectors else discrete).append((name, data))
+    return discrete, vector
+
+
+def vectors_url(shard_url: str) -> str:
+    """``shards/vNNNNNN/shard-BBBBBB-NNNN.tar`` -> ``shards/vNNNNNN/vectors-BBBBBB-NNNN.tar``."""
+    folder, _, name = shard_url.rpartition("/")
+    if not name.startswith("shard-"):
+        raise ValueError(f"not a shard name: {shard_url!r}")
+    return f"{folder}/vectors-{name[len('shard-'):]}" if folder else f"vectors-{name[len('shard-'):]}"
 
 
 def transcript_text(meta: Mapping[str, Any]) -> str | None:
@@ -258,8 +295,9 @@ def shard_rows(output: str, index: Mapping[str, Any] | None = None) -> Iterator[
     """The live shard rows of a dataset, by url, whatever the index's layout.
 
     Each row: ``url`` (relative to ``output``), ``samples``, ``live_samples``, ``bytes``,
-    ``audio_s``, ``tokens``, and ``excluded_sources`` when a refresh superseded some of its
-    samples (:func:`is_live`).
+    ``audio_s``, ``tokens``, ``excluded_sources`` when a refresh superseded some of its
+    samples (:func:`is_live`), and ``vectors_url``, ``vectors_bytes`` when its vector streams are
+    in the vector shard set.
     """
     return _rows(output, index, "shards")
 
@@ -314,9 +352,11 @@ def v1_state_entries(state: Mapping[str, Any]) -> Iterator[tuple[str, dict]]:
 
 
 def referenced_files(output: str, index: Mapping[str, Any]) -> set[str]:
-    """The files (relative to the dataset) an index names: its shards, failure files, state
-    and rows parts (reading the rows parts)."""
-    files = {row["url"] for row in shard_rows(output, index)} | {row["url"] for row in failure_rows(output, index)}
+    """The files (relative to the dataset) an index names: its shards (both sets), failure files,
+    state and rows parts (reading the rows parts)."""
+    rows = list(shard_rows(output, index))
+    files = {row["url"] for row in rows} | {row["url"] for row in failure_rows(output, index)}
+    files |= {row["vectors_url"] for row in rows if row.get("vectors_url")}
     parts = layout(index)
     if parts is None:
         if index.get("state"):

@@ -14,13 +14,21 @@ stretch of a long file), not the worker.
   not answer within ``timeout_s`` (plus a grace period) it is killed and the request becomes a
   ``timeout`` record. Either way the next request starts a fresh child.
 
+A request can be left in flight (:meth:`ProcessDecoder.submit`, then :meth:`ProcessDecoder.collect`):
+the decode step keeps ``DecodeConfig.decoder_processes`` inputs in flight per thread, so the
+children decode while the worker runs the fused steps after decoding (segmenting, tokenizing,
+writing) on what came back before.
+
 The protocol: the parent sends one JSON request (``{"op": "open", "uri": ..., "split": ...}`` or
 ``{"op": "stretch", ...}``); the child answers with JSON headers, each followed, when it says
 ``samples``, by that many raw float32 values: ``whole`` (a decoded file), ``plan`` (a long
 file's plan), ``chunk`` ... ``end`` (a stretch), or an error with its reason. Nothing the child
 sends is unpickled: it is JSON, checked field by field, plus raw float32 bytes of a size
 checked against the limits, so even a decoder compromised by a hostile file cannot make the
-parent run code. Children start from a ``forkserver`` that has imported the decoding modules
+parent run code. The samples cross the pipe (one copy into a fresh array on each side): a
+shared-memory file mapped by the parent was measured to cost the parent more CPU (page faults on
+first touch, ~36 ms per 100 MB of samples) than the copy out of the pipe (~26 ms), and the
+parent's CPU is what a worker runs short of. Children start from a ``forkserver`` that has imported the decoding modules
 once (not Beam: ~0.3 s), so a restart costs milliseconds (``spawn`` works too, at ~0.5 s a start).
 """
 
@@ -66,7 +74,8 @@ _MAX_CUTS = 1 << 16
 _PRELOAD = ["audiotok.transforms.isolation", "audiotok.transforms.decode"]
 _forkserver_lock = threading.Lock()
 
-Opened = "tuple[Decoded, tuple[str, ...]] | Plan"
+# What opening an input gives: a short file decoded whole (with its notes), or a long file's plan.
+Opened = tuple[Decoded, tuple[str, ...]] | Plan
 
 
 @contextlib.contextmanager

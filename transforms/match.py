@@ -109,6 +109,17 @@ def ref_from_listing(url: str, info: Mapping[str, Any]) -> AudioRef:
     return AudioRef(uri=url, size_bytes=int(size) if size is not None else None, version=storage.version_marker(info))
 
 
+def expand_pattern(pattern: str, exclude: Sequence[str] = ()) -> Iterator[AudioRef]:
+    """Lists the files of one pattern (sorted), as references with size and version, in this
+    process (the job fans the listing out: :class:`ListInputs`)."""
+    found, work = split_pattern(pattern)
+    for w in work:
+        found += list_prefixes(w)
+    for url, info in sorted(found, key=lambda f: f[0]):
+        if not (exclude and is_excluded(url, exclude)):
+            yield ref_from_listing(url, info)
+
+
 def check_listed_name(url: str) -> None:
     """Refuses a listed file whose name the rest of the pipeline cannot carry safely.
 
@@ -265,11 +276,12 @@ def split_pattern(pattern: str, max_listers: int = MAX_LISTERS, levels: int = SP
     Returns:
         ([(url, info)] of the files found while expanding that the pattern matches, [ListWork]).
     """
-    fs, path = storage.filesystem(pattern)
+    url, (fs, path) = _listing(pattern)
     if not _has_magic(path):
         try:
-            if not fs.isdir(path):
-                return [(storage.unstrip(fs, pattern, path), fs.info(path))], []
+            if not storage.retrying(lambda: fs.isdir(path), f"looking up {url}"):
+                return [(storage.unstrip(fs, url, path), storage.retrying(lambda: fs.info(path),
+                                                                           f"looking up {url}"))], []
         except FileNotFoundError:
             return [], []
         path = posixpath.join(path.rstrip("/"), "**")
@@ -282,7 +294,7 @@ def split_pattern(pattern: str, max_listers: int = MAX_LISTERS, levels: int = SP
         deeper: list[tuple[str, int | None]] = []
         for folder, depth in frontier:
             try:
-                entries = fs.ls(folder or "", detail=True)
+                entries = storage.retrying(lambda: fs.ls(folder or "", detail=True), f"listing {url}")
             except FileNotFoundError:
                 continue
             for info in entries:
@@ -291,7 +303,7 @@ def split_pattern(pattern: str, max_listers: int = MAX_LISTERS, levels: int = SP
                     if depth is None or depth > 1:
                         deeper.append((name, None if depth is None else depth - 1))
                 elif glob.regex.match(name):
-                    found.append((storage.unstrip(fs, pattern, name), info))
+                    found.append((storage.unstrip(fs, url, name), info))
         frontier = sorted(deeper)
         if not frontier:
             break
@@ -302,20 +314,28 @@ def split_pattern(pattern: str, max_listers: int = MAX_LISTERS, levels: int = SP
 
 def list_prefixes(work: ListWork) -> list[tuple[str, dict]]:
     """The files under ``work``'s folders that its pattern matches: ``[(url, info)]``, sorted."""
-    fs, path = storage.filesystem(work.pattern)
+    url, (fs, path) = _listing(work.pattern)
     if not _has_magic(path):
         path = posixpath.join(path.rstrip("/"), "**")
     glob = _Glob.of(path)
     out = []
     for folder, depth in work.prefixes:
         try:
-            found = fs.find(folder, maxdepth=depth, withdirs=False, detail=True)
+            found = storage.retrying(lambda: fs.find(folder, maxdepth=depth, withdirs=False, detail=True),
+                                     f"listing {url}")
         except FileNotFoundError:
             continue
         for name, info in found.items():
             if info.get("type") != "directory" and glob.regex.match(name):
-                out.append((storage.unstrip(fs, work.pattern, name), info))
+                out.append((storage.unstrip(fs, url, name), info))
     return sorted(out, key=lambda f: f[0])
+
+
+def _listing(pattern: str):
+    """(the pattern to list, (filesystem, path)): a relative local pattern made absolute first
+    (``..`` resolved), so a file has one URL whatever directory it was listed from."""
+    url = storage.absolute(pattern) if storage.protocol_of(pattern) == "" else pattern
+    return url, storage.filesystem(url)
 
 
 def _refs_of(found: Iterable[tuple[str, dict]], exclude: Sequence[str]):

@@ -5,9 +5,13 @@ The stages are webdataset's own (``SimpleShardList``, ``detshuffle``, ``split_by
 ``split_by_worker``, ``shuffle``) except reading a shard, which is ours: it opens the shard through
 ``audiotok.transforms.storage`` (fsspec: local paths, ``gs://``, ``s3://``, ...; never ``pipe:``,
 unlike ``gopen``, which shells out to ``gsutil``/``curl``), and reads only the members a trainer
-asks for. The others (a log-mel stream holds ~99 % of a shard's bytes) are seeked over, never
-read, copied or decoded; packed LM rows do not even read ``KEY.json``. Arrays are made on top of
-the bytes read (no copy). The samples are grouped as webdataset's ``group_by_keys`` groups them.
+asks for. The others (a log-mel stream takes 160 times the bytes of a unit stream) are seeked
+over, never read, copied or decoded; packed LM rows do not even read ``KEY.json``. Arrays are
+made on top of the bytes read (no copy). The samples are grouped as webdataset's
+``group_by_keys`` groups them. A dataset written with ``--separate-vectors`` keeps its vector
+streams in a shard set of their own: their tars are opened only when a vector stream is asked
+for (from a bucket, seeking does not save the download: the read-ahead block spans many
+members), and joined to the shard's samples by key.
 
     from audiotok.transforms import lm, reader
     ds = reader.sample_dataset("gs://bucket/out")            # a torch IterableDataset
@@ -69,14 +73,31 @@ class TokenSample:
     streams: Mapping[str, np.ndarray]
 
 
-def _shard_url(output: str, row: Mapping[str, Any]) -> str:
-    url = row["url"]
+def _resolve(output: str, url: str) -> str:
     return url if "://" in url or url.startswith("/") else storage.join(output, url)
 
 
-def shard_urls(output: str, index: Mapping[str, Any] | None = None) -> list[str]:
-    """The shards of a dataset, as URLs (relative index entries resolved against ``output``)."""
-    return [_shard_url(output, row) for row in dataset.shard_rows(output, index)]
+def _shard_url(output: str, row: Mapping[str, Any]) -> str:
+    return _resolve(output, row["url"])
+
+
+def shard_urls(output: str, index: Mapping[str, Any] | None = None, *, vectors: bool = False) -> list[str]:
+    """The shards of a dataset, as URLs (relative index entries resolved against ``output``):
+    what a stock WebDataset reader takes. A dataset written with ``--separate-vectors`` has two
+    shard sets: the discrete streams (with ``KEY.json``; the default) and, with ``vectors``,
+    the vector streams (the rows that have them)."""
+    rows = dataset.shard_rows(output, index)
+    if vectors:
+        return [_resolve(output, row["vectors_url"]) for row in rows if row.get("vectors_url")]
+    return [_shard_url(output, row) for row in rows]
+
+
+def shard_sources(output: str, index: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
+    """What ``sample_pipeline_stages`` reads: per shard ``{"url"}``, and ``{"vectors_url"}``
+    where the shard's vector streams are in the vector set."""
+    return [{"url": _shard_url(output, row),
+             **({"vectors_url": _resolve(output, row["vectors_url"])} if row.get("vectors_url") else {})}
+            for row in dataset.shard_rows(output, index)]
 
 
 def excluded_sources(output: str, index: Mapping[str, Any] | None = None) -> dict[str, frozenset[str]]:
@@ -155,10 +176,13 @@ def tar_members(f, url: str, keep: Callable[[str], bool] | None = None) -> Itera
     seekable = bool(getattr(f, "seekable", lambda: False)())
     next_name: str | None = None
     while True:
+        at = f.tell() if seekable else 0
         block = f.read(_BLOCK)
         if len(block) < _BLOCK:
             if block:
                 raise ShardFormatError("tar archive cut short inside a member header", url)
+            if seekable and f.seek(0, 2) < at:  # a seek went past the end: the last member is cut short
+                raise ShardFormatError("tar archive cut short inside a member", url)
             return  # like tarfile: an archive may end without its two zero blocks
         if block.count(0) == _BLOCK:
             return
@@ -186,7 +210,7 @@ def tar_members(f, url: str, keep: Callable[[str], bool] | None = None) -> Itera
                 while padded:
                     chunk = f.read(min(padded, 1 << 20))
                     if not chunk:
-                        break
+                        raise ShardFormatError(f"tar archive cut short inside member {name}", url)
                     padded -= len(chunk)
             if kind in (b"0", b"\0", b"7"):
                 yield name, None
@@ -195,47 +219,88 @@ def tar_members(f, url: str, keep: Callable[[str], bool] | None = None) -> Itera
         if f.readinto(data) != size:
             raise ShardFormatError(f"tar archive cut short inside member {name}", url)
         if padded != size:
-            f.seek(padded - size, 1) if seekable else f.read(padded - size)
+            if seekable:
+                f.seek(padded - size, 1)
+            elif len(f.read(padded - size)) < padded - size:
+                raise ShardFormatError(f"tar archive cut short inside member {name}", url)
         yield name, data
 
 
-def shard_samples(sources: Iterable[Mapping[str, Any]],
-                  keep: Callable[[str], bool] | None = None) -> Iterator[dict[str, Any]]:
-    """webdataset stage: ``{"url": ...}`` -> the shard's samples, grouped as webdataset's
+def shard_samples(sources: Iterable[Mapping[str, Any]], wanted: frozenset[str] | None = None,
+                  vectors: frozenset[str] = frozenset()) -> Iterator[dict[str, Any]]:
+    """webdataset stage: ``{"url", "vectors_url"?}`` -> the shard's samples, grouped as webdataset's
     ``group_by_keys`` groups them: ``{"__key__", "__url__", EXT: data, ...}``.
 
     A member's key is its name up to the first dot after the last slash, the rest its
-    extension (case kept). Members that ``keep`` (given the extension) rejects are not read
-    and appear with ``None`` as data, so a sample is never lost for lack of a wanted member.
-    Opens through fsspec and closes each shard when done.
+    extension (case kept). Members whose extension is not in ``wanted`` (None: all) are not
+    read and appear with ``None`` as data, so a sample is never lost for lack of a wanted
+    member. Where a shard has a ``vectors_url`` (the streams ``vectors`` in a shard set of their
+    own), that tar is opened only when a vector stream is wanted, the shard itself only when
+    something else is, and their samples are joined by key. ``__url__`` is always the shard's
+    ``url``. Opens through fsspec and closes each shard when done.
 
     Raises:
-        ShardFormatError: a corrupt shard, or one extension twice in a sample.
+        ShardFormatError: a corrupt shard, one extension twice in a sample, or a vector shard
+            whose samples are not those of its shard, in the same order.
     """
+    vector_ext = frozenset(f"{v}.npy" for v in vectors)
     for source in sources:
-        url = source["url"]
-        current: dict[str, Any] | None = None
-        with storage.open_input(url) as f:
-            for name, data in tar_members(f, url, None if keep is None else
-                                          functools.partial(_keep_member, keep=keep)):
-                dot = name.find(".", name.rfind("/") + 1)
-                if dot < 0:
-                    continue  # webdataset drops names without an extension too
-                key, ext = name[:dot], name[dot + 1:]
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
-                    current = {"__key__": key, "__url__": url}
-                elif ext in current:
-                    raise ShardFormatError(f"member {name} appears twice", url, key)
-                current[ext] = data
-        if current is not None:
-            yield current
+        url, vurl = source["url"], source.get("vectors_url")
+        need_vectors = bool(vurl) and (wanted is None or bool(wanted & vector_ext))
+        need_shard = not vurl or wanted is None or bool(wanted - vector_ext)
+        if need_shard and need_vectors:
+            yield from _joined(_grouped(url, url, wanted), _grouped(vurl, url, wanted), vurl)
+        elif need_vectors:
+            yield from _grouped(vurl, url, wanted)
+        else:
+            yield from _grouped(url, url, wanted)
 
 
-def _keep_member(name: str, keep: Callable[[str], bool]) -> bool:
+def _grouped(url: str, label: str, wanted: frozenset[str] | None) -> Iterator[dict[str, Any]]:
+    """One tar's samples, ``__url__`` set to ``label``."""
+    keep = None if wanted is None else functools.partial(_keep_member, wanted=wanted)
+    current: dict[str, Any] | None = None
+    with storage.open_input(url) as f:
+        for name, data in tar_members(f, url, keep):
+            dot = name.find(".", name.rfind("/") + 1)
+            if dot < 0:
+                continue  # webdataset drops names without an extension too
+            key, ext = name[:dot], name[dot + 1:]
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield current
+                current = {"__key__": key, "__url__": label}
+            elif ext in current:
+                raise ShardFormatError(f"member {name} appears twice", url, key)
+            current[ext] = data
+    if current is not None:
+        yield current
+
+
+def _joined(samples: Iterator[dict[str, Any]], vector_samples: Iterator[dict[str, Any]],
+            vectors_url: str) -> Iterator[dict[str, Any]]:
+    """A shard's samples with the members of its vector shard added (same keys, same order;
+    a sample without vector streams has no entry there)."""
+    pending = next(vector_samples, None)
+    for sample in samples:
+        if pending is not None and pending["__key__"] == sample["__key__"]:
+            for ext, data in pending.items():
+                if ext.startswith("__"):
+                    continue
+                if ext in sample:
+                    raise ShardFormatError(f"member {sample['__key__']}.{ext} is in both shard sets",
+                                           vectors_url, sample["__key__"])
+                sample[ext] = data
+            pending = next(vector_samples, None)
+        yield sample
+    if pending is not None:
+        raise ShardFormatError("the vector shard holds a sample its shard does not hold, or not in the same order",
+                               vectors_url, pending["__key__"])
+
+
+def _keep_member(name: str, wanted: frozenset[str]) -> bool:
     dot = name.find(".", name.rfind("/") + 1)
-    return dot >= 0 and keep(name[dot + 1:])
+    return dot >= 0 and name[dot + 1:] in wanted
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -291,8 +356,10 @@ def decode_sample(raw: Mapping[str, Any], streams: Sequence[str] | None = None, 
     wanted = list(declared) if streams is None else list(streams)
     arrays = {}
     for name in wanted:
-        if name not in declared or raw.get(f"{name}.npy") is None:
+        if name not in declared:
             raise ShardFormatError(f"sample has no stream {name!r}; it has: {', '.join(sorted(declared))}", url, key)
+        if raw.get(f"{name}.npy") is None:
+            raise ShardFormatError(f"KEY.json declares stream {name!r}; the sample has no {name}.npy", url, key)
         array = npy_array(raw[f"{name}.npy"])
         d = declared[name]
         declared_shape, declared_dtype = d.get("shape", list(array.shape)), d.get("dtype", str(array.dtype))
@@ -303,35 +370,37 @@ def decode_sample(raw: Mapping[str, Any], streams: Sequence[str] | None = None, 
     return TokenSample(key=key, url=url, meta=info, streams=arrays)
 
 
-def _member_selector(streams: Sequence[str] | None, meta: bool) -> Callable[[str], bool] | None:
+def _wanted_members(streams: Sequence[str] | None, meta: bool) -> frozenset[str] | None:
     if streams is None:
         return None
-    wanted = ({"json"} if meta else set()) | {f"{s}.npy" for s in streams}
-    return wanted.__contains__
+    return frozenset(({"json"} if meta else set()) | {f"{s}.npy" for s in streams})
 
 
-def _no_shards() -> Iterator[dict]:
-    return iter(())
+def sample_pipeline_stages(sources: Sequence[str | Mapping[str, str]], *, streams: Sequence[str] | None = None,
+                           meta: bool = True, vectors: Iterable[str] = (), shuffle_shards: bool = False,
+                           seed: int = 0, split: bool = True, shuffle_buffer: int = 0,
+                           excluded: Mapping[str, frozenset[str]] | None = None) -> list:
+    """The webdataset stages that read shards into TokenSamples (see ``sample_dataset``).
 
-
-def sample_pipeline_stages(urls: Sequence[str], *, streams: Sequence[str] | None = None, meta: bool = True,
-                           shuffle_shards: bool = False, seed: int = 0, split: bool = True,
-                           shuffle_buffer: int = 0, excluded: Mapping[str, frozenset[str]] | None = None) -> list:
-    """The webdataset stages that read ``urls`` into TokenSamples (see ``sample_dataset``);
-    ``excluded``: from ``excluded_sources``."""
+    Args:
+        sources: shard URLs, or ``shard_sources`` entries (a shard with its vector shard).
+        vectors: the streams that the ``vectors_url`` tars hold (``dataset.vector_streams``).
+        excluded: from ``excluded_sources``.
+    """
     import webdataset as wds
 
     if not meta and streams is None:
         raise ValueError("give the streams to read when not reading KEY.json (meta=False)")
-    # webdataset's shard list refuses an empty list; a dataset whose inputs all failed has no shards.
-    stages: list = [wds.SimpleShardList(list(urls)) if urls else _no_shards]
+    shards = [{"url": s} if isinstance(s, str) else dict(s) for s in sources]
+    # A list is a source webdataset iterates once per epoch (its shard list class takes URLs only).
+    stages: list = [shards]
     if shuffle_shards:
         # Same seed and epoch on every node and worker: one permutation, then split.
-        stages.append(wds.detshuffle(bufsize=max(len(urls), 1), initial=max(len(urls), 1), seed=seed))
+        stages.append(wds.detshuffle(bufsize=max(len(shards), 1), initial=max(len(shards), 1), seed=seed))
     if split:
         stages += [wds.split_by_node, wds.split_by_worker]
     stages += [
-        functools.partial(shard_samples, keep=_member_selector(streams, meta)),
+        functools.partial(shard_samples, wanted=_wanted_members(streams, meta), vectors=frozenset(vectors)),
         functools.partial(live_only, excluded=dict(excluded or {})),
         wds.map(functools.partial(decode_sample, streams=streams, meta=meta)),
     ]
@@ -361,18 +430,24 @@ def sample_dataset(output: str, *, streams: Sequence[str] | None = None, meta: b
 
     index = dataset.read_index(output) if index is None else index
     return wds.DataPipeline(sample_pipeline_stages(
-        shard_urls(output, index), streams=streams, meta=meta, shuffle_shards=shuffle_shards, seed=seed, split=split,
-        shuffle_buffer=shuffle_buffer, excluded=excluded_sources(output, index)))
+        shard_sources(output, index), streams=streams, meta=meta,
+        vectors=dataset.vector_streams(index.get("streams", {})), shuffle_shards=shuffle_shards, seed=seed,
+        split=split, shuffle_buffer=shuffle_buffer, excluded=excluded_sources(output, index)))
 
 
 def read_samples(output: str, *, streams: Sequence[str] | None = None, urls: Sequence[str] | None = None,
                  index: Mapping[str, Any] | None = None) -> Iterator[TokenSample]:
-    """Every live sample of a dataset (or of its shards ``urls``), in shard order, in this process."""
+    """Every live sample of a dataset (or of its shards ``urls``, from ``shard_urls``), in
+    shard order, in this process."""
     import webdataset as wds
 
     index = dataset.read_index(output) if index is None else index
-    urls = shard_urls(output, index) if urls is None else list(urls)
-    yield from wds.DataPipeline(sample_pipeline_stages(urls, streams=streams, split=False,
+    sources = shard_sources(output, index)
+    if urls is not None:
+        by_url = {s["url"]: s for s in sources}
+        sources = [by_url.get(u, {"url": u}) for u in urls]
+    yield from wds.DataPipeline(sample_pipeline_stages(sources, streams=streams, split=False,
+                                                       vectors=dataset.vector_streams(index.get("streams", {})),
                                                        excluded=excluded_sources(output, index)))
 
 
@@ -423,7 +498,8 @@ def lm_dataset(output: str, config: lm.SequenceConfig, context_len: int, *, voca
             else lm.build_vocab(index["streams"])
     for name in config.streams:
         vocab.stream(name)  # unknown or continuous streams fail here, not in a worker
-    stages = sample_pipeline_stages(shard_urls(output, index), streams=config.streams, meta=False,
+    stages = sample_pipeline_stages(shard_sources(output, index), streams=config.streams, meta=False,
+                                    vectors=dataset.vector_streams(index.get("streams", {})),
                                     shuffle_shards=shuffle_shards, seed=seed, split=split,
                                     shuffle_buffer=shuffle_buffer, excluded=excluded_sources(output, index))
     stages.append(functools.partial(pack_stage, vocab=vocab, config=config, context_len=context_len,

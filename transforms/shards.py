@@ -32,19 +32,24 @@ from audiotok.transforms.records import AudioRef, Sample
 
 @dataclasses.dataclass(frozen=True)
 class ShardConfig:
-    """When a shard closes.
+    """When a shard closes, and what goes into which shard set.
 
     Attributes:
         max_samples: samples per shard at most.
-        max_bytes: tar bytes per shard at most (a single larger sample still gets a shard of its own).
+        max_bytes: tar bytes per shard at most, both sets together (a single larger sample
+            still gets a shard of its own).
         files_per_bucket: inputs per shard group. Each group's samples are sorted by key and
             written by one worker, so shards are the same whatever the runner; a group's
             tokens are held in that worker's memory while it writes.
+        separate_vectors: write the vector streams (kind ``vectors``: log-mel, embeddings)
+            into a shard set of their own (``vectors-BBBBBB-NNNN.tar`` beside each
+            ``shard-BBBBBB-NNNN.tar``), so that readers of the discrete streams never fetch them.
     """
 
     max_samples: int = 1000
     max_bytes: int = 1 << 30
     files_per_bucket: int = 64
+    separate_vectors: bool = False
 
     def __post_init__(self) -> None:
         if self.files_per_bucket < 1:
@@ -68,6 +73,8 @@ class WrittenFile:
         audio_s: seconds of audio in its samples.
         tokens: stream name -> tokens.
         sources: source hash -> {"uri", "samples", "audio_s", "tokens"}.
+        vectors_temp_url: the shard's vector set tar (``ShardConfig.separate_vectors``), or "".
+        vectors_bytes: its size.
     """
 
     kind: str
@@ -78,6 +85,8 @@ class WrittenFile:
     audio_s: float = 0.0
     tokens: Mapping[str, int] = dataclasses.field(default_factory=dict)
     sources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    vectors_temp_url: str = ""
+    vectors_bytes: int = 0
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -91,8 +100,40 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+class _TempTar:
+    """One tar being written under a temporary name in ``temp_dir``."""
+
+    def __init__(self, temp_dir: str):
+        self.url = storage.join(temp_dir, f"{uuid.uuid4().hex}.tar")
+        self._file = storage.open_output(self.url)
+        self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.USTAR_FORMAT)
+        self.member_bytes = 0
+
+    def add(self, members: Sequence[tuple[str, bytes]]) -> None:
+        for name, data in members:
+            self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+            self.member_bytes += dataset.member_tar_bytes(len(data))
+
+    def close(self) -> int:
+        """Closes the tar; returns its size."""
+        self._tar.close()
+        self._file.close()
+        return _padded_archive_size(self.member_bytes + 2 * dataset.TAR_BLOCK)  # + the end-of-archive blocks
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+            self._file.close()
+        finally:
+            try:
+                storage.remove(self.url)
+            except OSError:
+                pass  # left for finalize's clean-up of the temp folder
+
+
 class ShardWriter:
-    """Writes samples into tar shards under ``temp_dir``, closing each at the configured size.
+    """Writes samples into tar shards under ``temp_dir``, closing each at the configured size;
+    with ``config.separate_vectors``, the vector streams' members go into a second tar per shard.
 
     Use as a context manager; ``add`` returns the shards it closed, ``close`` the last one.
     """
@@ -101,12 +142,12 @@ class ShardWriter:
         self.temp_dir = temp_dir
         self.config = config
         self.stream_specs = dict(stream_specs or {})
-        self._file = None
-        self._tar: tarfile.TarFile | None = None
+        self._vector_streams = dataset.vector_streams(self.stream_specs) if config.separate_vectors else frozenset()
+        self._tar: _TempTar | None = None
+        self._vectors: _TempTar | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self._url = ""
         self._count = 0
         self._bytes = 0
         self._audio_s = 0.0
@@ -133,14 +174,18 @@ class ShardWriter:
                     tokens: Mapping[str, int]) -> list[WrittenFile]:
         """Adds one sample given as its tar members (``dataset.encode_sample``), its duration,
         source URI and tokens per stream; returns the shard it closed to make room, if any."""
-        size = sum(dataset.member_tar_bytes(len(data)) for _, data in members)
+        members, vector_members = dataset.split_members(list(members), self._vector_streams)
+        size = sum(dataset.member_tar_bytes(len(data)) for _, data in members + vector_members)
         closed = []
         if self._count and (self._count >= self.config.max_samples or self._bytes + size > self.config.max_bytes):
             closed.append(self._close_current())
         if self._tar is None:
-            self._open()
-        for name, data in members:
-            self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+            self._tar = _TempTar(self.temp_dir)
+        self._tar.add(members)
+        if vector_members:
+            if self._vectors is None:
+                self._vectors = _TempTar(self.temp_dir)
+            self._vectors.add(vector_members)
         self._count += 1
         self._bytes += size
         self._audio_s += duration_s
@@ -159,36 +204,23 @@ class ShardWriter:
         return [self._close_current()] if self._tar is not None else []
 
     def abort(self) -> None:
-        """Drops the open shard (its temp file is removed where possible)."""
-        url = self._url
+        """Drops the open shard (its temp files are removed where possible)."""
         try:
-            if self._tar is not None:
-                self._tar.close()
-            if self._file is not None:
-                self._file.close()
+            for part in (self._tar, self._vectors):
+                if part is not None:
+                    part.abort()
         finally:
-            self._tar = self._file = None
+            self._tar = self._vectors = None
             self._reset()
-        if url:
-            try:
-                storage.remove(url)
-            except OSError:
-                pass  # left for finalize's clean-up of the temp folder
-
-    def _open(self) -> None:
-        self._url = storage.join(self.temp_dir, f"{uuid.uuid4().hex}.tar")
-        self._file = storage.open_output(self._url)
-        self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.USTAR_FORMAT)
 
     def _close_current(self) -> WrittenFile:
-        self._tar.close()
-        self._file.close()
-        total = self._bytes + 2 * dataset.TAR_BLOCK  # the end-of-archive blocks
+        vectors = self._vectors
         written = WrittenFile(
-            kind="shard", temp_url=self._url, first_key=self._first_key or "", samples=self._count,
-            bytes=_padded_archive_size(total), audio_s=round(self._audio_s, 6), tokens=dict(self._tokens),
-            sources=self._sources)
-        self._tar = self._file = None
+            kind="shard", temp_url=self._tar.url, first_key=self._first_key or "", samples=self._count,
+            bytes=self._tar.close(), audio_s=round(self._audio_s, 6), tokens=dict(self._tokens),
+            sources=self._sources, vectors_temp_url=vectors.url if vectors else "",
+            vectors_bytes=vectors.close() if vectors else 0)
+        self._tar = self._vectors = None
         self._reset()
         return written
 
@@ -262,17 +294,21 @@ def publish_index(output: str, index: Mapping[str, Any], plan: RunPlan) -> None:
 
 def publish_shard(output: str, version: int, bucket: int, seq: int, written: WrittenFile,
                   parts: int) -> tuple[tuple[int, dict], list[tuple[int, bytes]]]:
-    """Renames a finished temp shard to its final name (idempotent: a retried writer renames the
-    same bytes onto the same name).
+    """Renames a finished temp shard (and its vector shard) to its final name (idempotent: a
+    retried writer renames the same bytes onto the same name).
 
     Returns:
         ((rows part, the shard's row), [(state part, JSON of [shard url, source hash -> stats of
         the sources of that part])]).
     """
     rel = dataset.shard_path(version, bucket, seq)
+    row: dict[str, Any] = {"url": rel, "samples": written.samples, "bytes": written.bytes,
+                           "audio_s": written.audio_s, "tokens": dict(sorted(written.tokens.items()))}
+    if written.vectors_temp_url:  # first, so that a published shard always has its vector shard
+        row["vectors_url"] = dataset.vectors_url(rel)
+        row["vectors_bytes"] = written.vectors_bytes
+        storage.rename(written.vectors_temp_url, storage.join(output, row["vectors_url"]))
     storage.rename(written.temp_url, storage.join(output, rel))
-    row = {"url": rel, "samples": written.samples, "bytes": written.bytes, "audio_s": written.audio_s,
-           "tokens": dict(sorted(written.tokens.items()))}
     by_part: dict[int, dict] = {}
     for source, stats in sorted(written.sources.items()):
         by_part.setdefault(dataset.part_of(dataset.order_key(stats["uri"])[0], parts), {})[source] = stats
@@ -388,7 +424,8 @@ def write_rows_part(output: str, version: int, part: int, parts: int, previous: 
     before = previous.rows_of(output, part, parts) if previous is not None else {"shards": [], "failures": []}
     rows = incremental.live_shards(before["shards"], new_shards, stale)
     kept = {r["url"] for r in rows}
-    retired = tuple(sorted(r["url"] for r in before["shards"] if r["url"] not in kept))
+    retired = tuple(sorted(u for r in before["shards"] if r["url"] not in kept
+                           for u in (r["url"], r.get("vectors_url")) if u))
     fails = sorted({r["url"]: dict(r) for r in [*before["failures"], *new_failures]}.values(), key=lambda r: r["url"])
     reuse = previous.reusable(part, parts) if previous is not None else None
     rel: str | None
@@ -400,7 +437,7 @@ def write_rows_part(output: str, version: int, part: int, parts: int, previous: 
             {"shards": rows, "failures": fails}, indent=1, sort_keys=True).encode("utf-8"))
     else:
         rel = None
-    return RowsWritten(part, rel, len(rows), sum(int(r["bytes"]) for r in rows),
+    return RowsWritten(part, rel, len(rows), sum(int(r["bytes"]) + int(r.get("vectors_bytes", 0)) for r in rows),
                        sum(int(r["live_samples"]) for r in rows), retired)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -15,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from audio_fixtures import synth_speechlike, write_audio
 from audiotok.pipelines import cli
 from audiotok.pipelines import tokenize as job
-from audiotok.transforms import failures
+from audiotok.transforms import dataset, failures
 from dataset_fixtures import flat_index as fx_flat_index
 from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.match import MatchConfig
@@ -112,6 +113,41 @@ def test_cli_two_streams_with_fitted_codebook(corpus, tmp_path, capsys):
     assert cli.main(argv + ["--overwrite"]) == 0
     _, again = read_dataset(out)
     assert sorted(s["__key__"] for s in again) == sorted(s["__key__"] for s in samples)
+
+
+def test_separate_vectors_job_writes_two_shard_sets_the_tools_know(corpus, tmp_path, capsys):
+    from audiotok.pipelines import export, inspect, verify
+    from audiotok.transforms import reader
+
+    out = tmp_path / "split-out"
+    argv = ["tokenize", "--input", f"{corpus}/**/*", "--output", str(out), "--tokenizer", "logmel,mfcc-kmeans[k=16]",
+            "--segment-s", "2", "--min-segment-s", "0.5", "--shard-max-samples", "4", "--separate-vectors"]
+    assert cli.main(argv) == 0
+    index = json.load(open(out / "index.json"))
+    assert index["settings"]["shards"]["separate_vectors"] is True
+    rows = list(dataset.shard_rows(str(out), index))
+    assert len(rows) == 2 and all(r["vectors_url"] == dataset.vectors_url(r["url"]) for r in rows)
+    assert all(r["vectors_url"].split("/")[-1].startswith("vectors-") for r in rows)
+    discrete = list(wds.WebDataset(reader.shard_urls(str(out)), shardshuffle=False).decode())
+    vectors = list(wds.WebDataset(reader.shard_urls(str(out), vectors=True), shardshuffle=False).decode())
+    assert [s["__key__"] for s in discrete] == [s["__key__"] for s in vectors] and len(discrete) == 8
+    assert {k for s in discrete for k in s if not k.startswith("__")} == {"json", "mfcc-kmeans.npy"}
+    assert {k for s in vectors for k in s if not k.startswith("__")} == {"logmel.npy"}
+    for d, v in zip(discrete, vectors):
+        assert v["logmel.npy"].shape == tuple(d["json"]["streams"]["logmel"]["shape"])
+    assert verify.verify_dataset(str(out)).ok(strict=True)
+    capsys.readouterr()
+    assert inspect.main([str(out)]) == 0
+    assert "vector streams (logmel) in a shard set of their own (2 vectors-*.tar" in capsys.readouterr().out
+    assert "`vectors-BBBBBB-NNNN.tar` beside each" in (out / "README.md").read_text()
+    if importlib.util.find_spec("lhotse"):  # the export reads both sets
+        paths = export.export_lhotse_shar(str(out), str(tmp_path / "shar"))
+        assert paths["cuts"] and paths["logmel"]
+    # the same run again writes the same bytes, in both sets
+    first = {r[k]: (out / r[k]).read_bytes() for r in rows for k in ("url", "vectors_url")}
+    assert cli.main(argv + ["--overwrite"]) == 0
+    again = list(dataset.shard_rows(str(out)))
+    assert [(out / r[k]).read_bytes() for r in again for k in ("url", "vectors_url")] == list(first.values())
 
 
 def test_manifest_metadata_reaches_samples(corpus, tmp_path):

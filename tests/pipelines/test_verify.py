@@ -274,3 +274,39 @@ def test_a_sample_from_another_tokenizer(tmp_path):
     assert [(p.code, p.key) for p in problems] == [(verify.FINGERPRINT_MISMATCH, meta["key"])]
     fx.exclude_source(out, json.loads((out / dataset.INDEX_NAME).read_text()), meta["key"])
     assert verify.verify_dataset(str(out)).ok(strict=True)  # superseded samples may be older
+
+
+def _split_dataset(tmp_path, n=6, max_samples=3):
+    out = tmp_path / "ds"
+    index = fx.write_dataset(out, fx.synthetic_samples(n, seed=11), max_samples=max_samples, separate_vectors=True)
+    lm.write_vocab(str(out), index)
+    return out, index
+
+
+def test_a_dataset_with_a_vector_shard_set_passes_and_its_damage_is_found(tmp_path, capsys):
+    out, index = _split_dataset(tmp_path)
+    report = verify.verify_dataset(str(out))
+    assert report.problems == [] and (report.shards, report.samples) == (2, 6)
+    vectors = out / index["shards"][1]["vectors_url"]
+    members = fx.read_members(vectors)
+    # a sample's vectors moved to the end: out of step with its shard
+    fx.write_members(vectors, [*members[1:], members[0]])
+    report = verify.verify_dataset(str(out))
+    assert {verify.SPLIT_SAMPLE, verify.MISSING_MEMBER} <= _codes(report)
+    assert {p.where for p in report.problems if p.code == verify.SPLIT_SAMPLE} == {index["shards"][1]["vectors_url"]}
+    # a discrete stream in the vector set; the vector shard missing
+    key = members[0][0].split(".")[0]
+    fx.write_members(vectors, [members[0], (f"{key}.units.npy", dataset.npy_bytes(np.zeros(3, np.int16))), *members[1:]])
+    assert verify.EXTRA_MEMBER in _codes(verify.verify_dataset(str(out)))
+    vectors.unlink()
+    report = verify.verify_dataset(str(out))
+    assert verify.MISSING_FILE in _codes(report)
+    assert verify.main([str(out)]) == 1
+    assert "missing_file: shards/v000001/vectors-000000-0001.tar" in capsys.readouterr().out
+
+
+def test_vector_shards_are_listed_not_unlisted(tmp_path):
+    out, index = _split_dataset(tmp_path)
+    assert verify.verify_dataset(str(out)).ok(strict=True)
+    (out / "shards" / "v000001" / "vectors-000000-0009.tar").write_bytes(b"")
+    assert {p.code for p in verify.verify_dataset(str(out)).problems} == {verify.UNLISTED_SHARD}

@@ -18,8 +18,7 @@ from audiotok.runners import profiles
 from audiotok.transforms import dataset, incremental, shards, storage
 from audiotok.transforms.match import MatchConfig
 from audiotok.transforms.segment import SegmentConfig
-from audiotok.transforms.tokenize import TokenizeConfig
-from audiotok.transforms.tokenizers import registry
+from audiotok.transforms.tokenize import TokenizeConfig, stream_descriptions
 
 
 def make_corpus(root: Path, n: int, seed: int = 0) -> None:
@@ -185,41 +184,60 @@ def test_join_finish_and_live_rows_pure():
     def lines(refs):
         return [incremental.ref_line(r) for r in sorted(refs, key=lambda r: dataset.order_key(r.uri))]
 
-    first = incremental.join_part(lines([AudioRef("a", 1, "m1"), AudioRef("b", 1, "m1")]), [], select, 1, "fp",
-                                  0, 1, None)
-    assert [r.uri for r in sorted(first.selected, key=lambda r: r.uri)] == ["a", "b"] and first.changed
-    produced = incremental.produced_by_uri([("s/v1/0.tar", "aaaa", {"uri": "a", "samples": 2, "audio_s": 2.0,
+    unmatched = {"uri": "/c/missing/*", "reason": "read_error", "message": "the pattern matches no file",
+                 "stage": "match"}
+    first = incremental.join_part(lines([AudioRef("/c/a", 1, "m1"), AudioRef("/c/b", 1, "m1")]), [], select, 1,
+                                  "fp", 0, 1, None, [unmatched])
+    assert [r.uri for r in sorted(first.selected, key=lambda r: r.uri)] == ["/c/a", "/c/b"] and first.changed
+    assert first.publish == [unmatched]  # new: published
+    produced = incremental.produced_by_uri([("s/v1/0.tar", "aaaa", {"uri": "/c/a", "samples": 2, "audio_s": 2.0,
                                                                      "tokens": {"x": 20}}),
-                                            ("s/v1/0.tar", "bbbb", {"uri": "b", "samples": 1, "audio_s": 1.0,
+                                            ("s/v1/0.tar", "bbbb", {"uri": "/c/b", "samples": 1, "audio_s": 1.0,
                                                                      "tokens": {"x": 10}})])
-    state1, summary1 = incremental.finish_part(first.draft, produced, {"b": {"empty": 1}, "pattern": {"read_error": 1}})
-    assert summary1["inputs"] == 2 and summary1["samples"] == 3
-    assert summary1["failures_by_reason"] == {"empty": 1, "read_error": 1}  # b's, and one naming no input
+    state1, summary1, stale1 = incremental.finish_part(first.draft, produced, {"/c/b": [{"reason": "empty"}]}, 1)
+    assert summary1["inputs"] == 2 and summary1["samples"] == 3 and stale1 == []
+    assert summary1["failures_by_reason"] == {"empty": 1, "read_error": 1}  # b's, and the pattern's (no input)
     entries = {json.loads(line)["uri"]: json.loads(line) for line in state1}
-    assert entries["b"]["failures"] == 1 and entries["b"]["reasons"] == {"empty": 1} and "reasons" not in entries["a"]
+    assert entries["/c/b"]["failures"] == 1 and entries["/c/b"]["reasons"] == {"empty": 1}
+    assert "reasons" not in entries["/c/a"] and entries["/c/missing/*"]["unlisted"]["run"] == 1
 
-    # b is deleted, a unchanged, c is new and listed twice.
-    second = incremental.join_part(lines([AudioRef("a", 1, "m1"), AudioRef("c", 5, "m"), AudioRef("c", 5, "m")]),
-                                   state1, select, 2, "fp", 0, 1, None)
-    assert [r.uri for r in second.selected] == ["c"]
+    # b is deleted, a unchanged, c new and listed twice; the pattern still matches nothing.
+    second = incremental.join_part(lines([AudioRef("/c/a", 1, "m1"), AudioRef("/c/c", 5, "m"),
+                                          AudioRef("/c/./c", 5, "m")]), state1, select, 2, "fp", 0, 1, None,
+                                   [unmatched])
+    assert [r.uri for r in second.selected] == ["/c/c"] and second.publish == []  # the same dead letter: carried
     assert second.counters == {"inputs_unchanged": 1, "inputs_new": 1, "inputs_deleted": 1, "inputs_duplicate": 1}
-    assert second.stale == [("s/v1/0.tar", ("bbbb",), 1)]
-    state2, summary2 = incremental.finish_part(second.draft, {}, {})
+    state2, summary2, stale2 = incremental.finish_part(second.draft, {}, {}, 2)
+    assert stale2 == [("s/v1/0.tar", ("bbbb",), 1)]
     assert summary2["inputs"] == 2 and summary2["deleted"] == 1 and summary2["samples"] == 2
-    assert summary2["failures_by_reason"] == {}  # b's dead letter left with b
+    assert summary2["failures_by_reason"] == {"read_error": 1}  # b's dead letter left with b
     rows_v1 = [{"url": "s/v1/0.tar", "samples": 3, "bytes": 10, "audio_s": 3.0, "tokens": {"x": 30}}]
-    rows = incremental.live_shards(rows_v1, [], [{"shards": {s: n}, "sources": list(src)} for s, src, n in second.stale])
+    rows = incremental.live_shards(rows_v1, [], [{"shards": {s: n}, "sources": list(src)} for s, src, n in stale2])
     assert rows[0]["excluded_sources"] == ["bbbb"] and rows[0]["live_samples"] == 2
     assert dataset.is_live("x-aaaa-000", rows[0]) and not dataset.is_live("x-bbbb-000", rows[0])
 
-    # Nothing changed: nothing selected, the part is not rewritten.
-    third = incremental.join_part(lines([AudioRef("a", 1, "m1"), AudioRef("c", 5, "m")]), state2, select, 3, "fp",
-                                  0, 1, incremental.Previous(2, 2, 2, 1, ("state/v000002/state-00000.jsonl",)))
+    # Nothing changed: nothing selected, nothing published, the part is not rewritten.
+    third = incremental.join_part(lines([AudioRef("/c/a", 1, "m1"), AudioRef("/c/c", 5, "m")]), state2, select, 3,
+                                  "fp", 0, 1, incremental.Previous(2, 2, 2, 1, ("state/v000002/state-00000.jsonl",)),
+                                  [unmatched])
     assert not third.changed and not third.selected and third.reuse == "state/v000002/state-00000.jsonl"
-    a = json.loads(next(line for line in state2 if json.loads(line)["uri"] == "a"))
-    assert incremental.needs_processing(AudioRef("a", 2, "m1"), a, "fp") == "changed"
-    assert incremental.needs_processing(AudioRef("a", 1, "m1"), a, "fp2") == "settings"
-    assert incremental.needs_processing(AudioRef("a", 1, "m1"), a, "fp") is None
+
+    # a changed, but its storage was unavailable: its previous entry stays, marked pending; the
+    # samples it gave this run are not live.
+    fourth = incremental.join_part(lines([AudioRef("/c/a", 2, "m2"), AudioRef("/c/c", 5, "m")]), state2, select, 4,
+                                   "fp", 0, 1, None)
+    made = incremental.produced_by_uri([("s/v4/0.tar", "aaaa", {"uri": "/c/a", "samples": 1, "audio_s": 1.0,
+                                                                 "tokens": {"x": 10}})])
+    state4, summary4, stale4 = incremental.finish_part(
+        fourth.draft, made, {"/c/a": [{"reason": "read_error", "transient": True}]}, 4)
+    a4 = json.loads(next(line for line in state4 if json.loads(line)["uri"] == "/c/a"))
+    assert a4["size"] == 1 and a4["samples"] == 2 and a4["pending"] == {"run": 4, "reasons": {"read_error": 1}}
+    assert stale4 == [("s/v4/0.tar", ("aaaa",), 1)] and summary4["failures_by_reason"] == {"read_error": 1}
+    assert dataset.failure_is_live(4, a4, 4) and not dataset.failure_is_live(1, a4, 4)
+    a = json.loads(next(line for line in state2 if json.loads(line)["uri"] == "/c/a"))
+    assert incremental.needs_processing(AudioRef("/c/a", 2, "m1"), a, "fp") == "changed"
+    assert incremental.needs_processing(AudioRef("/c/a", 1, "m1"), a, "fp2") == "settings"
+    assert incremental.needs_processing(AudioRef("/c/a", 1, "m1"), a, "fp") is None
 
 
 def test_parts_follow_the_corpus_but_a_refresh_keeps_them():
@@ -288,6 +306,7 @@ def test_compact_rewrites_live_samples_only(tmp_path):
 
 
 V1_DATASET = Path(__file__).resolve().parents[1] / "data" / "v1_dataset"
+V1_STREAM_FINGERPRINT = b"9ed2546012a3614b"  # the logmel[n_mels=8] stream's when it was written
 
 
 def v1_copy(tmp_path: Path) -> tuple[Path, Path, job.JobConfig]:
@@ -298,13 +317,10 @@ def v1_copy(tmp_path: Path) -> tuple[Path, Path, job.JobConfig]:
     shutil.copytree(V1_DATASET / "out", out)
     cfg = config(inp, out, specs="logmel[n_mels=8]", shards=shards.ShardConfig(max_samples=2), incremental=True)
     fingerprint = incremental.settings_fingerprint(job.settings(cfg))
-    # The fixture is taken as written with today's settings (as its state's @FINGERPRINT@ is):
-    # its shards and index carry the stream fingerprint of the audiotok that wrote them, which
-    # has changed since (it now names how the input audio is made). Same length: tar sizes hold.
-    written = json.loads((out / "index.json").read_text())["streams"]["logmel"]["fingerprint"].encode()
-    current = registry.create("logmel[n_mels=8]").fingerprint().encode()
+    # The stream's fingerprint in the samples and the index: the running version's (same length).
+    stream = stream_descriptions(cfg.tokenize.tokenizers())["logmel"]["fingerprint"].encode()
     for path in [out / "index.json", *(out / "shards").rglob("*.tar")]:
-        path.write_bytes(path.read_bytes().replace(written, current))
+        path.write_bytes(path.read_bytes().replace(V1_STREAM_FINGERPRINT, stream))
     for path in [*(out / "state").glob("*.json"), *(out / "failures").rglob("*.jsonl")]:
         text = path.read_text().replace("@ROOT@", str(tmp_path)).replace("@FINGERPRINT@", fingerprint)
         if path.suffix == ".json":

@@ -76,7 +76,7 @@ def test_list_inputs_batches_counts_and_unmatched_patterns(tmp_path):
     config = MatchConfig(patterns=(str(tmp_path / "**"), str(tmp_path / "none-*")))
     with TestPipeline(runner=RUNNER) as p:
         listed = p | ListInputs(config)
-        uris = listed["batches"] | beam.Flatten() | beam.FlatMap(lambda b: [r.uri for r in b[1]])
+        uris = listed["batches"] | beam.Flatten() | beam.FlatMap(lambda b: [r.uri for _, r in b[1]])
         expected = [u for u, _ in storage.list_files(str(tmp_path / "**"))
                     if not match.is_excluded(u, match.DEFAULT_EXCLUDE)]
         assert_that(uris, equal_to(expected))
@@ -99,7 +99,7 @@ def test_a_manifest_is_read_in_ranges_with_its_line_numbers(tmp_path, monkeypatc
     assert len(match.manifest_ranges(str(manifest), manifest.stat().st_size, 97)) > 10
     with TestPipeline(runner=RUNNER) as p:
         listed = p | ListInputs(MatchConfig(manifests=(str(manifest),)))
-        uris = listed["batches"] | beam.Flatten() | beam.FlatMap(lambda b: [r.uri for r in b[1]])
+        uris = listed["batches"] | beam.Flatten() | beam.FlatMap(lambda b: [r.uri for _, r in b[1]])
         assert_that(uris, equal_to([f"/data/f{i:02d}.wav" for i in range(40) if i not in (0, 7, 15, 23, 39)]))
         assert_that(listed["failures"] | beam.Map(lambda f: (f.uri, f.reason)),
                     equal_to([(f"{manifest}:{n}", failures.BAD_MANIFEST) for n in (1, 8, 24, 40)]), label="bad")

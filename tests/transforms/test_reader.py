@@ -242,7 +242,8 @@ def test_units_only_reading_skips_the_other_members(tmp_path, monkeypatch):
         with real_open(url) as f:
             counted = _Counting(f.read())
             yield counted
-            read.append(counted.bytes_read)
+            if str(url).endswith(".tar"):  # not the index and its rows parts
+                read.append(counted.bytes_read)
 
     monkeypatch.setattr(reader.storage, "open_input", counting_open)
     lm.write_vocab(out, index)

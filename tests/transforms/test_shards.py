@@ -135,7 +135,7 @@ def test_spilled_samples_make_the_shards_the_writer_makes(tmp_path, monkeypatch,
     sections += [wv.value for wv in spill.finish_bundle()]
     assert {bucket for bucket, _ in sections} == {0}  # 5 inputs, 100 per bucket
     assert len({url for _, (url, _, _) in sections}) == (3 if per_file == 2 else 1)
-    writer = shards._WriteBucketFn(out, temp, 1, ShardConfig(max_samples=2), SPECS)
+    writer = shards._WriteBucketFn(out, temp, shards.RunPlan(version=1), ShardConfig(max_samples=2), SPECS)
     outputs = list(writer.process((0, [section for _, section in sections]), 1))
     rows = [o.value[1] for o in outputs if o.tag == "rows"]
     assert [r["url"] for r in rows] == [f"shards/v000001/shard-000000-{i:04d}.tar" for i in range(3)]
@@ -145,3 +145,50 @@ def test_spilled_samples_make_the_shards_the_writer_makes(tmp_path, monkeypatch,
         assert (row["samples"], row["bytes"], row["tokens"]) == (w.samples, w.bytes, dict(w.tokens))
     produced = shards.contributions_of(o.value[1] for o in outputs if o.tag == "produced")
     assert sorted(stats["uri"] for _, _, stats in produced) == sorted(s.meta["source"]["uri"] for s in samples)
+
+
+def _stock(urls):
+    return {s["__key__"]: s for s in wds.WebDataset([str(u) for u in urls], shardshuffle=False).decode()}
+
+
+def test_separate_vectors_writes_two_shard_sets_stock_webdataset_reads_each(tmp_path):
+    samples = [make_sample(i, frames=20 + i) for i in range(5)]
+    out = tmp_path / "out"
+    written = write_all(tmp_path, samples, ShardConfig(max_samples=3, separate_vectors=True))
+    index = shards.finalize(str(out), str(tmp_path / "tmp"), written, {"streams": SPECS})
+    rows = list(dataset.shard_rows(str(out), index))
+    assert [(r["url"], r["vectors_url"]) for r in rows] == [
+        ("shards/v000001/shard-000000-0000.tar", "shards/v000001/vectors-000000-0000.tar"),
+        ("shards/v000001/shard-000000-0001.tar", "shards/v000001/vectors-000000-0001.tar")]
+    for r in rows:
+        assert r["bytes"] == os.path.getsize(out / r["url"]) and r["vectors_bytes"] == os.path.getsize(out / r["vectors_url"])
+    assert index["totals"]["bytes"] == sum(r["bytes"] + r["vectors_bytes"] for r in rows)
+    assert dataset.referenced_files(str(out), index) >= {r["vectors_url"] for r in rows}
+    with tarfile.open(out / rows[0]["url"]) as a, tarfile.open(out / rows[0]["vectors_url"]) as b:
+        assert [m.name.split(".", 1)[1] for m in a] == ["json", "units.npy"] * 3
+        assert [m.name for m in b] == [f"{s.key}.mel.npy" for s in samples[:3]]
+    discrete = _stock(out / r["url"] for r in rows)
+    vectors = _stock(out / r["vectors_url"] for r in rows)
+    assert list(discrete) == list(vectors) == [s.key for s in samples]
+    for s in samples:
+        np.testing.assert_array_equal(discrete[s.key]["units.npy"], s.streams["units"])
+        np.testing.assert_array_equal(vectors[s.key]["mel.npy"], s.streams["mel"])
+        assert "mel.npy" not in discrete[s.key] and "json" not in vectors[s.key]
+
+
+def test_separate_vectors_shards_are_the_same_bytes_on_a_rerun_and_absent_without_vectors(tmp_path):
+    samples = [make_sample(i) for i in range(4)]
+    files = []
+    for run in ("a", "b"):
+        written = write_all(tmp_path / run, samples, ShardConfig(max_samples=2, separate_vectors=True))
+        index = shards.finalize(str(tmp_path / run / "out"), str(tmp_path / run / "tmp"), written, {"streams": SPECS})
+        files.append({r: (tmp_path / run / "out" / r).read_bytes()
+                      for row in dataset.shard_rows(str(tmp_path / run / "out"), index)
+                      for r in (row["url"], row["vectors_url"])})
+    assert files[0] == files[1] and len(files[0]) == 4
+    units_only = [Sample(s.key, s.meta, {"units": s.streams["units"]}) for s in samples]
+    written = write_all(tmp_path / "c", units_only, ShardConfig(separate_vectors=True))
+    assert [w.vectors_temp_url for w in written] == [""]
+    index = shards.finalize(str(tmp_path / "c" / "out"), str(tmp_path / "c" / "tmp"), written, {"streams": SPECS})
+    assert "vectors_url" not in next(dataset.shard_rows(str(tmp_path / "c" / "out"), index))
+    assert sorted(os.listdir(tmp_path / "c" / "out" / "shards" / "v000001")) == ["shard-000000-0000.tar"]
