@@ -22,7 +22,9 @@ resampled to the tokenizer's rate; synthetic speech-like audio when the folder i
   distance to its segment's end (where the padding starts).
 
 * **two torch threads vs one** (``--torch-threads``): the same segments encoded one at a time
-  with two intra-op threads and with one: CPU kernels may split their sums differently.
+  with two intra-op threads and with one: CPU kernels may split their sums differently. For the
+  SSL models, also the share of feature values (as float16, what ``*-emb`` streams store) that
+  are equal.
 
 A code that differs far from any seam is checked for a float near-tie: the encoder's latent at
 that frame is compared between the whole encode and the chunk that produced the frame
@@ -176,6 +178,7 @@ class Differences:
     distance: list[int] = dataclasses.field(default_factory=list)  # to the nearest seam / end, frames
     far_latent_rel: list[float] = dataclasses.field(default_factory=list)
     far_margin: list[float] = dataclasses.field(default_factory=list)
+    float16_equal: float | None = None  # share of feature values equal as float16 (SSL, threads)
 
     @property
     def fraction_equal(self) -> float:
@@ -196,7 +199,7 @@ class Differences:
         return {"codes": self.codes, "equal": self.equal, "fraction_equal": self.fraction_equal,
                 "differing_frames": len(self.frames), "far_frames": self.far,
                 "distance_frames": self.distance, "far_latent_rel": self.far_latent_rel,
-                "far_margin": self.far_margin}
+                "far_margin": self.far_margin, "float16_equal": self.float16_equal}
 
 
 def compare(a: np.ndarray, b: np.ndarray, anchors: Sequence[int]) -> Differences:
@@ -266,17 +269,23 @@ def threads_vs_one(tok, audio: np.ndarray, threads: int = 2) -> Differences:
     lengths = batch_lengths(len(audio), tok.sample_rate, pairs=False)
     starts = np.cumsum([0, *lengths[:-1]])
     pieces = [audio[s:s + n] for s, n in zip(starts, lengths)]
+    ssl = hasattr(tok, "backbone")
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         one = [tok.encode(p)[stream] for p in pieces]
+        features_one = [tok.backbone.features([p])[0].astype(np.float16) for p in pieces] if ssl else []
         torch.set_num_threads(threads)
         many = [tok.encode(p)[stream] for p in pieces]
+        features_many = [tok.backbone.features([p])[0].astype(np.float16) for p in pieces] if ssl else []
     finally:
         torch.set_num_threads(before)
     total = Differences()
     for piece, a, b in zip(pieces, one, many):
         total.add(compare(a, b, [-(-len(piece) // hop)]))
+    if ssl:
+        same = sum(int((x == y).sum()) for x, y in zip(features_one, features_many))
+        total.float16_equal = same / sum(x.size for x in features_one)
     return total
 
 
@@ -340,6 +349,13 @@ def _worst(values: Sequence[float]) -> str:
     return f"{max(values):.1e}" if values else "-"
 
 
+def _threads_cell(t: dict[str, Any] | None) -> str:
+    if not t:
+        return "-"
+    features = f" (features as float16: {_percent(t['float16_equal'])})" if t.get("float16_equal") is not None else ""
+    return _percent(t["fraction_equal"]) + features
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| tokenizer | codes | chunked = whole | differing frames (near a seam / far) | far: latent rel. diff "
              "(max) | far: code margin (max) | padded batch = one at a time | differing frames (near the end / far) "
@@ -356,7 +372,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join([
             r["tokenizer"], str(c["codes"] if c else b["codes"]), *chunk_cols, _percent(b["fraction_equal"]),
             f"{b['differing_frames'] - b['far_frames']} / {b['far_frames']}",
-            _percent(r["threads"]["fraction_equal"]) if r.get("threads") else "-"]) + " |")
+            _threads_cell(r.get("threads"))]) + " |")
     return "\n".join(lines)
 
 
