@@ -11,10 +11,12 @@ temporary folder (default 110: 2.0 hours, 880 files). Rows, one after the other:
   - ``lhotse e2e``: Lhotse's recipe (``Recording`` -> ``cut_into_windows`` -> ``Fbank`` ->
     ``SharWriter``) in a fresh interpreter (``python benchmarks/throughput.py lhotse-e2e``);
   - ``audiotok e2e``: ``python -m audiotok.pipelines.tokenize --tokenizer logmel``, defaults;
-  - ``audiotok e2e, N workers``: the same on all the machine's cores the documented way
-    (``--workers-profile``, default ``direct-multiprocess``, ``--direct_num_workers=N``);
+  - ``audiotok e2e, N workers``: the same on N worker processes (``--profile
+    direct-multiprocess --direct_num_workers=N``), on N cores;
   - ``audiotok e2e, 1 worker, 1 core``: that profile with one worker, the process tree held to
     one core (``sched_setaffinity``): what one worker of the row above does alone;
+  - ``audiotok e2e, N threads`` and ``audiotok e2e, 1 thread, 1 core``: the same pair with
+    ``--profile direct-threads`` (bundles on N threads of one process);
   - ``audiotok e2e, one file``: the default job on one 4 s file: what a run costs besides audio.
 
 * the decode stage, in this process after a warm-up:
@@ -26,8 +28,8 @@ temporary folder (default 110: 2.0 hours, 880 files). Rows, one after the other:
     soxr to 16 kHz.
 
 ``x real time`` = seconds of input audio / wall seconds. ``ratio`` = a row's x real time / its
-baseline's: ``lhotse e2e`` for the e2e rows, ``audiotok e2e, 1 worker, 1 core`` for the
-N-worker row, ``bare decode loop`` for the decode stage. Every row gets an untimed warm-up
+baseline's: ``lhotse e2e`` for the e2e rows, the one-core row of the same profile for the N-worker and
+N-thread rows, ``bare decode loop`` for the decode stage. Every row gets an untimed warm-up
 on the original files (imports, page cache) unless ``--quick``, then ``--repeats`` interleaved
 rounds; a row reports its fastest. Both sides use ``--torch-threads`` (default 1) torch threads.
 The load average before and after is in the report: read the ratios, not the speeds, on a busy
@@ -341,8 +343,8 @@ def _tokenize_command(pattern: str, output: Path, threads: int, flags: Sequence[
             "--torch-threads", str(threads), "--overwrite", *flags]
 
 
-def plan_rows(work: Path, copies: int, threads: int, lhotse: bool, workers_profile: str,
-              workers: int, source: Path = EXAMPLE_CORPUS) -> tuple[list[Row], dict[str, Any]]:
+def plan_rows(work: Path, copies: int, threads: int, lhotse: bool, workers: int,
+              source: Path = EXAMPLE_CORPUS) -> tuple[list[Row], dict[str, Any]]:
     """Builds the corpus under ``work``; returns the rows (in the order each round runs them) and
     the corpus's description."""
     originals = audio_files(source)
@@ -379,12 +381,14 @@ def plan_rows(work: Path, copies: int, threads: int, lhotse: bool, workers_profi
                         warm=lambda: _run_process(warm_command, None)))
     rows.append(e2e(E2E, LHOTSE_E2E if lhotse else None))
     cpus = sorted(os.sched_getaffinity(0))
-    profile_flags = ["--profile", workers_profile]
     if workers > 1 and len(cpus) >= workers:
-        one_worker = f"audiotok e2e, 1 worker, 1 core"
-        rows.append(e2e(one_worker, None, [*profile_flags, "--direct_num_workers=1"], cpus={cpus[0]}))
-        rows.append(e2e(f"audiotok e2e, {workers} workers", one_worker,
-                        [*profile_flags, f"--direct_num_workers={workers}"], cpus=set(cpus[:workers])))
+        for profile, one_name, many_name in (("direct-multiprocess", "audiotok e2e, 1 worker, 1 core",
+                                              f"audiotok e2e, {workers} workers"),
+                                             ("direct-threads", "audiotok e2e, 1 thread, 1 core",
+                                              f"audiotok e2e, {workers} threads")):
+            rows.append(e2e(one_name, None, ["--profile", profile, "--direct_num_workers=1"], cpus={cpus[0]}))
+            rows.append(e2e(many_name, one_name, ["--profile", profile, f"--direct_num_workers={workers}"],
+                            cpus=set(cpus[:workers])))
     rows.append(e2e(ONE, None, folder=one_dir, seconds=audio_seconds(one)))
     rows.append(Row(BARE, None, audio_s, call=lambda: bare_decode(files), warm=lambda: bare_decode(originals)))
     rows.append(Row(STAGE, BARE, audio_s, call=lambda: decode_stage(corpus), warm=lambda: decode_stage(warm_dir)))
@@ -420,7 +424,7 @@ class UnknownRowError(ValueError):
 
 
 def measure(workdir: Path, copies: int, repeats: int = 1, warmup: bool = True, lhotse: bool = True,
-            threads: int = 1, workers_profile: str = "direct-multiprocess", workers: int | None = None,
+            threads: int = 1, workers: int | None = None,
             source: Path = EXAMPLE_CORPUS, rows: Sequence[str] | None = None) -> dict[str, Any]:
     """Builds the corpus under ``workdir``, runs every row, checks the outputs.
 
@@ -439,7 +443,7 @@ def measure(workdir: Path, copies: int, repeats: int = 1, warmup: bool = True, l
         raise ValueError(f"repeats must be >= 1. Found: {repeats}")
     lhotse = lhotse and have_lhotse()
     workers = workers or len(os.sched_getaffinity(0))
-    plan, corpus = plan_rows(workdir, copies, threads, lhotse, workers_profile, workers, source)
+    plan, corpus = plan_rows(workdir, copies, threads, lhotse, workers, source)
     if rows is not None:
         unknown = sorted(set(rows) - {r.name for r in plan})
         if unknown:
@@ -473,7 +477,7 @@ def measure(workdir: Path, copies: int, repeats: int = 1, warmup: bool = True, l
         "machine": machine_info(),
         "load": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
         "settings": {"copies": copies, "repeats": repeats, "warmup": warmup, "torch_threads": threads,
-                     "workers_profile": workers_profile, "workers": workers, "segment_s": SEGMENT_S,
+                     "workers": workers, "segment_s": SEGMENT_S,
                      "n_mels": N_MELS, "sample_rate_hz": TARGET_RATE_HZ},
         "corpus": corpus,
         "rows": report_rows,
@@ -543,10 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed rounds; each row reports its fastest")
     parser.add_argument("--torch-threads", type=int, default=1, metavar="N",
                         help="torch threads on both sides (default 1; OMP_NUM_THREADS for the processes too)")
-    parser.add_argument("--workers-profile", default="direct-multiprocess",
-                        help="the runner profile of the N-worker rows (default direct-multiprocess)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes of the N-worker row (default: the cores this process may use)")
+                        help="workers (processes, threads) of the N-worker rows (default: the cores this process "
+                             "may use)")
     parser.add_argument("--no-lhotse", action="store_true", help="skip the Lhotse row")
     parser.add_argument("--rows", metavar="NAMES", help="'|'-separated row names to run (default: all)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
@@ -567,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="audiotok-throughput-"))
     try:
         report = measure(workdir, copies, repeats=args.repeats, warmup=not args.quick, lhotse=lhotse,
-                         threads=args.torch_threads, workers_profile=args.workers_profile, workers=args.workers,
+                         threads=args.torch_threads, workers=args.workers,
                          rows=[r.strip() for r in args.rows.split("|") if r.strip()] if args.rows else None)
     except UnknownRowError as e:
         parser.error(str(e))

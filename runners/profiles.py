@@ -8,6 +8,9 @@ key, and the others stay).
 
 * ``direct`` (default): in this process (FnApiRunner; skips the DirectRunner's Prism download).
 * ``direct-multiprocess``: two local worker processes.
+* ``direct-threads``: bundles on two threads of this process (``--direct_num_workers``), each
+  thread with its own decoder processes; no worker start-up and no data plane between
+  processes, but the threads share the interpreter's lock for the Python parts of the work.
 * ``portable``: a Beam job service at ``--job_endpoint`` (``python -m audiotok.runners.portable``
   starts one); LOOPBACK workers unless ``--environment_type`` says otherwise.
 * ``dataflow``: Google Cloud Dataflow; needs ``--project``, ``--region``, ``--temp_location``;
@@ -234,6 +237,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
              f"--environment_cache_millis={ENVIRONMENT_CACHE_MS}"), derive=_flink_defaults),
     Profile("prism", "Beam's Prism runner (Go, portable), workers in this process",
             ("--runner=PrismRunner",), derive=_prism_defaults),
+    Profile("direct-threads", "bundles on two threads of this process, each with its decoder processes",
+            ("--runner=FnApiRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=2")),
 )}
 
 

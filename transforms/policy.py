@@ -18,6 +18,7 @@ Every refusal is an :class:`AudiotokError` with a reason code (README.md, "Bad i
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Iterable
 
@@ -209,18 +210,26 @@ class SampleStats:
 
 
 def block_stats(block: np.ndarray) -> SampleStats:
-    """Statistics of one float32 [channels, n] block (at most ``SCAN_FRAMES`` frames at a time)."""
+    """Statistics of one float32 [channels, n] block (at most ``SCAN_FRAMES`` frames at a time).
+
+    Usually two passes: the maximum and the minimum (NaN and Inf show in them); the finite mask
+    and the clipped count are computed only when those say they are needed.
+    """
     stats = SampleStats()
     for start in range(0, block.shape[-1], SCAN_FRAMES):
         part = block[..., start: start + SCAN_FRAMES]
-        ok = np.isfinite(part)
-        finite = bool(ok.all())
-        if not finite:
-            part = np.where(ok, part, np.float32(0))
         if not part.size:
             continue
-        peak = max(float(part.max()), -float(part.min()))
-        clipped = int(np.count_nonzero(part >= CLIP_LEVEL)) + int(np.count_nonzero(part <= -CLIP_LEVEL))
+        high, low = float(part.max()), float(part.min())
+        finite = math.isfinite(high) and math.isfinite(low)
+        if not finite:
+            ok = np.isfinite(part)
+            part = np.where(ok, part, np.float32(0))
+            high, low = float(part.max()), float(part.min())
+        peak = max(high, -low)
+        clipped = 0
+        if peak >= CLIP_LEVEL:
+            clipped = int(np.count_nonzero(part >= CLIP_LEVEL)) + int(np.count_nonzero(part <= -CLIP_LEVEL))
         stats = stats + SampleStats(finite, peak, clipped, int(part.size))
     return stats
 

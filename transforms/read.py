@@ -96,15 +96,17 @@ class _DecodeFn(beam.DoFn):
         self._in_flight: collections.deque = collections.deque()  # (decoder, ref), oldest first
 
     def process(self, ref: AudioRef):
-        if len(self._in_flight) == len(self._decoders):
-            yield from self._finish_oldest()
+        # The oldest answer is collected, and only then the next input submitted, before anything
+        # is emitted: the steps fused after this one run when it yields, and the decoders must be
+        # busy meanwhile.
+        ready = list(self._finish_oldest()) if len(self._in_flight) == len(self._decoders) else []
         decoder = next(d for d in self._decoders if not d.busy)
         try:
             decoder.submit(ref)
+            self._in_flight.append((decoder, ref))
         except AudiotokError as e:
-            yield from self._failed(ref, e)
-            return
-        self._in_flight.append((decoder, ref))
+            ready.extend(self._failed(ref, e))
+        yield from ready
 
     def finish_bundle(self):
         while self._in_flight:

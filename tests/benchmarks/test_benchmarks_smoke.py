@@ -52,7 +52,9 @@ def test_every_row_runs_and_its_output_loads_back(small_corpus, tmp_path):
     assert rows["lhotse e2e"]["output"]["samples"] == rows["audiotok e2e"]["output"]["samples"] == 6
     if "audiotok e2e, 2 workers" in rows:  # two CPUs to run them on
         assert rows["audiotok e2e, 2 workers"]["baseline"] == "audiotok e2e, 1 worker, 1 core"
-        assert rows["audiotok e2e, 2 workers"]["output"]["samples"] == 6
+        assert rows["audiotok e2e, 2 threads"]["baseline"] == "audiotok e2e, 1 thread, 1 core"
+        assert rows["audiotok e2e, 2 workers"]["output"]["samples"] == rows["audiotok e2e, 2 threads"]["output"][
+            "samples"] == 6
     assert "audiotok decode stage" in throughput.format_table(report)
 
 

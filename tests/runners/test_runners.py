@@ -152,6 +152,11 @@ def test_direct_multiprocess_writes_what_the_in_process_run_writes(tmp_path):
     _run(os.path.join(EXAMPLE_CORPUS, "**"), str(tmp_path / "out"), "direct-multiprocess", [])
     assert dataset_digest(str(tmp_path / "out")) == local_reference()
 
+@pytest.mark.slow
+def test_direct_threads_writes_what_the_in_process_run_writes(tmp_path):
+    _run(os.path.join(EXAMPLE_CORPUS, "**"), str(tmp_path / "out"), "direct-threads", [])
+    assert dataset_digest(str(tmp_path / "out")) == local_reference()
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)

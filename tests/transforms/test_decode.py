@@ -297,3 +297,10 @@ def test_a_cut_flac_is_judged_as_a_whole_without_a_statistics_pass(tmp_path):
     n = min(streamed.shape[0], samples.shape[0])
     assert n > 25 * 16000
     np.testing.assert_array_equal(streamed[:n], samples[:n])
+
+
+@pytest.mark.parametrize("channels", [2, 3, 6])
+def test_downmix_is_numpys_mean_exactly(channels):
+    """On the interleaved [samples, channels] buffers the readers fill, seen as [channels, samples]."""
+    buffer = np.random.default_rng(channels).standard_normal((48000, channels)).astype(np.float32)
+    np.testing.assert_array_equal(decode.downmix(buffer.T), buffer.T.mean(axis=0, dtype=np.float32))
