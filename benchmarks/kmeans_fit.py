@@ -45,7 +45,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -164,27 +163,17 @@ def hand_written_fit(features: np.ndarray, k: int, seed: int = 0, max_iter: int 
 # ---------------------------------------------------------------------------- one fit, in a child process
 
 
-def _status_mb(field: str) -> float:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, MB. Not ``ru_maxrss``: it keeps the
-    peak of the parent that forked this process before the exec."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
-
-
 def run_child(method: str, frames_path: str, k: int, seed: int, out_path: str, budget_s: float) -> dict[str, Any]:
     """Fits ``method`` on the frames; saves the centroids to ``out_path``; returns the figures."""
+    from audiotok.transforms import isolation
+
     if method == "audiotok":
         from audiotok.transforms.tokenizers import kmeans
         kmeans._faiss()
     elif method.startswith("sklearn"):
         import sklearn.cluster  # noqa: F401
     frames = np.load(frames_path)
-    rss_loaded = _status_mb("VmRSS")
+    rss_loaded = isolation.proc_status_mb("VmRSS") or 0.0
     t0, c0 = time.perf_counter(), time.process_time()
     stopped = None
     if method == "audiotok":
@@ -208,7 +197,7 @@ def run_child(method: str, frames_path: str, k: int, seed: int, out_path: str, b
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if centroids is not None:
         np.save(out_path, centroids)
-    peak = _status_mb("VmHWM")
+    peak = isolation.peak_rss_mb()
     return {"wall_s": wall, "cpu_s": cpu, "peak_mb": peak, "loaded_mb": rss_loaded, "iterations": iterations,
             "stopped": stopped, "fitted": centroids is not None}
 

@@ -5,8 +5,8 @@ into a temporary folder; for each of ``--hours`` (default 1, 2, 4, 8) a manifest
 copies that make that many hours. Each row is one ``audiotok tokenize`` run
 (``audiotok.pipelines.tokenize.run``: the default in-process runner, ``--tokenizer logmel``, 30 s
 windows, shards, index, card) in a fresh Python process, which reports its own peak resident
-memory (``ru_maxrss``) and the largest of its decoder processes (the ``decoder_max_rss_mb``
-distribution). A ``one file`` row gives the floor: what a run needs besides its audio.
+memory (``VmHWM``: see ``isolation.peak_rss_mb``) and the largest of its decoder processes (the
+``decoder_max_rss_mb`` distribution). A ``one file`` row gives the floor: what a run needs besides its audio.
 
     python benchmarks/local_memory.py                       # 1, 2, 4, 8 h
     python benchmarks/local_memory.py --hours 1,2 --json out/local_memory.json
@@ -35,13 +35,11 @@ CORPUS_S = 78.2  # the example corpus' seconds of audio
 
 
 def child(argv: list[str]) -> None:
-    import resource
-
     import apache_beam as beam
 
     from audiotok.pipelines import tokenize as job
     from audiotok.runners import profiles
-    from audiotok.transforms import metrics
+    from audiotok.transforms import isolation, metrics
     from audiotok.transforms.match import MatchConfig
     from audiotok.transforms.tokenize import TokenizeConfig
 
@@ -62,7 +60,7 @@ def child(argv: list[str]) -> None:
     print(json.dumps({
         "files": counters.get("files_ok", 0), "audio_s": counters.get("audio_ms", 0) / 1000,
         "samples": index["totals"]["samples"], "wall_s": round(time.perf_counter() - start, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(isolation.peak_rss_mb(), 1),
         "decoder_peak_rss_mb": max((d.committed.max for d in decoder if d.committed), default=None),
     }))
 

@@ -4,7 +4,7 @@ A recording of ``--hours`` (default 3) is generated into a temporary folder: one
 synthetic speech (voiced syllables, noise bursts, pauses) and 1-3 s silences, repeated, as
 FLAC (``--format``) at 44.1 kHz stereo (``--rate``, ``--channels``), written block by block.
 Then each row runs in a fresh Python process, so that its peak resident memory
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own:
+(``VmHWM``, not ``ru_maxrss``: see ``isolation.peak_rss_mb``) is its own:
 
 * ``imports``: the imports every row makes (numpy, torch, Beam, the project): the floor.
 * ``stream <segmenter>``: the long-file path of the job without Beam: probe the header, plan
@@ -157,7 +157,7 @@ ROWS = {"imports": row_imports, "stream": row_stream, "whole": row_whole}
 
 
 def child(argv: list[str]) -> None:
-    import resource
+    from audiotok.transforms import isolation
 
     parser = argparse.ArgumentParser()
     parser.add_argument("row")
@@ -169,7 +169,7 @@ def child(argv: list[str]) -> None:
     parser.add_argument("--tracemalloc", action="store_true")
     args = parser.parse_args(argv)
     out = ROWS[args.row](args)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_rss_mb"] = round(isolation.peak_rss_mb(), 1)
     print(json.dumps(out))
 
 

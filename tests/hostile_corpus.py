@@ -360,13 +360,11 @@ class FaultPoints(FileDecoder):
 def run_pipeline(root: Path, output: Path, timeout_s: float = 4.0) -> dict:
     """The corpus through ``audiotok.pipelines.tokenize`` (build + run on FnApiRunner, process isolation,
     faulty decoder). Returns a JSON-able report: failures, samples per source, peak memory."""
-    import resource
-
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from audiotok.pipelines import tokenize as job
-    from audiotok.transforms import dataset, metrics
+    from audiotok.transforms import dataset, isolation, metrics
     from audiotok.transforms.decode import DecodeConfig
     from audiotok.transforms.match import MatchConfig
     from audiotok.transforms.segment import SegmentConfig
@@ -391,14 +389,13 @@ def run_pipeline(root: Path, output: Path, timeout_s: float = 4.0) -> dict:
     failures = []
     for row in dataset.failure_rows(str(output), index):
         failures += [json.loads(line) for line in (output / row["url"]).read_text("utf-8").splitlines()]
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "failures": failures,
         "shards": [str(output / row["url"]) for row in dataset.shard_rows(str(output), index)],
         "counters": counters,
         "too_many_failures": too_many,
         "wall_s": wall_s,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "peak_rss_mb": isolation.peak_rss_mb(),
         "decoder_max_rss_mb": max((d.committed or d.attempted).max for d in rss) if rss else None,
     }
 

@@ -493,8 +493,25 @@ def _exit_description(code: int | None) -> str:
 # ------------------------------------------------------------------ the child
 
 
-def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb() -> float:
+    """The peak resident memory of this process, MB: ``VmHWM`` where Linux gives it. Not
+    ``ru_maxrss`` there: a process started by vfork + exec (``subprocess``, ``spawn``) inherits in
+    it the peak of the parent that started it, which says nothing of its own memory."""
+    peak = proc_status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if peak is None else peak
+
+
+def proc_status_mb(field: str) -> float | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB; None off Linux."""
+    key = field.encode() + b":"
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(key):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _error_header(error: BaseException) -> dict[str, Any]:
@@ -525,14 +542,14 @@ def _answer_open(conn, decoder: FileDecoder, config: DecodeConfig, request: dict
         return
     if isinstance(opened, Plan):
         _send(conn, {"ok": True, "kind": "plan", "probe": opened.probe.to_json(), "cuts": list(opened.cuts), "repair": opened.repair.to_json(), "notes": list(opened.notes),
-                     "frames": opened.frames, "max_rss_mb": _max_rss_mb()})
+                     "frames": opened.frames, "max_rss_mb": peak_rss_mb()})
         return
     decoded, notes = opened
     samples = np.ascontiguousarray(decoded.audio, dtype=np.float32).reshape(-1)
     _send(conn, {"ok": True, "kind": "whole", "samples": int(samples.size), "sample_rate": int(decoded.sample_rate),
                  "source_sample_rate": int(decoded.source_sample_rate),
                  "source_channels": int(decoded.source_channels), "source_format": str(decoded.source_format),
-                 "notes": [str(n) for n in notes], "max_rss_mb": _max_rss_mb()}, samples)
+                 "notes": [str(n) for n in notes], "max_rss_mb": peak_rss_mb()}, samples)
 
 
 def _answer_stretch(conn, decoder: FileDecoder, config: DecodeConfig, request: dict[str, Any]) -> None:
@@ -547,7 +564,7 @@ def _answer_stretch(conn, decoder: FileDecoder, config: DecodeConfig, request: d
     except Exception as e:
         _send(conn, _error_header(e))
         return
-    _send(conn, {"ok": True, "kind": "end", "max_rss_mb": _max_rss_mb()})
+    _send(conn, {"ok": True, "kind": "end", "max_rss_mb": peak_rss_mb()})
 
 
 def serve(conn, config: DecodeConfig, environ: dict[str, str] | None = None) -> None:

@@ -203,3 +203,19 @@ def test_the_decoder_process_imports_no_beam():
     done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """A process started by subprocess inherits its parent's peak in ``ru_maxrss``; the figure the
+    memory checks read (``peak_rss_mb``) is the child's own."""
+    import subprocess
+    import sys
+
+    ballast = np.ones(400 * 1024 * 1024 // 8)  # 400 MB resident in this (the parent) process
+    code = ("import resource; from audiotok.transforms import isolation; "
+            "print(isolation.peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    own, inherited = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True).stdout.split())
+    del ballast
+    assert own < 350 < inherited, (own, inherited)  # the second: what the check would have read
