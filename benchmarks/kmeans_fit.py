@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -57,6 +55,8 @@ if str(ROOT) not in sys.path:  # run as a script: make the repo's packages impor
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+
+from benchmarks import common  # noqa: E402
 
 METHODS = ("audiotok", "hand-written", "sklearn-minibatch", "sklearn-kmeans")
 CASES = {"ssl": {"frames": 200_000, "dim": 768, "k": 500}, "mfcc": {"frames": 200_000, "dim": 39, "k": 100}}
@@ -229,8 +229,9 @@ def fit_in_child(method: str, frames_path: Path, k: int, seed: int, budget_s: fl
 
 def measure(workdir: Path, cases: Sequence[str], methods: Sequence[str], quick: bool = False, seed: int = 0,
             frames: int | None = None, budget_s: float = 1800.0) -> dict[str, Any]:
-    report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
-                              "load_before": _load(), "budget_s": budget_s, "cases": []}
+    report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              "machine": common.machine_info(("faiss", "sklearn", "numpy")),
+                              "load_before": common.load_average(), "budget_s": budget_s, "cases": []}
     for case in cases:
         spec = dict((QUICK if quick else CASES)[case])
         if frames:
@@ -251,32 +252,8 @@ def measure(workdir: Path, cases: Sequence[str], methods: Sequence[str], quick: 
             r["speedup"] = round(base["wall_s"] / r["wall_s"], 1) if base else None
         report["cases"].append({"case": case, "frames": int(x.shape[0]), "dim": int(x.shape[1]), "k": spec["k"],
                                 "frames_s": round(time.perf_counter() - t0, 1), "rows": rows})
-    report["load_after"] = _load()
+    report["load_after"] = common.load_average()
     return report
-
-
-def _load() -> list[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    for module in ("faiss", "sklearn", "numpy"):
-        try:
-            info[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
-            info[module] = None
-    return info
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -46,7 +46,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -58,6 +57,8 @@ if str(ROOT) not in sys.path:  # run as a script: make the repo's packages impor
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+
+from benchmarks import common  # noqa: E402
 
 CONTEXT_LEN = 2048
 SAMPLES_PER_SHARD = 500
@@ -321,8 +322,8 @@ def measure(workdir: Path, samples: int, repeats: int = 3, warmup: bool = True, 
     split = indexes["split"]
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_info(),
-        "load_before": _load(),
+        "machine": common.machine_info(("webdataset",)),
+        "load_before": common.load_average(),
         "dataset": {"samples": samples, "shards": len(shard_rows["split"]), "audio_s": split["totals"]["audio_s"],
                     "tokens": split["totals"]["tokens"], "shard_bytes": shard_bytes,
                     "split_bytes": {"discrete": size("split", "url"), "vectors": size("split", "vectors_url")},
@@ -332,34 +333,12 @@ def measure(workdir: Path, samples: int, repeats: int = 3, warmup: bool = True, 
     }
 
 
-def _load() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import webdataset
-
-    info["webdataset"] = getattr(webdataset, "__version__", None)
-    return info
-
-
 def format_table(report: dict[str, Any]) -> str:
     d = report["dataset"]
     mb = 1 / 1e6
     lines = [
         f"reader: {report['when']}, {report['machine'].get('cpu', '?')} ({report['machine']['cpu_count']} cores), "
-        f"load average {report['load_before']} before, {_load()} after",
+        f"load average {report['load_before']} before, {common.load_average()} after",
         f"dataset: {d['samples']} samples, {d['audio_s'] / 3600:.1f} h, {d['shards']} shard(s), "
         f"{d['shard_bytes'] * mb:.0f} MB; split: discrete {d['split_bytes']['discrete'] * mb:.1f} MB + vectors "
         f"{d['split_bytes']['vectors'] * mb:.0f} MB",

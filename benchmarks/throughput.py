@@ -49,7 +49,6 @@ import io
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -65,6 +64,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the repo's packages impor
     sys.path.insert(0, str(ROOT))
 
 from audiotok.transforms.match import DEFAULT_EXCLUDE, is_excluded  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 logger = logging.getLogger("audiotok.benchmarks.throughput")
 
@@ -356,7 +356,6 @@ def plan_rows(work: Path, copies: int, threads: int, lhotse: bool, workers: int,
     one_dir = work / "one"
     one = build_corpus(source, one_dir, 1, keep=lambda rel: rel == ONE_FILE)
     audio_s = audio_seconds(files)
-    pattern = f"{corpus}/**/*"
     rows = []
 
     def e2e(name: str, baseline: str | None, flags: Sequence[str] = (), cpus: set[int] | None = None,
@@ -399,24 +398,6 @@ def plan_rows(work: Path, copies: int, threads: int, lhotse: bool, workers: int,
 
 
 # ---------------------------------------------------------------------------- the run
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    for module in ("torch", "apache_beam", "lhotse", "soundfile", "av", "soxr"):
-        try:
-            info[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
-            info[module] = None
-    return info
 
 
 class UnknownRowError(ValueError):
@@ -474,7 +455,7 @@ def measure(workdir: Path, copies: int, repeats: int = 1, warmup: bool = True, l
     return {
         "benchmark": "throughput",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": common.machine_info(("torch", "apache_beam", "lhotse", "soundfile", "av", "soxr")),
         "load": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
         "settings": {"copies": copies, "repeats": repeats, "warmup": warmup, "torch_threads": threads,
                      "workers": workers, "segment_s": SEGMENT_S,
