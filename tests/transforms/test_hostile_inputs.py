@@ -37,8 +37,9 @@ from audiotok.transforms.shards import ShardConfig, ShardWriter
 ROOT = Path(__file__).resolve().parents[2]
 IN_PROCESS = DecodeConfig(isolation="none")
 # Peak resident memory of the pipeline run below (Beam, torch and logmel in one process, a
-# 10-minute file among the inputs), and of its decoder process. Measured ~1.0 GiB and ~0.2 GiB.
-PIPELINE_PEAK_RSS_MB = 1200  # measured: ~840 MB
+# 10-minute file among the inputs), and of its decoder process, each its own VmHWM. Measured ~840 MB
+# and ~75 MB.
+PIPELINE_PEAK_RSS_MB = 1200
 DECODER_PEAK_RSS_MB = 400
 
 
