@@ -1,4 +1,4 @@
-"""``audiotok card OUT``: (re)writes a dataset's card (``README.md``, ``stats.json``, ``card/*.png``)
+"""``audiotok card OUT``: (re)writes a dataset's card (``README.md``, ``stats.json``, ``card/*.svg``)
 and its ``vocab.json``.
 
 Every tokenize run writes the card too (from at most ``audiotok.transforms.card.RUN_MAX_SHARDS``

@@ -1,7 +1,8 @@
-"""The dataset card: ``OUT/README.md``, ``OUT/stats.json`` and ``OUT/card/*.png``.
+"""The dataset card: ``OUT/README.md``, ``OUT/stats.json`` and ``OUT/card/*.svg``.
 
 ``dataset_stats`` is the pure core (index + samples -> one JSON-able dict); ``render_plots``
-turns the stats into PNGs (matplotlib, Agg backend), ``render_readme`` into markdown, and
+turns the stats into SVG charts (``audiotok.transforms.svg``: no plotting library, a few KB
+each, the same stats give the same bytes), ``render_readme`` into markdown, and
 ``write_card`` does all three for a dataset folder.
 
 What counts as a *source*: the first folder below the input root, the deepest folder that
@@ -17,17 +18,14 @@ computed from that many evenly spaced shards, and the card says so.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import logging
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from audiotok.transforms import dataset, lm, storage
+from audiotok.transforms import dataset, lm, storage, svg
 
-logger = logging.getLogger(__name__)
 
 README_NAME = "README.md"
 STATS_NAME = "stats.json"
@@ -245,31 +243,19 @@ def dead_code_warnings(stats: Mapping[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise ImportError("the dataset card's plots need matplotlib: pip install 'audiotok[card]' "
-                          "(or pip install matplotlib)") from e
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+def _label_w(names: Sequence[str]) -> float:
+    return max((svg.text_width(n) for n in names), default=0.0) + 14
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
+def _bar_panel_height(n: int) -> float:
+    return 24.0 * max(n, 1)
 
 
-def _bar_labels(ax, bars, labels: Sequence[str]) -> None:
-    for bar, label in zip(bars, labels):
-        ax.annotate(label, (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
-                    textcoords="offset points", va="center", fontsize=8)
+def _barh_limit(values: Sequence[float], labels: Sequence[str], width: float) -> float:
+    """An x range that leaves room for the longest bar's label at its end."""
+    top = max([float(v) for v in values] + [0.0])
+    room = max((svg.text_width(t, svg.FONT - 2) for t in labels), default=0.0) + 8
+    return (top or 1.0) * width / max(width - room, width * 0.3)
 
 
 # Bars a per-source plot shows at most; the rest are summed into one "N others" bar
@@ -290,133 +276,171 @@ def top_rows(rows: Mapping[str, Mapping[str, float]], limit: int = MAX_PLOTTED_S
     return kept
 
 
-def _plot_sources(plt, stats: Mapping[str, Any]) -> bytes:
+def _plot_sources(stats: Mapping[str, Any]) -> bytes:
     rows = top_rows(stats["sources"]["by_source"])
-    names = list(rows)[::-1]
-    fig, (ax_h, ax_n) = plt.subplots(1, 2, figsize=(10, 1.6 + 0.35 * max(len(names), 1)), sharey=True,
-                                     layout="constrained")
+    names = list(rows)
+    left, w = _label_w(names), 320.0
+    h = _bar_panel_height(len(names))
+    top = 22 + svg.TITLE_H
+    fig = svg.Figure(left + 2 * w + 40 + 2 * svg.PAD, top + h + svg.AXIS_H + svg.PAD)
+    fig.text(fig.width / 2, 14, f"source = first folder below {stats['sources']['root'] or '/'}", size=9,
+             anchor="middle", color="dimgray")
     minutes = [rows[n]["audio_s"] / 60 for n in names]
-    bars = ax_h.barh(names, minutes, color="tab:blue")
-    _bar_labels(ax_h, bars, [f"{m:.1f} min" if m < 120 else f"{m / 60:.1f} h" for m in minutes])
-    ax_h.set_xlabel("minutes of audio")
-    ax_h.set_title("Audio per source")
-    ax_n.xaxis.get_major_locator().set_params(integer=True)
-    bars = ax_n.barh(names, [rows[n]["samples"] for n in names], color="tab:green")
-    _bar_labels(ax_n, bars, [str(rows[n]["samples"]) for n in names])
-    ax_n.set_xlabel("samples (segments)")
-    ax_n.set_title("Samples per source")
-    for ax in (ax_h, ax_n):
-        ax.margins(x=0.2)
-    fig.suptitle(f"source = first folder below {stats['sources']['root'] or '/'}", fontsize=9, color="dimgray")
-    return _png(fig)
+    labels = [f"{m:.1f} min" if m < 120 else f"{m / 60:.1f} h" for m in minutes]
+    ax = fig.panel(left, top, w, h, xlim=(0.0, _barh_limit(minutes, labels, w)), ylim=(0.0, 1.0))
+    ax.barh(names, minutes, labels, svg.BLUE)
+    ax.frame()
+    ax.xaxis("minutes of audio")
+    ax.title("Audio per source")
+    counts = [rows[n]["samples"] for n in names]
+    labels = [str(c) for c in counts]
+    ax = fig.panel(left + w + 40, top, w, h, xlim=(0.0, _barh_limit(counts, labels, w)), ylim=(0.0, 1.0))
+    ax.barh(names, counts, labels, svg.GREEN, names_shown=False)
+    ax.frame()
+    ax.xaxis("samples (segments)", integer=True)
+    ax.title("Samples per source")
+    return fig.tobytes()
 
 
-def _plot_durations(plt, stats: Mapping[str, Any]) -> bytes:
+def _plot_durations(stats: Mapping[str, Any]) -> bytes:
     d = stats["durations"]
-    edges = np.asarray(d["histogram"]["edges_s"])
+    edges = np.asarray(d["histogram"]["edges_s"], dtype=np.float64)
     counts = np.asarray(d["histogram"]["counts"])
-    fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
+    fig = svg.Figure(720, 320)
+    top_count = float(counts.max()) if counts.size else 1.0
+    xlim = (float(edges[0]), float(edges[-1])) if counts.size else (0.0, 1.0)
+    ax = fig.panel(70, 40, 620, 230, xlim=xlim, ylim=(0.0, max(top_count, 1.0) * 1.08))
+    for lo, hi, c in zip(edges[:-1], edges[1:], counts):
+        x0, x1 = ax.px(float(lo)), ax.px(float(hi))
+        fig.rect(x0, ax.py(float(c)), max(x1 - x0 - 1, 0.5), ax.py(0.0) - ax.py(float(c)), svg.BLUE)
     if counts.size:
-        ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue", edgecolor="white")
-        ax.axvline(d["median_s"], color="tab:red", linestyle="--", label=f"median {d['median_s']:.1f} s")
-        ax.legend()
-    ax.set_xlabel("segment duration (s)")
-    ax.set_ylabel("segments")
-    ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.set_title(f"Segment durations ({d['count']} segments, mean {d['mean_s']:.1f} s, max {d['max_s']:.1f} s)")
-    return _png(fig)
+        x = ax.px(d["median_s"])
+        fig.line(x, ax.y, x, ax.y + ax.h, svg.RED, dash=True, width=1.5)
+        label = f"median {d['median_s']:.1f} s"
+        fig.rect(ax.x + ax.w - svg.text_width(label) - 34, ax.y + 8, svg.text_width(label) + 28, 20, "white")
+        fig.line(ax.x + ax.w - svg.text_width(label) - 30, ax.y + 18, ax.x + ax.w - svg.text_width(label) - 12,
+                 ax.y + 18, svg.RED, dash=True, width=1.5)
+        fig.text(ax.x + ax.w - svg.text_width(label) - 8, ax.y + 22, label)
+    ax.frame()
+    ax.xaxis("segment duration (s)")
+    ax.yaxis("segments", integer=True)
+    ax.title(f"Segment durations ({d['count']} segments, mean {d['mean_s']:.1f} s, max {d['max_s']:.1f} s)")
+    return fig.tobytes()
 
 
-def _plot_tokens(plt, stats: Mapping[str, Any]) -> bytes:
+def _plot_tokens(stats: Mapping[str, Any]) -> bytes:
     streams = stats["streams"]
-    names = list(streams)[::-1]
-    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.45 * max(len(names), 1)), layout="constrained")
+    names = list(streams)
+    left, w = _label_w(names), 520.0
+    h = _bar_panel_height(len(names))
     tokens = [streams[n]["tokens"] for n in names]
-    bars = ax.barh(names, tokens, color=["tab:orange" if streams[n]["kind"] == "vectors" else "tab:blue"
-                                         for n in names])
-    _bar_labels(ax, bars, [f"{t:,} ({streams[n]['tokens_per_s']:.0f}/s, {streams[n]['kind']})"
-                           for t, n in zip(tokens, names)])
-    ax.margins(x=0.45)
-    ax.set_xlabel("tokens (codes: K x T; units: T; vectors: T frames)")
-    ax.set_title("Tokens per stream")
-    return _png(fig)
+    labels = [f"{t:,} ({streams[n]['tokens_per_s']:.0f}/s, {streams[n]['kind']})" for t, n in zip(tokens, names)]
+    fig = svg.Figure(left + w + 2 * svg.PAD, svg.TITLE_H + 10 + h + svg.AXIS_H + svg.PAD)
+    ax = fig.panel(left, svg.TITLE_H + 10, w, h, xlim=(0.0, _barh_limit(tokens, labels, w)))
+    ax.barh(names, tokens, labels, [svg.ORANGE if streams[n]["kind"] == "vectors" else svg.BLUE for n in names])
+    ax.frame()
+    ax.xaxis("tokens (codes: K x T; units: T; vectors: T frames)", integer=True)
+    ax.title("Tokens per stream")
+    return fig.tobytes()
 
 
-def _plot_codebooks(plt, name: str, s: Mapping[str, Any], counts: np.ndarray) -> bytes:
+def _plot_codebooks(name: str, s: Mapping[str, Any], counts: np.ndarray) -> bytes:
     k_books, size = counts.shape
-    fig, (ax_u, ax_e) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 1]},
-                                     layout="constrained")
+    fig = svg.Figure(1000, 340)
+    ax = fig.panel(80, 40, 600, 240, xlim=(-0.5, size - 0.5))
     if k_books == 1:
+        top = max(float(counts.max()), 1.0)
+        ax.ylim = (0.0, top * 1.08)
         dead = counts[0] == 0
-        ax_u.bar(np.arange(size), counts[0], width=1.0, color="tab:blue")
+        bar_w = ax.w / size
+        for code in np.flatnonzero(~dead):
+            c = float(counts[0, code])
+            fig.rect(ax.px(code - 0.5), ax.py(c), max(bar_w, 0.3), ax.py(0.0) - ax.py(c), svg.BLUE)
+        for code in np.flatnonzero(dead):
+            fig.rect(ax.px(code - 0.5), ax.py(top * 0.02), max(bar_w, 0.3), ax.py(0.0) - ax.py(top * 0.02), svg.RED)
         if dead.any():
-            ax_u.bar(np.flatnonzero(dead), np.full(dead.sum(), max(counts.max(), 1) * 0.02), width=1.0,
-                     color="tab:red", label=f"dead codes ({int(dead.sum())})")
-            ax_u.legend(loc="upper right")
-        ax_u.set_xlabel("code")
-        ax_u.set_ylabel("count")
-        ax_u.set_xlim(-0.5, size - 0.5)
+            fig.text(ax.x + ax.w - 6, ax.y + 16, f"dead codes ({int(dead.sum())})", anchor="end", color=svg.RED)
+        ax.yaxis("count", integer=True)
     else:
+        ax.ylim = (k_books - 0.5, -0.5)
         image = np.log10(counts + 1.0)
-        masked = np.ma.masked_where(counts == 0, image)
-        cmap = plt.get_cmap("viridis").with_extremes(bad="tab:red")
-        im = ax_u.imshow(masked, aspect="auto", interpolation="nearest", cmap=cmap)
-        fig.colorbar(im, ax=ax_u, label="log10(count + 1)")
-        ax_u.set_yticks(range(k_books))
-        ax_u.set_xlabel("code")
-        ax_u.set_ylabel("codebook")
-    ax_u.set_title(f"{name}: code usage (dead codes in red)")
+        hi = float(image.max()) or 1.0
+        rgb = svg.viridis(image / hi)
+        rgb[counts == 0] = (214, 39, 40)
+        fig.image(ax.x, ax.y, ax.w, ax.h, rgb)
+        for k in range(k_books):
+            if k_books <= 16 or k % 4 == 0:
+                fig.text(ax.x - 6, ax.py(k) + 4, str(k), anchor="end")
+        fig.vtext(40, ax.y + ax.h / 2, "codebook")
+        bar_x = ax.x + ax.w + 8
+        for i in range(64):
+            fig.rect(bar_x, ax.y + ax.h * (1 - (i + 1) / 64), 10, ax.h / 64 + 0.3,
+                     "#%02x%02x%02x" % tuple(svg.viridis(np.array((i + 0.5) / 64))))
+        fig.text(bar_x + 14, ax.y + 8, f"{hi:.1f}", size=9)
+        fig.text(bar_x + 14, ax.y + ax.h, "0", size=9)
+        fig.vtext(bar_x + 52, ax.y + ax.h / 2, "log10(count + 1)", size=9)
+    ax.frame()
+    ax.xaxis("code", integer=True)
+    ax.title(f"{name}: code usage (dead codes in red)")
+
     books = s["codebooks"]
-    idx = np.arange(len(books))
-    ax_e.bar(idx, [b["entropy_bits"] for b in books], width=0.6, color="tab:blue")
-    ax_e.axhline(books[0]["max_entropy_bits"], color="gray", linestyle="--", label=f"log2 {size}")
+    max_bits = books[0]["max_entropy_bits"]
+    ex = fig.panel(820, 40, 160, 240, xlim=(-0.6, len(books) - 0.4), ylim=(0.0, max_bits * 1.15 + 1e-9))
     for i, b in enumerate(books):
+        x0, x1 = ex.px(i - 0.3), ex.px(i + 0.3)
+        fig.rect(x0, ex.py(b["entropy_bits"]), x1 - x0, ex.py(0.0) - ex.py(b["entropy_bits"]), svg.BLUE)
         if b["dead"]:
-            ax_e.annotate(f"{b['dead']} dead", (i, b["entropy_bits"]), ha="center", va="bottom", fontsize=7,
-                          color="tab:red")
-    ax_e.set_xticks(idx)
-    ax_e.set_xlabel("codebook")
-    ax_e.set_ylabel("entropy (bits)")
-    ax_e.set_ylim(0, books[0]["max_entropy_bits"] * 1.15 + 1e-9)
-    ax_e.set_title("Entropy per codebook")
-    ax_e.legend(loc="lower right", fontsize=8)
-    return _png(fig)
+            fig.text(ex.px(i), ex.py(b["entropy_bits"]) - 3, f"{b['dead']} dead", size=8, anchor="middle",
+                     color=svg.RED)
+    fig.line(ex.x, ex.py(max_bits), ex.x + ex.w, ex.py(max_bits), svg.GRAY, dash=True)
+    fig.text(ex.x + ex.w - 4, ex.py(max_bits) - 4, f"log2 {size}", size=9, anchor="end", color=svg.GRAY)
+    ex.frame()
+    step = max(1, math.ceil(len(books) / 8))
+    ex.xaxis("codebook", ticks=list(range(0, len(books), step)))
+    ex.yaxis("entropy (bits)")
+    ex.title("Entropy per codebook")
+    return fig.tobytes()
 
 
-def _plot_failures(plt, stats: Mapping[str, Any]) -> bytes:
+def _plot_failures(stats: Mapping[str, Any]) -> bytes:
     by_reason = stats["failures"]["by_reason"]
-    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.4 * max(len(by_reason), 2)), layout="constrained")
-    if by_reason:
-        names = sorted(by_reason, key=lambda r: (by_reason[r], r))
-        bars = ax.barh(names, [by_reason[r] for r in names], color="tab:red")
-        _bar_labels(ax, bars, [str(by_reason[r]) for r in names])
-        ax.margins(x=0.15)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel("inputs dead-lettered")
-    else:
-        ax.text(0.5, 0.5, "no failures", ha="center", va="center", fontsize=14, transform=ax.transAxes)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    ax.set_title(f"Failures by reason ({stats['failures']['total']} in all)")
-    return _png(fig)
+    title = f"Failures by reason ({stats['failures']['total']} in all)"
+    if not by_reason:
+        fig = svg.Figure(640, 120)
+        ax = fig.panel(20, svg.TITLE_H + 10, 600, 70)
+        ax.frame()
+        fig.text(ax.x + ax.w / 2, ax.y + ax.h / 2 + 6, "no failures", size=16, anchor="middle")
+        ax.title(title)
+        return fig.tobytes()
+    names = sorted(by_reason, key=lambda r: (-by_reason[r], r))
+    counts = [by_reason[r] for r in names]
+    labels = [str(c) for c in counts]
+    left, w = _label_w(names), 480.0
+    h = _bar_panel_height(len(names))
+    fig = svg.Figure(left + w + 2 * svg.PAD, svg.TITLE_H + 10 + h + svg.AXIS_H + svg.PAD)
+    ax = fig.panel(left, svg.TITLE_H + 10, w, h, xlim=(0.0, _barh_limit(counts, labels, w)))
+    ax.barh(names, counts, labels, svg.RED)
+    ax.frame()
+    ax.xaxis("inputs dead-lettered", integer=True)
+    ax.title(title)
+    return fig.tobytes()
 
 
 def render_plots(stats: Mapping[str, Any], usage_counts: Mapping[str, np.ndarray]) -> dict[str, bytes]:
-    """Plot file name -> PNG bytes.
+    """Plot file name -> SVG bytes.
 
     Args:
         stats: from ``dataset_stats``.
         usage_counts: stream name -> int [K, N] code counts (the codebook plots).
     """
-    plt = _pyplot()
     plots = {
-        "sources.png": _plot_sources(plt, stats),
-        "durations.png": _plot_durations(plt, stats),
-        "tokens.png": _plot_tokens(plt, stats),
+        "sources.svg": _plot_sources(stats),
+        "durations.svg": _plot_durations(stats),
+        "tokens.svg": _plot_tokens(stats),
     }
     for name, counts in usage_counts.items():
-        plots[f"codebooks-{name}.png"] = _plot_codebooks(plt, name, stats["streams"][name], counts)
-    plots["failures.png"] = _plot_failures(plt, stats)
+        plots[f"codebooks-{name}.svg"] = _plot_codebooks(name, stats["streams"][name], counts)
+    plots["failures.svg"] = _plot_failures(stats)
     return plots
 
 
@@ -478,8 +502,8 @@ def render_readme(index: Mapping[str, Any], stats: Mapping[str, Any], vocab: lm.
                      size, f"{s['tokens']:,}", f"{s['tokens_per_s'] * 3600:,.0f}"))
     lines += _table(["stream", "kind", "tokenizer", "frame rate", "array", "codebooks", "tokens", "tokens / hour"],
                     rows)
-    if "tokens.png" in plot:
-        lines += ["", plot["tokens.png"]]
+    if "tokens.svg" in plot:
+        lines += ["", plot["tokens.svg"]]
     lines += ["", "## LM vocabulary (`vocab.json`)", ""]
     if vocab.streams:
         lines += [f"One flat vocabulary of {vocab.size:,} ids (fingerprint `{vocab.fingerprint()}`): specials, "
@@ -501,8 +525,8 @@ def render_readme(index: Mapping[str, Any], stats: Mapping[str, Any], vocab: lm.
     lines += ["", "## Sources", "", f"Source = {src['definition']}. Root: `{src['root'] or '/'}`.", ""]
     lines += _table(["source", "samples", "audio"], [(f"`{n}`", r["samples"], _duration(r["audio_s"]))
                                                      for n, r in top_rows(src["by_source"], 50).items()])
-    if "sources.png" in plot:
-        lines += ["", plot["sources.png"]]
+    if "sources.svg" in plot:
+        lines += ["", plot["sources.svg"]]
     if src["by_speaker"]:
         lines += ["", "By manifest speaker:", ""]
         lines += _table(["speaker", "samples", "audio"], [(f"`{n}`", r["samples"], _duration(r["audio_s"]))
@@ -512,8 +536,8 @@ def render_readme(index: Mapping[str, Any], stats: Mapping[str, Any], vocab: lm.
               f"{d['count']:,} segments: min {d['min_s']:.2f} s, median {d['median_s']:.2f} s, "
               f"mean {d['mean_s']:.2f} s, "
               f"90th percentile {d['p90_s']:.2f} s, max {d['max_s']:.2f} s."]
-    if "durations.png" in plot:
-        lines += ["", plot["durations.png"]]
+    if "durations.svg" in plot:
+        lines += ["", plot["durations.svg"]]
     coded = {n: s for n, s in stats["streams"].items() if "codebooks" in s}
     if coded:
         lines += ["", "## Codebook usage", "",
@@ -528,8 +552,8 @@ def render_readme(index: Mapping[str, Any], stats: Mapping[str, Any], vocab: lm.
         if warnings:
             lines += ["", "Flagged:", ""] + [f"- {w}" for w in warnings]
         for n in coded:
-            if f"codebooks-{n}.png" in plot:
-                lines += ["", plot[f"codebooks-{n}.png"]]
+            if f"codebooks-{n}.svg" in plot:
+                lines += ["", plot[f"codebooks-{n}.svg"]]
     f = stats["failures"]
     lines += ["", "## Failures", ""]
     if f["total"]:
@@ -538,8 +562,8 @@ def render_readme(index: Mapping[str, Any], stats: Mapping[str, Any], vocab: lm.
         lines += _table(["reason", "inputs"], sorted(f["by_reason"].items(), key=lambda x: (-x[1], x[0])))
     else:
         lines += ["None."]
-    if "failures.png" in plot:
-        lines += ["", plot["failures.png"]]
+    if "failures.svg" in plot:
+        lines += ["", plot["failures.svg"]]
     settings = index.get("settings", {})
     if settings:
         lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=1, sort_keys=True), "```"]
@@ -602,9 +626,7 @@ def pick_shards(n_total: int, max_shards: int | None) -> list[int]:
 
 
 def write_card(output: str, index: Mapping[str, Any] | None = None, max_shards: int | None = None) -> dict[str, Any]:
-    """Computes the stats of a dataset and writes ``README.md``, ``stats.json`` and ``card/*.png``.
-
-    Without matplotlib the card is written without plots (a warning says how to get them).
+    """Computes the stats of a dataset and writes ``README.md``, ``stats.json`` and ``card/*.svg``.
 
     Args:
         output: the dataset folder.
@@ -627,15 +649,11 @@ def write_card(output: str, index: Mapping[str, Any] | None = None, max_shards: 
         stats["dataset"]["vector_shards"] = vectors
     vocab_url = storage.join(output, lm.VOCAB_NAME)
     vocab = lm.read_vocab(output) if storage.exists(vocab_url) else lm.build_vocab(index.get("streams", {}))
-    try:
-        plots = render_plots(stats, usage)
-    except ImportError as e:
-        logger.warning("dataset card without plots: %s", e)
-        plots = {}
+    plots = render_plots(stats, usage)
     plots_dir = storage.join(output, PLOTS_DIR)
     previous = _previous_plots(output)
-    for name, png in plots.items():
-        storage.write_atomic(storage.join(plots_dir, name), png)
+    for name, data in plots.items():
+        storage.write_atomic(storage.join(plots_dir, name), data)
     stats["plots"] = [f"{PLOTS_DIR}/{p}" for p in plots]
     storage.write_atomic(storage.join(output, STATS_NAME), json.dumps(stats, indent=1, sort_keys=True).encode("utf-8"))
     storage.write_atomic(storage.join(output, README_NAME),
@@ -646,10 +664,11 @@ def write_card(output: str, index: Mapping[str, Any] | None = None, max_shards: 
 
 
 def _previous_plots(output: str) -> set[str]:
-    """The plots the card on disk lists (``card/NAME.png``): the only files a new card removes."""
+    """The plots the card on disk lists (``card/NAME.svg``, or ``.png`` from cards before SVG): the only
+    files a new card removes."""
     try:
         listed = json.loads(storage.read_bytes(storage.join(output, STATS_NAME))).get("plots", [])
     except (FileNotFoundError, ValueError, AttributeError):
         return set()
     return {p for p in listed if isinstance(p, str) and p.startswith(PLOTS_DIR + "/") and "/" not in p[len(PLOTS_DIR) + 1:]
-            and p.endswith(".png") and ".." not in p}
+            and p.endswith((".svg", ".png")) and ".." not in p}

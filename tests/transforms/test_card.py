@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -13,14 +14,20 @@ import dataset_fixtures as fx
 from audiotok.transforms import card, dataset, lm, reader
 from audiotok.transforms.failures import Failure
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SVG = "{http://www.w3.org/2000/svg}"
 
 
-def _image(path):
-    """The PNG as an array [H, W, channels] (matplotlib's reader)."""
-    import matplotlib.image
+def _svg(data: bytes) -> ET.Element:
+    """The parsed SVG document (a well-formed one, or ParseError)."""
+    root = ET.fromstring(data)
+    assert root.tag == f"{SVG}svg"
+    return root
 
-    return matplotlib.image.imread(str(path))
+
+def _marks(root: ET.Element) -> list[ET.Element]:
+    """The filled shapes drawn (bars, heat maps), the white background left out."""
+    return [e for e in root.iter() if (e.tag == f"{SVG}rect" and e.get("fill") not in ("white", "none"))
+            or e.tag == f"{SVG}image"]
 
 
 def test_sources_are_first_folders_below_the_input_root():
@@ -33,9 +40,6 @@ def test_sources_are_first_folders_below_the_input_root():
 
 
 def test_thousands_of_sources_plot_as_the_largest_and_one_remainder_bar():
-    pytest.importorskip("matplotlib")
-    import io
-
     rows = {f"folder{i:04d}": {"samples": 1 + i % 3, "audio_s": 3000.0 - i, "hours": 0.0} for i in range(2000)}
     top = card.top_rows(rows)
     assert len(top) == card.MAX_PLOTTED_SOURCES and list(top)[:3] == ["folder0000", "folder0001", "folder0002"]
@@ -43,11 +47,11 @@ def test_thousands_of_sources_plot_as_the_largest_and_one_remainder_bar():
     assert rest["samples"] + sum(r["samples"] for n, r in top.items() if n.startswith("folder")) == \
         sum(r["samples"] for r in rows.values())
     assert card.top_rows(dict(list(rows.items())[:5])) == {n: rows[n] for n in list(rows)[:5]}
-    png = card._plot_sources(card._pyplot(), {"sources": {"by_source": rows, "root": "/data"}})
-    import matplotlib.image
-
-    height = matplotlib.image.imread(io.BytesIO(png)).shape[0]
-    assert height < 1200  # 20 bars; all 2000 made a 70,000-pixel-tall figure
+    root = _svg(card._plot_sources({"sources": {"by_source": rows, "root": "/data"}}))
+    assert float(root.get("height")) < 1200  # 20 bars; all 2000 made a 70,000-pixel-tall figure
+    assert len(_marks(root)) == 2 * card.MAX_PLOTTED_SOURCES  # audio and samples: one bar per row each
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert "folder0000" in texts and f"{2000 - card.MAX_PLOTTED_SOURCES + 1} others (all in stats.json)" in texts
 
 
 def test_codebook_usage_entropy_and_dead_codes():
@@ -83,7 +87,6 @@ def _dataset(tmp_path):
 
 
 def test_card_of_a_synthetic_dataset(tmp_path):
-    pytest.importorskip("matplotlib")
     out, index, samples = _dataset(tmp_path)
     stats = card.write_card(str(out))
     on_disk = json.loads((out / card.STATS_NAME).read_text())
@@ -108,14 +111,18 @@ def test_card_of_a_synthetic_dataset(tmp_path):
     assert warnings and warnings[0].startswith("codec codebook 0:")
 
     plots = sorted(p.name for p in (out / card.PLOTS_DIR).iterdir())
-    assert plots == ["codebooks-codec.png", "codebooks-units.png", "durations.png", "failures.png", "sources.png",
-                     "tokens.png"]
+    assert plots == ["codebooks-codec.svg", "codebooks-units.svg", "durations.svg", "failures.svg", "sources.svg",
+                     "tokens.svg"]
     for name in plots:
-        data = (out / card.PLOTS_DIR / name).read_bytes()
-        assert data.startswith(PNG_MAGIC)
-        image = _image(out / card.PLOTS_DIR / name)
-        assert image.shape[0] > 150 and image.shape[1] > 400
-        assert image[..., :3].std() > 0.05  # not a blank canvas
+        root = _svg((out / card.PLOTS_DIR / name).read_bytes())
+        assert float(root.get("height")) > 100 and float(root.get("width")) > 400
+        assert _marks(root)  # not a blank canvas
+    codec = _svg((out / card.PLOTS_DIR / "codebooks-codec.svg").read_bytes())
+    assert [e.tag for e in _marks(codec)].count(f"{SVG}image") == 1  # 4 codebooks: a heat map
+    failures = [t.text for t in _svg((out / card.PLOTS_DIR / "failures.svg").read_bytes()).iter(f"{SVG}text")]
+    assert "truncated" in failures and "unsupported_format" in failures
+    again = card.render_plots(stats, card.dataset_stats(index, reader.read_samples(str(out)))[1])
+    assert all(again[n] == (out / card.PLOTS_DIR / n).read_bytes() for n in plots)  # same stats, same bytes
 
     readme = (out / card.README_NAME).read_text()
     for heading in ("## Streams", "## LM vocabulary", "## Sources", "## Segment durations", "## Codebook usage",
@@ -129,16 +136,18 @@ def test_card_of_a_synthetic_dataset(tmp_path):
 
 
 def test_card_command_regenerates_from_some_shards(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     out, index, _ = _dataset(tmp_path)
     (out / lm.VOCAB_NAME).unlink()
     (out / card.PLOTS_DIR).mkdir()
-    (out / card.PLOTS_DIR / "codebooks-gone.png").write_bytes(b"a plot of a stream a previous run had")
+    (out / card.PLOTS_DIR / "codebooks-gone.svg").write_bytes(b"a plot of a stream a previous run had")
+    (out / card.PLOTS_DIR / "sources.png").write_bytes(b"a plot of a card before plots were SVG")
     (out / card.PLOTS_DIR / "mine.png").write_bytes(b"a file the card never listed")
-    (out / card.STATS_NAME).write_text(json.dumps({"plots": [f"{card.PLOTS_DIR}/codebooks-gone.png"]}))
+    (out / card.STATS_NAME).write_text(json.dumps({"plots": [f"{card.PLOTS_DIR}/codebooks-gone.svg",
+                                                             f"{card.PLOTS_DIR}/sources.png"]}))
     assert card_cli.main([str(out), "--max-shards", "1"]) == 0
     assert (out / lm.VOCAB_NAME).exists()
-    assert not (out / card.PLOTS_DIR / "codebooks-gone.png").exists()  # the previous card's, gone
+    assert not (out / card.PLOTS_DIR / "codebooks-gone.svg").exists()  # the previous card's, gone
+    assert not (out / card.PLOTS_DIR / "sources.png").exists()
     assert (out / card.PLOTS_DIR / "mine.png").exists()  # not the card's: left alone
     stats = json.loads((out / card.STATS_NAME).read_text())
     assert stats["coverage"] == {"shards_read": 1, "shards_total": 3, "samples_read": 4}
@@ -158,7 +167,6 @@ def test_stats_are_deterministic(tmp_path):
 
 
 def test_the_example_run_has_a_card():
-    pytest.importorskip("matplotlib")
     out = fx.example_run()
     from pathlib import Path
 
@@ -170,31 +178,17 @@ def test_the_example_run_has_a_card():
     units = stats["streams"]["mfcc-kmeans"]["codebooks"][0]
     assert units["size"] == 32 and units["tokens"] == index["totals"]["tokens"]["mfcc-kmeans"]
     assert 0 < units["entropy_bits"] <= 5.0
-    for rel in stats["plots"]:
-        assert (out / rel).read_bytes().startswith(PNG_MAGIC)
+    for rel in stats["plots"]:  # every plot draws something, "no failures" its text
+        root = _svg((out / rel).read_bytes())
+        assert _marks(root) or [t.text for t in root.iter(f"{SVG}text")] == ["no failures", "Failures by reason (0 in all)"]
     assert "## Codebook usage" in (out / card.README_NAME).read_text()
 
 
-def test_card_without_matplotlib(tmp_path, monkeypatch, caplog):
-    out, _, _ = _dataset(tmp_path)
-
-    def missing():
-        raise ImportError("the dataset card's plots need matplotlib: pip install 'audiotok[card]'")
-
-    monkeypatch.setattr(card, "_pyplot", missing)
-    stats = card.write_card(str(out))
-    assert stats["plots"] == [] and not (out / card.PLOTS_DIR).exists()
-    readme = (out / card.README_NAME).read_text()
-    assert "## Codebook usage" in readme and "![" not in readme
-    assert "pip install 'audiotok[card]'" in caplog.text
-
-
 def test_a_dataset_whose_inputs_all_failed(tmp_path):
-    pytest.importorskip("matplotlib")
     out = tmp_path / "ds"
     fx.write_dataset(out, [], failures=[Failure(uri="/data/a.wav", reason="empty", message="0 bytes", stage="decode")])
     stats = card.write_card(str(out))
     assert stats["dataset"]["samples"] == 0 and stats["failures"]["by_reason"] == {"empty": 1}
-    assert sorted(stats["plots"]) == ["card/durations.png", "card/failures.png", "card/sources.png", "card/tokens.png"]
+    assert sorted(stats["plots"]) == ["card/durations.svg", "card/failures.svg", "card/sources.svg", "card/tokens.svg"]
     assert card.dead_code_warnings(stats) == []  # nothing read, nothing flagged
     assert list(reader.read_samples(str(out))) == []
