@@ -488,9 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             report["models"].append(benchmark_model(MODEL_BUILDERS[name], workdir, args))
     report["load_after"] = _load_average()
-    defaults = TokenizeConfig()  # the job's defaults, which GPU workers run with
-    report["padding_simulation"] = simulate_padding(defaults.batch_max_s, defaults.batch_max_items,
-                                                    defaults.buffer_s())
+    defaults = TokenizeConfig()  # the job's defaults on a GPU worker
+    max_s, buffer_s = defaults.batch_limits("cuda")
+    report["padding_simulation"] = simulate_padding(max_s, defaults.batch_max_items, buffer_s)
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -42,6 +42,8 @@ __all__ = ["TokenizeConfig", "TokenizeSegments", "LengthBatcher", "loaded_tokeni
 # Seconds of audio a bundle's batcher holds, per second of a batch, unless told otherwise:
 # on segments spread evenly over 1-30 s this keeps padding under 4% (see LengthBatcher).
 DEFAULT_BUFFER_BATCHES = 12
+# Seconds of audio per batch on a GPU unless told otherwise.
+GPU_BATCH_MAX_S = 240.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +53,10 @@ class TokenizeConfig:
     Attributes:
         specs: comma-separated tokenizer specs (``logmel,mfcc-kmeans[k=100]``).
         batch_max_s: seconds of audio per batch at most, padding included (a single longer
-            segment makes a batch of its own).
+            segment makes a batch of its own); None: 240 where the tokenizers run on a GPU, and
+            one segment per batch on a CPU, where batching buys nothing (one long segment
+            already fills a core) and holding audio back to group lengths keeps the decoders
+            idle and costs memory.
         batch_max_items: segments per batch at most.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` (every GPU, round-robin),
             ``cuda:N``, ``mps``.
@@ -62,13 +67,13 @@ class TokenizeConfig:
             by its processes, round-robin over its GPUs.
         batch_buffer_s: seconds of audio one bundle's batcher holds to group similar lengths
             (memory: this x the sources' sample rate x 4 bytes per harness thread); None:
-            12 x batch_max_s.
+            12 x batch_max_s, and nothing when the batches are one segment on a CPU.
         torch_threads: torch intra-op threads per worker process for CPU inference; None: 1
             (one SDK process per core already fills a CPU worker; see ``inference.cpu_threads``).
     """
 
     specs: str = "logmel"
-    batch_max_s: float = 240.0
+    batch_max_s: float | None = None
     batch_max_items: int = 64
     device: str = "auto"
     autocast: str = "none"
@@ -78,7 +83,7 @@ class TokenizeConfig:
 
     def __post_init__(self) -> None:
         registry.create_all(self.specs)  # names and options are checked when the job is built
-        if self.batch_max_s <= 0 or self.batch_max_items < 1:
+        if (self.batch_max_s is not None and self.batch_max_s <= 0) or self.batch_max_items < 1:
             raise ValueError(f"batch limits must be positive. Found: {self.batch_max_s} s, {self.batch_max_items}")
         check_device(self.device)
         if self.autocast not in AUTOCAST_CHOICES:
@@ -98,9 +103,16 @@ class TokenizeConfig:
         rates, so lengths are compared in time): the highest any tokenizer takes."""
         return max(t.sample_rate for t in self.tokenizers())
 
-    def buffer_s(self) -> float:
-        """Seconds of audio a bundle's batcher holds at most."""
-        return self.batch_buffer_s if self.batch_buffer_s is not None else DEFAULT_BUFFER_BATCHES * self.batch_max_s
+    def batch_limits(self, device: str) -> tuple[float | None, float]:
+        """(seconds of audio per batch at most, seconds a bundle's batcher holds at most) on
+        ``device`` (resolved: ``cpu``, ``cuda:N``, ...). None as the first: one segment per batch."""
+        on_cpu = device == "cpu"
+        max_s = self.batch_max_s
+        if max_s is None and not on_cpu:
+            max_s = GPU_BATCH_MAX_S
+        if self.batch_buffer_s is not None:
+            return max_s, self.batch_buffer_s
+        return max_s, (0.0 if max_s is None else DEFAULT_BUFFER_BATCHES * max_s)
 
 
 def stream_descriptions(tokenizers: Sequence[Tokenizer]) -> dict[str, dict[str, Any]]:
@@ -394,13 +406,16 @@ class _BatchByLengthFn(beam.DoFn):
     def setup(self) -> None:
         tokenizers = self._config.tokenizers()
         self._rate = rate = self._config.length_rate()
-        self._max_samples = int(self._config.batch_max_s * rate)
-        self._buffer_samples = int(self._config.buffer_s() * rate)
+        max_s, buffer_s = self._config.batch_limits(resolve_device(self._config.device))
+        # One segment per batch: any length fits, one item at most.
+        self._max_samples = int(max_s * rate) if max_s is not None else 1
+        self._max_items = self._config.batch_max_items if max_s is not None else 1
+        self._buffer_samples = int(buffer_s * rate)
         self._same_length_only = not all(t.padding_invariant for t in tokenizers)
         self._batcher: LengthBatcher[Segment] | None = None
 
     def start_bundle(self) -> None:
-        self._batcher = LengthBatcher(self._max_samples, self._config.batch_max_items, self._buffer_samples,
+        self._batcher = LengthBatcher(self._max_samples, self._max_items, self._buffer_samples,
                                       self._same_length_only)
 
     def process(self, segment: Segment):

@@ -322,7 +322,7 @@ def test_flex_template_metadata_is_written_from_the_flags():
         assert f.read() == metadata.render(), "rerun python -m audiotok.runners.dataflow.metadata --write ..."
     by_name = {p["name"]: p for p in metadata.metadata()["parameters"]}
     assert by_name["segmenter"]["regexes"] == ["^(fixed|vad|energy)$"]
-    assert "(default 240)" in by_name["batch_max_s"]["helpText"]
+    assert "unset: 240 where the tokenizers run on a GPU" in by_name["batch_max_s"]["helpText"]
     assert "isOptional" not in by_name["output"]
 
 

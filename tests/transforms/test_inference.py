@@ -216,7 +216,7 @@ def test_shared_model_path_with_out_of_memory(remove_shared_files):
     """model_copies=1 takes the GPU path on the CPU: RunInference holds the model in a
     MultiProcessShared server and calls it by proxy; out-of-memory errors cross the proxy."""
     config = TokenizeConfig(specs=f"test-faulty[oom_above=2,oom_samples={BAD}]", device="cpu", model_copies=1,
-                            batch_max_items=8)
+                            batch_max_s=240, batch_max_items=8)  # batches of several: splits to make
     recipe = recipes([1.0, 0.5, 0.75, 1.0, 0.5, 0.25])
     samples, fails, counters = run_tokenize([*recipe, SegmentRecipe(99, BAD / RATE)], config)
     assert sorted(s.key for s in samples) == [r.segment().key for r in recipe]
@@ -245,7 +245,14 @@ def test_config_checks():
     for bad in [dict(autocast="fp32"), dict(device="gpu"), dict(model_copies=-1), dict(batch_buffer_s=0)]:
         with pytest.raises(ValueError):
             TokenizeConfig(**bad)
-    assert TokenizeConfig(batch_max_s=30).buffer_s() == 360 and TokenizeConfig(batch_buffer_s=5).buffer_s() == 5
+    assert TokenizeConfig(batch_max_s=30).batch_limits("cpu") == (30, 360)
+    assert TokenizeConfig(batch_buffer_s=5).batch_limits("cuda:0") == (240, 5)
+
+
+def test_default_batches_are_one_segment_on_cpu_and_240_s_on_a_gpu():
+    defaults = TokenizeConfig()
+    assert defaults.batch_limits("cpu") == (None, 0.0)  # nothing held back: decoding keeps going
+    assert defaults.batch_limits("cuda:0") == (240.0, 12 * 240.0) == defaults.batch_limits("mps")
 
 
 def test_to_device_on_cpu_shares_memory():
