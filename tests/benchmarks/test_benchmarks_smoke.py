@@ -66,9 +66,10 @@ def test_unknown_row_is_refused_with_the_known_ones(small_corpus, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("script", ["long_file.py", "vad_borders.py"])
+@pytest.mark.parametrize("script", ["long_file.py", "vad_borders.py", "local_memory.py"])
 def test_the_other_benchmarks_run_in_their_quick_mode(script, tmp_path):
-    flags = {"long_file.py": ["--quick", "--json", str(tmp_path / "out.json")], "vad_borders.py": []}[script]
+    flags = {"long_file.py": ["--quick", "--json", str(tmp_path / "out.json")], "vad_borders.py": [],
+             "local_memory.py": ["--quick", "--json", str(tmp_path / "out.json")]}[script]
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *flags], cwd=ROOT,
                           capture_output=True, text=True, timeout=850)
     assert done.returncode == 0, done.stderr[-3000:]
