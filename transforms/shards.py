@@ -14,6 +14,7 @@ of audio than for one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -724,11 +725,10 @@ class _WriteBucketFn(beam.DoFn):
         check_publishable(self._output, self._plan)
         seq = 0
         writer = ShardWriter(storage.join(self._temp_dir, "shards"), self._config, self._stream_specs)
-        with writer, storage.RangeReader() as spill:
-            for url, (key, offset, sizes, duration_s, uri, tokens) in refs:
-                if uri in collided:
-                    continue
-                data = spill.read(url, offset, offset + sum(n for _, n in sizes))
+        kept = [(url, ref) for url, ref in refs if ref[4] not in collided]
+        spilled = storage.read_ranges((url, ref[1], ref[1] + sum(n for _, n in ref[2])) for url, ref in kept)
+        with writer, contextlib.closing(spilled):
+            for (url, (key, offset, sizes, duration_s, uri, tokens)), data in zip(kept, spilled):
                 members, at = [], 0
                 for name, n in sizes:
                     members.append((name, data[at:at + n]))

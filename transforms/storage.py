@@ -24,6 +24,7 @@ default (s3fs buffers 50 MiB per file by default, which times a worker's dozen t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -35,7 +36,7 @@ import random
 import re
 import time
 import uuid
-from typing import IO, Callable, Iterator, Mapping, TypeVar
+from typing import IO, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import fsspec
 
@@ -48,6 +49,10 @@ READ_BLOCK_BYTES = 4 * 1024 * 1024
 # ... and an open file keeps the last few it used: decoders read a file's head, then its tail
 # (an ID3v1 tag, Ogg's last page), then its head again; each block is requested once.
 READ_BLOCKS = 3
+# Ranged reads of many small pieces (samples read back from spill files): requests in flight, and
+# the bytes they may hold, ahead of the reader.
+PREFETCH_REQUESTS = 16
+PREFETCH_BYTES = 64 * 1024 * 1024
 # Write buffer per open file: one multipart part (S3 needs >= 5 MiB parts; GCS resumable
 # chunks must be multiples of 256 KiB).
 WRITE_BLOCK_BYTES = 8 * 1024 * 1024
@@ -340,36 +345,60 @@ def read_range(url: str, start: int, end: int) -> bytes:
     return fs.cat_file(path, start=start, end=end)
 
 
-class RangeReader:
-    """Reads ranges of many files: local files stay open between reads (a seek each); on object
-    stores each range is one ranged request (no read-ahead). A context manager."""
+def read_ranges(ranges: Iterable[tuple[str, int, int]], ahead_bytes: int = PREFETCH_BYTES,
+                requests: int = PREFETCH_REQUESTS) -> Iterator[bytes]:
+    """The bytes of each ``(url, start, end)``, in the order given.
 
-    def __init__(self, max_open: int = 8):
-        self._open: dict[str, IO[bytes]] = {}
-        self._max_open = max_open
+    Local files stay open between reads (a seek each, at most 8 open). On object stores each range
+    is one ranged request (retried while it fails transiently), and up to ``requests`` of them are
+    in flight ahead of the consumer, holding at most ``ahead_bytes`` (at least one range): a writer
+    reading thousands of small samples back from spill files is not bound by one request's latency.
+    """
+    ranges = list(ranges)
+    if not ranges:
+        return
+    if all(_is_local(filesystem(url)[0]) for url in {url for url, _, _ in ranges}):
+        yield from _read_local_ranges(ranges)
+        return
+    from concurrent.futures import ThreadPoolExecutor
 
-    def read(self, url: str, start: int, end: int) -> bytes:
-        f = self._open.get(url)
-        if f is None:
-            fs, path = filesystem(url)
-            if not _is_local(fs):
-                return read_range(url, start, end)
-            if len(self._open) >= self._max_open:
-                self._open.pop(next(iter(self._open))).close()
-            f = self._open[url] = fs.open(path, "rb")
-        f.seek(start)
-        return f.read(end - start)
+    def fetch(url: str, start: int, end: int) -> bytes:
+        return retrying(lambda: read_range(url, start, end), f"reading bytes {start}-{end} of {url}")
 
-    def close(self) -> None:
-        for f in self._open.values():
+    pending: collections.deque = collections.deque()  # (future, bytes), in order
+    held, i = 0, 0
+    with ThreadPoolExecutor(max_workers=requests, thread_name_prefix="audiotok-ranges") as pool:
+        try:
+            while i < len(ranges) or pending:
+                while i < len(ranges) and len(pending) < requests and (
+                        not pending or held + ranges[i][2] - ranges[i][1] <= ahead_bytes):
+                    url, start, end = ranges[i]
+                    pending.append((pool.submit(fetch, url, start, end), end - start))
+                    held += end - start
+                    i += 1
+                future, size = pending.popleft()
+                held -= size
+                yield future.result()
+        finally:
+            for future, _ in pending:  # the consumer stopped early or a read failed
+                future.cancel()
+
+
+def _read_local_ranges(ranges: list[tuple[str, int, int]], max_open: int = 8) -> Iterator[bytes]:
+    files: dict[str, IO[bytes]] = {}
+    try:
+        for url, start, end in ranges:
+            f = files.get(url)
+            if f is None:
+                if len(files) >= max_open:
+                    files.pop(next(iter(files))).close()
+                fs, path = filesystem(url)
+                f = files[url] = fs.open(path, "rb")
+            f.seek(start)
+            yield f.read(end - start)
+    finally:
+        for f in files.values():
             f.close()
-        self._open.clear()
-
-    def __enter__(self) -> "RangeReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def write_bytes(url: str, data: bytes) -> None:

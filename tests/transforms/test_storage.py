@@ -342,3 +342,64 @@ def test_redact_leaves_a_path_named_like_a_secret_alone():
     assert "only storage URLs" in Failure("m.jsonl:3", "bad_manifest", str(e.value)).message
     assert storage.redact("password: hunter22") == "password: ***"
     assert storage.redact("db_password=abc123 token: xyz") == "db_password=*** token: ***"
+
+
+def _slow_ranges(monkeypatch, data: bytes, fail_first: set[int] = frozenset()):
+    """storage.read_range over ``data`` that takes a moment per call and records how many calls
+    overlap and how many bytes are held unconsumed; ranges starting in ``fail_first`` fail once."""
+    import threading
+
+    pause = threading.Event()  # never set: its wait() is a sleep that the patched time.sleep leaves alone
+    state = {"active": 0, "max_active": 0, "calls": 0}
+    lock, failed = threading.Lock(), set()
+
+    def read_range(url, start, end):
+        with lock:
+            state["calls"] += 1
+            state["active"] += 1
+            state["max_active"] = max(state["max_active"], state["active"])
+        try:
+            pause.wait(0.002 * (1 + start % 3))  # answers come back out of order
+            if start in fail_first and start not in failed:
+                failed.add(start)
+                raise ConnectionResetError("reset by peer")
+            return data[start:end]
+        finally:
+            with lock:
+                state["active"] -= 1
+
+    monkeypatch.setattr(storage, "read_range", read_range)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)  # retry waits
+    return state
+
+
+def test_read_ranges_on_an_object_store_prefetch_in_order_and_bounded(monkeypatch):
+    data = bytes(range(256)) * 64
+    ranges = [("memory://spill/a.bin", s, s + 40) for s in range(0, 16000, 97)][::-1]  # any order
+    state = _slow_ranges(monkeypatch, data, fail_first={ranges[5][1]})
+    got = list(storage.read_ranges(ranges, ahead_bytes=400, requests=8))
+    assert got == [data[s:e] for _, s, e in ranges]  # in the order asked, the failed one retried
+    assert state["calls"] == len(ranges) + 1
+    assert 1 < state["max_active"] <= 8  # concurrent, at most `requests`
+    state["max_active"] = 0
+    list(storage.read_ranges(ranges[:20], ahead_bytes=80, requests=8))
+    assert state["max_active"] <= 2  # 80 bytes ahead: two 40-byte ranges at a time
+
+
+def test_read_ranges_stopped_early_leaves_nothing_running(monkeypatch):
+    data = bytes(4000)
+    state = _slow_ranges(monkeypatch, data)
+    ranges = [("memory://spill/a.bin", s, s + 10) for s in range(0, 4000, 10)]
+    reader = storage.read_ranges(ranges, requests=4)
+    assert next(reader) == bytes(10)
+    reader.close()  # waits for the requests in flight; the queued ones are cancelled
+    assert state["active"] == 0 and state["calls"] < len(ranges)
+
+
+def test_read_ranges_on_local_files(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"0123456789")
+    b.write_bytes(b"abcdefghij")
+    ranges = [(str(b), 2, 5), (str(a), 0, 3), (str(b), 8, 10), (str(a), 9, 10)]
+    assert list(storage.read_ranges(ranges)) == [b"cde", b"012", b"ij", b"9"]
+    assert list(storage.read_ranges([])) == []
