@@ -79,6 +79,30 @@ def test_tar_is_reproducible_and_safe(tmp_path):
             tarfile.data_filter(member, str(tmp_path))  # raises on anything unsafe
 
 
+@pytest.mark.parametrize("names", [
+    ["clip-0.json", "clip-0.units.npy"],
+    ["a" * 60 + "/" + "b" * 90 + ".npy", "sprecher/äöü-ß.json"],  # the ustar prefix field; UTF-8 names
+    ["empty.npy"],
+])
+def test_shard_bytes_are_what_tarfile_writes(tmp_path, names):
+    """The shard writer makes its headers itself (without tarfile's copy of each TarInfo): the
+    bytes must stay those of tarfile's stream mode, which stock readers and older shards share."""
+    rng = np.random.default_rng(len(names))
+    members = [(n, rng.integers(0, 256, size=0 if n == "empty.npy" else int(rng.integers(1, 3000)),
+                                dtype=np.uint8).tobytes()) for n in names]
+    temp = shards._TempTar(str(tmp_path))
+    temp.add(members)
+    size = temp.close()
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            tar.addfile(shards._tarinfo(name, len(data)), io.BytesIO(data))
+    ours = open(temp.url, "rb").read()
+    assert ours == expected.getvalue() and size == len(ours)
+    with tarfile.open(temp.url) as tar:
+        assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == members
+
+
 def test_finalize_names_index_and_cleans(tmp_path):
     out = str(tmp_path / "out")
     temp = os.path.join(out, "_tmp", "run1")
