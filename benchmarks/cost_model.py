@@ -12,6 +12,9 @@ What it measures, in this process:
   cover matmuls and convolutions, not LSTMs: EnCodec's two LSTM layers are added from their
   shapes).
 
+Shard counts follow the job's defaults (``ShardConfig``: files grouped 64 at a time, each group's
+30 s samples in shards of at most 1,000 samples or 1 GiB) for files of ``--file-min`` minutes.
+
 What it assumes (constants below; change them for your region and hardware): Dataflow batch
 list prices per vCPU-hour and GB-hour, the worker machine, an NVIDIA L4's dense FP16 tensor
 peak from its datasheet and the fraction of it a tokenizer reaches. GPU rows are estimates from
@@ -57,8 +60,6 @@ L4_DENSE_FP16_FLOPS = 121e12
 GPU_UTILIZATION = 0.10
 
 SEGMENT_S = 30.0
-SHARD_MAX_SAMPLES = 1000  # the job's defaults (--shard-max-samples, --shard-max-bytes)
-SHARD_MAX_BYTES = 1 << 30
 # Bytes per second of audio a stream stores (arrays only): log-mel 100 frames x 80 float16;
 # HuBERT units 50 int16; EnCodec 24 kHz at 6 kbps, 75 frames x 8 codebooks int16.
 STREAM_BYTES_PER_S = {"logmel": 100 * 80 * 2, "hubert-l9-km500": 50 * 2, "encodec-24k": 75 * 8 * 2}
@@ -147,16 +148,32 @@ def s3_cost(s3_json: str | None) -> dict[str, float] | None:
     return out
 
 
-def plan(corpus_h: float, deadline_h: float, logmel: dict, models: list[dict]) -> list[dict[str, Any]]:
-    """Per tokenizer: compute hours, workers for the deadline, USD, shards and bytes."""
-    samples = corpus_h * 3600 / SEGMENT_S
+def shard_count(corpus_h: float, file_min: float, bytes_per_s: float) -> int:
+    """Shards the job writes with its defaults (``ShardConfig``): files are grouped
+    ``files_per_bucket`` at a time, and each group's samples fill shards of ``max_samples`` or
+    ``max_bytes`` (30 s samples, every file ``file_min`` minutes long)."""
+    from audiotok.transforms.shards import ShardConfig
+
+    config = ShardConfig()
+    files = math.ceil(corpus_h * 60 / file_min)
+    groups = math.ceil(files / config.files_per_bucket)
+    per_group_s = min(files, config.files_per_bucket) * file_min * 60
+    per_group = max(math.ceil(per_group_s / SEGMENT_S / config.max_samples),
+                    math.ceil(per_group_s * bytes_per_s / config.max_bytes))
+    return groups * per_group
+
+
+def plan(corpus_h: float, deadline_h: float, logmel: dict, models: list[dict],
+         file_min: float = 10.0) -> list[dict[str, Any]]:
+    """Per tokenizer: compute hours, workers for the deadline, USD, shards and bytes (files of
+    ``file_min`` minutes)."""
     worker_hour_usd = WORKER["vcpus"] * DATAFLOW_VCPU_HOUR + WORKER["memory_gb"] * DATAFLOW_GB_HOUR
     rows = []
 
     def shards(stream: str) -> dict[str, Any]:
         data = corpus_h * 3600 * STREAM_BYTES_PER_S[stream]
         return {"stream_tb": round(data / 1e12, 3),
-                "shards": max(math.ceil(samples / SHARD_MAX_SAMPLES), math.ceil(data / SHARD_MAX_BYTES))}
+                "shards": shard_count(corpus_h, file_min, STREAM_BYTES_PER_S[stream])}
 
     def cpu_row(what: str, stream: str, audio_h_per_vcpu_h: float, basis: str) -> dict[str, Any]:
         vcpu_h = corpus_h / audio_h_per_vcpu_h
@@ -181,9 +198,9 @@ def plan(corpus_h: float, deadline_h: float, logmel: dict, models: list[dict]) -
     return rows
 
 
-def format_table(rows: list[dict], corpus_h: float, deadline_h: float) -> str:
-    lines = [f"{corpus_h:,.0f} hours of audio, {deadline_h:g} h deadline; workers: {WORKER['machine']} "
-             f"(CPU rows) or one L4 each (GPU rows)",
+def format_table(rows: list[dict], corpus_h: float, deadline_h: float, file_min: float) -> str:
+    lines = [f"{corpus_h:,.0f} hours of audio in {file_min:g}-minute files, {deadline_h:g} h deadline; workers: "
+             f"{WORKER['machine']} (CPU rows) or one L4 each (GPU rows)",
              f"{'what':<30} {'audio h/unit h':>14} {'unit h':>9} {'workers':>8} {'USD':>8} {'TB':>7} {'shards':>7}  basis"]
     for r in rows:
         usd = f"{r['usd']:,}" if r["usd"] is not None else "-"
@@ -197,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, default=100_000, help="corpus hours (default 100,000)")
     parser.add_argument("--deadline-h", dest="deadline_h", type=float, default=24.0,
                         help="wall-clock hours the job may take: sets the worker count (default 24)")
+    parser.add_argument("--file-min", dest="file_min", type=float, default=10.0,
+                        help="minutes of audio per file: the shard count depends on it (default 10)")
     parser.add_argument("--local-memory", dest="local_memory", metavar="JSON",
                         help="benchmarks/local_memory.py's JSON (default: run a 1-hour row now)")
     parser.add_argument("--s3", metavar="JSON", help="benchmarks/scale.py --s3's JSON: request costs per million inputs")
@@ -210,15 +229,15 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         logmel = logmel_rate(args.local_memory, 4 / 60 if args.quick else 1.0, work)
         models = [measure_model(name, work / "models", 4.0 if args.quick else 10.0) for name in MODELS]
-    rows = plan(args.hours, args.deadline_h, logmel, models)
-    print(format_table(rows, args.hours, args.deadline_h))
+    rows = plan(args.hours, args.deadline_h, logmel, models, args.file_min)
+    print(format_table(rows, args.hours, args.deadline_h, args.file_min))
     requests = s3_cost(args.s3)
     if requests:
         print("storage requests, USD per million inputs (S3 list prices): "
               + "; ".join(f"{k}: {v}" for k, v in requests.items()))
     if args.json:
         report = {"date": datetime.date.today().isoformat(), "machine": common.machine_info(["torch"]), "corpus_h": args.hours,
-                  "deadline_h": args.deadline_h, "assumptions": {
+                  "deadline_h": args.deadline_h, "file_min": args.file_min, "assumptions": {
                       "dataflow_vcpu_hour_usd": DATAFLOW_VCPU_HOUR, "dataflow_gb_hour_usd": DATAFLOW_GB_HOUR,
                       "worker": WORKER, "l4_dense_fp16_flops": L4_DENSE_FP16_FLOPS, "gpu_utilization": GPU_UTILIZATION},
                   "logmel": logmel, "models": models, "rows": rows, "storage_usd_per_million_inputs": requests}

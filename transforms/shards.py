@@ -39,8 +39,9 @@ class ShardConfig:
         max_bytes: tar bytes per shard at most, both sets together (a single larger sample
             still gets a shard of its own).
         files_per_bucket: inputs per shard group. Each group's samples are sorted by key and
-            written by one worker, so shards are the same whatever the runner; a group's
-            tokens are held in that worker's memory while it writes.
+            written by one worker, so shards are the same whatever the runner; the worker holds
+            the group's sample list (keys and places in the spill files) and reads the samples
+            back one by one. A group's shards are its own: short clips want larger groups.
         separate_vectors: write the vector streams (kind ``vectors``: log-mel, embeddings)
             into a shard set of their own (``vectors-BBBBBB-NNNN.tar`` beside each
             ``shard-BBBBBB-NNNN.tar``), so that readers of the discrete streams never fetch them.

@@ -47,8 +47,11 @@ def test_plan_arithmetic():
     worker_hour = cost_model.WORKER["vcpus"] * cost_model.DATAFLOW_VCPU_HOUR + \
         cost_model.WORKER["memory_gb"] * cost_model.DATAFLOW_GB_HOUR
     assert mel["usd"] == round(250 / 4 * worker_hour)
-    # 12 M samples of 30 s: 12,000 shards of 1,000; 5.76 TB of log-mel would need only 5,365 at 1 GiB.
-    assert mel["shards"] == 12_000 and mel["stream_tb"] == 5.76
+    # 600,000 files of 10 min in 9,375 groups of 64; a group's 1,280 samples make 2 shards of <= 1,000.
+    assert mel["shards"] == 18_750 and mel["stream_tb"] == 5.76
+    assert cost_model.shard_count(100_000, 60, 100) == 1_563 * 8  # groups of 64 h: 7,680 samples, 8 shards
+    assert cost_model.shard_count(100_000, 0.1, 100) == 937_500  # 6 s clips: a group's 64 samples, one shard
+
     assert rows["hubert-l9-km500 on CPU"]["unit_hours"] == 12_500
     gpu = rows["hubert-l9-km500 on an L4"]
     expected_x = cost_model.L4_DENSE_FP16_FLOPS * cost_model.GPU_UTILIZATION / 12.1e9
