@@ -20,8 +20,10 @@ of their identity (``dataset.order_key``): the listing is written as sorted runs
 run, streamed (:func:`merge_inputs`, :func:`join_part`: both sides are sorted the same way),
 into a draft of the part's next state written under the run's temp folder (unchanged lines as
 they were, selected inputs pending their samples); the part's next state is finished by one
-worker once the shards are written (:func:`finish_part`). The runner carries only the inputs
-that changed, never the corpus.
+worker once the shards are written (:func:`finish_part`). The inputs to process go to a file
+per part too; the runner carries ranges of files (a batch of inputs, a spill file's section
+for a shard writer, a file's section of what the shards hold for a state part), never an
+element per input.
 """
 
 from __future__ import annotations
@@ -757,7 +759,8 @@ class _MergeFn(beam.DoFn):
     """(part, {"listed": ranges, "previous": ranges, "failures": match-stage records, "all":
     markers}) -> the part's join.
 
-    Main output: batches of selected inputs (JSON lines, bytes). Tagged: ``drafts`` ((part,
+    Main output: batches of selected inputs (``(url, start, end)``: a range of the part's file of
+    them, JSON lines). Tagged: ``drafts`` ((part,
     :class:`Draft`)), ``publish`` ((part, record): match-stage dead letters that changed),
     ``selected`` (count).
     """
@@ -783,7 +786,13 @@ class _MergeFn(beam.DoFn):
             metrics.counter(name).inc(n)
         for record in joined.publish:
             yield beam.pvalue.TaggedOutput("publish", (part, record))
-        yield from batch_refs(joined.selected)
+        if joined.selected:
+            # The inputs go to a file: what the runner carries to spread them is a range per batch.
+            url = storage.join(self._temp_dir, "selected", f"selected-{part:05d}.jsonl")
+            data, batches = batch_lines(joined.selected)
+            storage.write_bytes(url, data)
+            for start, end in batches:
+                yield url, start, end
         yield beam.pvalue.TaggedOutput("selected", len(joined.selected))
         url = None
         if joined.changed:
@@ -793,22 +802,30 @@ class _MergeFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("drafts", (part, Draft(part, url, joined.reuse, joined.summary, joined.changed)))
 
 
-def batch_refs(refs: Sequence[AudioRef]) -> Iterator[bytes]:
-    """Selected inputs in batches of :data:`SELECT_BATCH_INPUTS` or :data:`SELECT_BATCH_BYTES`,
-    as JSON lines: what the runner carries to spread the work is a few bytes per input."""
-    batch, size = [], 0
+def batch_lines(refs: Sequence[AudioRef]) -> tuple[bytes, list[tuple[int, int]]]:
+    """Selected inputs as JSON lines, and the byte ranges of their batches: each of
+    :data:`SELECT_BATCH_INPUTS` inputs or :data:`SELECT_BATCH_BYTES` of audio, whichever comes first."""
+    chunks: list[bytes] = []
+    batches: list[tuple[int, int]] = []
+    start = offset = count = size = 0
     for ref in refs:
-        batch.append(ref_line(ref))
+        line = (ref_line(ref) + "\n").encode("utf-8")
+        chunks.append(line)
+        offset += len(line)
+        count += 1
         size += ref.size_bytes or 0
-        if len(batch) >= SELECT_BATCH_INPUTS or size >= SELECT_BATCH_BYTES:
-            yield "\n".join(batch).encode("utf-8")
-            batch, size = [], 0
-    if batch:
-        yield "\n".join(batch).encode("utf-8")
+        if count >= SELECT_BATCH_INPUTS or size >= SELECT_BATCH_BYTES:
+            batches.append((start, offset))
+            start, count, size = offset, 0, 0
+    if count:
+        batches.append((start, offset))
+    return b"".join(chunks), batches
 
 
-def unbatch_refs(blob: bytes) -> list[AudioRef]:
-    return [ref_from_line(line) for line in blob.decode("utf-8").split("\n")]
+def read_batch(batch: tuple[str, int, int]) -> list[AudioRef]:
+    """The inputs of one batch (``(url, start, end)`` of :func:`batch_lines`' file)."""
+    url, start, end = batch
+    return [ref_from_line(line) for line in storage.read_range(url, start, end).decode("utf-8").splitlines()]
 
 
 class SelectInputs(beam.PTransform):
@@ -854,7 +871,7 @@ class SelectInputs(beam.PTransform):
                       parts_si).with_outputs("drafts", "publish", "selected", main="batches"))
         refs = (merged.batches
                 | "SpreadInputs" >> beam.Reshuffle()
-                | "Unbatch" >> beam.FlatMap(unbatch_refs))
+                | "ReadBatches" >> beam.FlatMap(read_batch))
         n_selected = merged.selected | "CountSelected" >> beam.CombineGlobally(sum)
         changed = (merged.drafts
                    | "PartChanged" >> beam.Map(lambda kd: kd[1].changed)

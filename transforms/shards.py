@@ -325,7 +325,7 @@ def publish_shard(output: str, version: int, bucket: int, seq: int, written: Wri
     by_part: dict[int, dict] = {}
     for source, stats in sorted(written.sources.items()):
         by_part.setdefault(dataset.part_of(dataset.order_key(stats["uri"])[0], parts), {})[source] = stats
-    # As JSON bytes: the runner carries one of these per input of a first run.
+    # As JSON lines: the shard writers hold them and write them into files by state part.
     return (dataset.part_of(dataset.slot_of(rel), parts), row), [
         (p, json.dumps([rel, s], sort_keys=True).encode("utf-8")) for p, s in sorted(by_part.items())]
 
@@ -635,13 +635,50 @@ def bucket_of(key: str, buckets: int) -> int:
 
 
 SPILL_SAMPLES_PER_FILE = 20_000
+# Elements of the shard-writing step at most: shard groups are dealt out to this many writers
+# (a group's samples always to the same one), so that a spill file has at most this many
+# sections and the runner carries at most (spill files x writers) of them, not one per group.
+SHARD_WRITERS = 1024
+# Lines of what the shards hold (per state part) a shard writer keeps before writing them out.
+PRODUCED_LINES_PER_FILE = 20_000
+
+
+class _Sections:
+    """Lines held by key, to be written into a file as one section per key, so that what the
+    runner carries is ``(key, (url, offset, length))`` per key and file, never the lines."""
+
+    def __init__(self) -> None:
+        self.lines: dict[int, list[bytes]] = {}
+        self.held = 0
+
+    def add(self, key: int, line: bytes) -> None:
+        self.lines.setdefault(key, []).append(line)
+        self.held += 1
+
+    def write(self, f, url: str, offset: int) -> list[tuple[int, tuple[str, int, int]]]:
+        """Writes the sections (keys in order) at ``offset`` of ``f``; returns their elements."""
+        out = []
+        for key, lines in sorted(self.lines.items()):
+            data = b"\n".join(lines) + b"\n"
+            f.write(data)
+            out.append((key, (url, offset, len(data))))
+            offset += len(data)
+        self.lines, self.held = {}, 0
+        return out
+
+
+def section_lines(sections: Iterable[tuple[str, int, int]]) -> Iterator[bytes]:
+    """The lines of ``(url, offset, length)`` sections (:class:`_Sections`), in the order given."""
+    for data in storage.read_ranges((url, offset, offset + length) for url, offset, length in sections):
+        yield from data.splitlines()
 
 
 class _SpillFn(beam.DoFn):
     """Sample -> its tar members appended to a spill file; once the file holds
-    :data:`SPILL_SAMPLES_PER_FILE` samples, and at the end of the bundle, one element per bucket:
-    ``(bucket, (spill url, offset, length))`` of the bucket's section, the JSON lines
-    ``[key, offset, [[member, bytes], ...], duration_s, uri, tokens]`` of its samples.
+    :data:`SPILL_SAMPLES_PER_FILE` samples, and at the end of the bundle, one element per writer
+    (:func:`writer_of`): ``(writer, (spill url, offset, length))`` of the writer's section, the
+    JSON lines ``[bucket, key, offset, [[member, bytes], ...], duration_s, uri, tokens]`` of its
+    samples.
 
     A retried bundle writes new files; only the committed attempt's sections reach the writers.
     """
@@ -652,7 +689,7 @@ class _SpillFn(beam.DoFn):
         self._per_bucket = files_per_bucket
 
     def start_bundle(self) -> None:
-        self._url, self._file, self._offset, self._sections, self._held = None, None, 0, {}, 0
+        self._url, self._file, self._offset, self._sections = None, None, 0, _Sections()
 
     def process(self, sample: Sample, n_selected: int):
         if self._file is None:
@@ -666,9 +703,8 @@ class _SpillFn(beam.DoFn):
             self._file.write(data)
             self._offset += len(data)
         bucket = bucket_of(sample.key, num_buckets(n_selected, self._per_bucket))
-        self._sections.setdefault(bucket, []).append(json.dumps(ref))
-        self._held += 1
-        if self._held >= SPILL_SAMPLES_PER_FILE:
+        self._sections.add(writer_of(bucket), json.dumps([bucket, *ref]).encode("utf-8"))
+        if self._sections.held >= SPILL_SAMPLES_PER_FILE:
             yield from self._close()
 
     def finish_bundle(self):
@@ -678,15 +714,15 @@ class _SpillFn(beam.DoFn):
     def _close(self):
         if self._file is None:
             return
-        out = []
-        for bucket, refs in sorted(self._sections.items()):
-            data = ("\n".join(refs) + "\n").encode("utf-8")
-            self._file.write(data)
-            out.append((bucket, (self._url, self._offset, len(data))))
-            self._offset += len(data)
+        out = self._sections.write(self._file, self._url, self._offset)
         self._file.close()  # on object stores the file appears here: before anything names it
-        self._url, self._file, self._offset, self._sections, self._held = None, None, 0, {}, 0
+        self._url, self._file, self._offset = None, None, 0
         yield from out
+
+
+def writer_of(bucket: int) -> int:
+    """The writer (of :data:`SHARD_WRITERS`) that writes a shard group's shards."""
+    return bucket % SHARD_WRITERS
 
 
 def key_collisions(refs: Sequence[tuple[str, list]]) -> dict[str, tuple[str, str]]:
@@ -705,14 +741,16 @@ def key_collisions(refs: Sequence[tuple[str, list]]) -> dict[str, tuple[str, str
 
 
 class _WriteBucketFn(beam.DoFn):
-    """(bucket, spill sections) -> the bucket's shards, published under their final names.
+    """(writer, spill sections) -> the shards of the writer's buckets (shard groups), bucket by
+    bucket, published under their final names.
 
     The bucket's samples are sorted by key before writing, so the shards' bytes do not depend on
     how the runner bundled the work: a rerun over the same inputs writes byte-identical shards.
     All samples of a source hash fall in one bucket: inputs whose keys would collide are told
     apart here (the first by URI is written, the others are ``key_collision`` dead letters).
-    Outputs: ``rows`` ((rows part, row)), ``produced`` ((state part, JSON of its sources' stats))
-    and ``failures``.
+    Outputs: ``rows`` ((rows part, row)), ``produced`` ((state part, (url, offset, length)): a
+    section of a file of JSON lines, what the bundle's shards hold of the part's sources, written
+    every :data:`PRODUCED_LINES_PER_FILE` lines and at the end of the bundle) and ``failures``.
     """
 
     def __init__(self, output: str, temp_dir: str, plan: RunPlan, config: ShardConfig,
@@ -721,12 +759,25 @@ class _WriteBucketFn(beam.DoFn):
         self._config = config
         self._stream_specs = dict(stream_specs)
 
+    def start_bundle(self) -> None:
+        self._produced = _Sections()
+
     def process(self, element, parts: int):
-        bucket, sections = element
-        refs = []
-        for url, offset, length in sorted(sections):
-            for line in storage.read_range(url, offset, offset + length).decode("utf-8").splitlines():
-                refs.append((url, json.loads(line)))
+        _, sections = element
+        sections = sorted(sections)
+        by_bucket: dict[int, list[tuple[str, list]]] = {}
+        for (url, _, _), data in zip(sections, storage.read_ranges(
+                (url, offset, offset + length) for url, offset, length in sections)):
+            for line in data.splitlines():
+                bucket, *ref = json.loads(line)
+                by_bucket.setdefault(bucket, []).append((url, ref))
+        for bucket, refs in sorted(by_bucket.items()):
+            yield from self._write_bucket(bucket, refs, parts)
+            if self._produced.held >= PRODUCED_LINES_PER_FILE:
+                for element in self._write_produced():
+                    yield beam.pvalue.TaggedOutput("produced", element)
+
+    def _write_bucket(self, bucket: int, refs: list[tuple[str, list]], parts: int):
         refs.sort(key=lambda r: r[1][0])
         collided = key_collisions(refs)
         for uri, (first, prefix) in sorted(collided.items()):
@@ -753,16 +804,29 @@ class _WriteBucketFn(beam.DoFn):
             yield from self._publish(bucket, seq, written, parts)
             seq += 1
 
+    def finish_bundle(self):
+        for element in self._write_produced():
+            yield beam.pvalue.TaggedOutput("produced", GlobalWindows.windowed_value(element))
+
     def _publish(self, bucket: int, seq: int, written: WrittenFile, parts: int):
         metrics.counter("shards").inc()
         row, produced = publish_shard(self._output, self._plan.version, bucket, seq, written, parts)
         yield beam.pvalue.TaggedOutput("rows", row)
-        for element in produced:
-            yield beam.pvalue.TaggedOutput("produced", element)
+        for part, line in produced:
+            self._produced.add(part, line)
+
+    def _write_produced(self):
+        """What this bundle's shards hold, per state part, into a file of its own (a retried
+        bundle writes another; only the committed attempt's sections reach the state writers)."""
+        if not self._produced.held:
+            return []
+        url = storage.join(self._temp_dir, "produced", f"{uuid.uuid4().hex}.jsonl")
+        with storage.open_output(url) as f:
+            return self._produced.write(f, url, 0)
 
 
 class _WriteStateFn(beam.DoFn):
-    """(part, {"draft", "produced", "failures"}) -> the part's state file and dead letters."""
+    """(part, {"draft", "produced": file sections, "failures"}) -> the part's state file and dead letters."""
 
     def __init__(self, output: str, plan: RunPlan):
         self._output, self._plan = output, plan
@@ -773,8 +837,8 @@ class _WriteStateFn(beam.DoFn):
         _, groups = element
         [draft] = groups["draft"]
         check_publishable(self._output, self._plan)
-        yield write_state_part(self._output, self._plan.version, draft, None, contributions_of(groups["produced"]),
-                               groups["failures"])
+        yield write_state_part(self._output, self._plan.version, draft, None,
+                               contributions_of(section_lines(sorted(groups["produced"]))), groups["failures"])
 
 
 class _WriteRowsFn(beam.DoFn):
@@ -836,7 +900,7 @@ class WriteDataset(beam.PTransform):
             spill, beam.pvalue.AsSingleton(inputs["n_selected"])) for i, samples in enumerate(inputs["samples"])]
         written = (spilled
                    | "AllSpilled" >> beam.Flatten()
-                   | "GroupByBucket" >> beam.GroupByKey()
+                   | "GroupByWriter" >> beam.GroupByKey()
                    | "WriteShards" >> beam.ParDo(
                        _WriteBucketFn(output, self.temp_dir, plan, self.config, self.stream_specs),
                        parts).with_outputs("rows", "produced", "failures"))

@@ -107,10 +107,15 @@ def test_settings_change_retokenizes_everything(tmp_path):
     assert len(live_keys(out)) == index["totals"]["samples"]
 
 
-def test_two_fresh_runs_are_byte_identical(tmp_path):
+def test_two_fresh_runs_are_byte_identical(tmp_path, monkeypatch):
+    """Whatever the runner's share of the work looks like: the second run spreads one input per
+    element, deals all shard groups to one writer and writes what the shards hold a line per file."""
     inp = tmp_path / "in"
     make_corpus(inp, 6)
     run(config(inp, tmp_path / "a", shards=shards.ShardConfig(max_samples=4, files_per_bucket=2)))
+    monkeypatch.setattr(incremental, "SELECT_BATCH_INPUTS", 1)
+    monkeypatch.setattr(shards, "SHARD_WRITERS", 1)
+    monkeypatch.setattr(shards, "PRODUCED_LINES_PER_FILE", 1)
     run(config(inp, tmp_path / "b", shards=shards.ShardConfig(max_samples=4, files_per_bucket=2)))
     a, b = sha_tree(tmp_path / "a"), sha_tree(tmp_path / "b")
     assert a == b and any(name.endswith(".tar") for name in a)
@@ -261,6 +266,24 @@ def test_runs_split_into_parts_by_slot(tmp_path):
             assert got == sorted(got, key=lambda r: dataset.order_key(r.uri))
             seen += got
         assert sorted(seen, key=lambda r: r.uri) == refs
+
+
+def test_selected_inputs_travel_as_ranges_of_a_file(tmp_path, monkeypatch):
+    """The runner spreads ranges of a file of the selected inputs, never the inputs themselves:
+    batches of SELECT_BATCH_INPUTS, or fewer where their audio reaches SELECT_BATCH_BYTES."""
+    from audiotok.transforms.records import AudioRef
+
+    monkeypatch.setattr(incremental, "SELECT_BATCH_BYTES", 1000)
+    refs = [AudioRef(f"/c/{i:03d}.flac", 950 if i == 40 else 10, f"m{i}", {"id": f"x{i}"} if i % 7 else {})
+            for i in range(75)]
+    data, batches = incremental.batch_lines(refs)
+    url = str(tmp_path / "selected.jsonl")
+    storage.write_bytes(url, data)
+    got = [incremental.read_batch((url, start, end)) for start, end in batches]
+    assert [len(b) for b in got] == [32, 9, 32, 2]  # the 41st input takes the audio past 1000 bytes
+    assert [r for b in got for r in b] == refs
+    assert batches[0][0] == 0 and batches[-1][1] == len(data)
+    assert incremental.batch_lines([]) == (b"", [])
 
 
 def test_the_join_reads_the_same_input_whatever_order_the_runs_arrive_in():

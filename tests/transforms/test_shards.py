@@ -151,6 +151,7 @@ def test_spilled_samples_make_the_shards_the_writer_makes(tmp_path, monkeypatch,
     """Samples reach the bucket writers through spill files (tokens never sit in the runner): the
     shards are the bytes a writer makes from the samples sorted by key."""
     monkeypatch.setattr(shards, "SPILL_SAMPLES_PER_FILE", per_file)
+    monkeypatch.setattr(shards, "PRODUCED_LINES_PER_FILE", per_file)
     samples = [make_sample(i) for i in (3, 1, 4, 0, 2)]  # in arrival order
     temp, out = str(tmp_path / "tmp"), str(tmp_path / "out")
     spill = shards._SpillFn(temp, SPECS, files_per_bucket=100)
@@ -160,15 +161,56 @@ def test_spilled_samples_make_the_shards_the_writer_makes(tmp_path, monkeypatch,
     assert {bucket for bucket, _ in sections} == {0}  # 5 inputs, 100 per bucket
     assert len({url for _, (url, _, _) in sections}) == (3 if per_file == 2 else 1)
     writer = shards._WriteBucketFn(out, temp, shards.RunPlan(version=1), ShardConfig(max_samples=2), SPECS)
+    writer.start_bundle()
     outputs = list(writer.process((0, [section for _, section in sections]), 1))
+    outputs += [o for o in writer.finish_bundle()]
     rows = [o.value[1] for o in outputs if o.tag == "rows"]
     assert [r["url"] for r in rows] == [f"shards/v000001/shard-000000-{i:04d}.tar" for i in range(3)]
     direct = write_all(tmp_path / "direct", sorted(samples, key=lambda s: s.key), ShardConfig(max_samples=2))
     for row, w in zip(rows, direct):
         assert open(os.path.join(out, row["url"]), "rb").read() == open(w.temp_url, "rb").read()
         assert (row["samples"], row["bytes"], row["tokens"]) == (w.samples, w.bytes, dict(w.tokens))
-    produced = shards.contributions_of(o.value[1] for o in outputs if o.tag == "produced")
-    assert sorted(stats["uri"] for _, _, stats in produced) == sorted(s.meta["source"]["uri"] for s in samples)
+    # What the shards hold goes to files too (every per_file lines, and at the end of the bundle)
+    produced = [getattr(o.value, "value", o.value) for o in outputs if o.tag == "produced"]
+    assert {part for part, _ in produced} == {0}
+    assert len({url for _, (url, _, _) in produced}) == 1  # one bucket: written after it, whatever the limit
+    contributions = shards.contributions_of(shards.section_lines(section for _, section in produced))
+    assert sorted(stats["uri"] for _, _, stats in contributions) == sorted(s.meta["source"]["uri"] for s in samples)
+
+
+def test_the_runner_carries_one_section_per_state_part_and_file_of_what_shards_hold(tmp_path, monkeypatch):
+    """The shard writers put what their shards hold (an entry per input, for the state) into
+    files, one section per state part: the runner carries a range per part and file, not an
+    element per shard and part, however many inputs and shards a bundle wrote."""
+    monkeypatch.setattr(shards, "PRODUCED_LINES_PER_FILE", 6)
+    samples = [make_sample(i) for i in range(12)]
+    temp, out, parts = str(tmp_path / "tmp"), str(tmp_path / "out"), 4
+    spill = shards._SpillFn(temp, SPECS, files_per_bucket=6)
+    spill.start_bundle()
+    sections = []
+    for s in samples:
+        sections += list(spill.process(s, len(samples)))
+    sections += [wv.value for wv in spill.finish_bundle()]
+    by_writer: dict[int, list] = {}
+    for writer, section in sections:
+        by_writer.setdefault(writer, []).append(section)
+    assert len(by_writer) == 2  # two shard groups of 6 inputs
+    writer = shards._WriteBucketFn(out, temp, shards.RunPlan(version=1), ShardConfig(max_samples=1), SPECS)
+    writer.start_bundle()
+    outputs = [o for w in sorted(by_writer) for o in writer.process((w, by_writer[w]), parts)]
+    outputs += list(writer.finish_bundle())
+    assert sum(o.tag == "rows" for o in outputs) == 12  # a shard per sample
+    produced = [getattr(o.value, "value", o.value) for o in outputs if o.tag == "produced"]
+    files = {url for _, (url, _, _) in produced}
+    assert len(files) == 2  # 12 lines: written after the first bucket reached 6, and at the end
+    assert len(produced) <= parts * len(files) < 12
+    wanted = {dataset.part_of(dataset.order_key(s.meta["source"]["uri"])[0], parts) for s in samples}
+    assert {part for part, _ in produced} == wanted
+    for part in wanted:
+        got = shards.contributions_of(shards.section_lines(sorted(sec for p, sec in produced if p == part)))
+        assert sorted(stats["uri"] for _, _, stats in got) == sorted(
+            s.meta["source"]["uri"] for s in samples
+            if dataset.part_of(dataset.order_key(s.meta["source"]["uri"])[0], parts) == part)
 
 
 def _stock(urls):
