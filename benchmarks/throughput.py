@@ -17,7 +17,11 @@ temporary folder (default 110: 2.0 hours, 880 files). Rows, one after the other:
     one core (``sched_setaffinity``): what one worker of the row above does alone;
   - ``audiotok e2e, N threads`` and ``audiotok e2e, 1 thread, 1 core``: the same pair with
     ``--profile direct-threads`` (bundles on N threads of one process);
-  - ``audiotok e2e, one file``: the default job on one 4 s file: what a run costs besides audio.
+  - ``audiotok e2e, one file``: the default job on one 4 s file: what a run costs besides audio;
+  - each e2e row again on a quarter of the copies (``... (small corpus)``): from the two sizes,
+    the **steady state** of each configuration: its marginal rate (extra audio / extra wall
+    seconds, what a corpus far larger than a run's fixed cost sees) and its fixed cost per run
+    (the wall time at zero audio, extrapolated).
 
 * the decode stage, in this process after a warm-up:
 
@@ -28,7 +32,7 @@ temporary folder (default 110: 2.0 hours, 880 files). Rows, one after the other:
     soxr to 16 kHz.
 
 ``x real time`` = seconds of input audio / wall seconds. ``ratio`` = a row's x real time / its
-baseline's: ``lhotse e2e`` for the e2e rows, the one-core row of the same profile for the N-worker and
+baseline's (and in the steady-state table, a marginal rate / its baseline's): ``lhotse e2e`` for the e2e rows, the one-core row of the same profile for the N-worker and
 N-thread rows, ``bare decode loop`` for the decode stage. Every row gets an untimed warm-up
 on the original files (imports, page cache) unless ``--quick``, then ``--repeats`` interleaved
 rounds; a row reports its fastest. Both sides use ``--torch-threads`` (default 1) torch threads.
@@ -78,6 +82,7 @@ ONE_FILE = "en/a/us_0001.wav"  # the fixed-cost row's file (4.1 s)
 LHOTSE_E2E = "lhotse e2e"
 E2E = "audiotok e2e"
 ONE = "audiotok e2e, one file"
+SMALL = " (small corpus)"  # the suffix of an e2e row run on a quarter of the copies
 BARE = "bare decode loop"
 STAGE = "audiotok decode stage"
 
@@ -343,10 +348,16 @@ def _tokenize_command(pattern: str, output: Path, threads: int, flags: Sequence[
             "--torch-threads", str(threads), "--overwrite", *flags]
 
 
+def small_copies(copies: int) -> int:
+    """Copies of the small corpus the steady state is measured against (0: none, too few copies)."""
+    return copies // 4 if copies >= 4 else (1 if copies >= 2 else 0)
+
+
 def plan_rows(work: Path, copies: int, threads: int, lhotse: bool, workers: int,
               source: Path = EXAMPLE_CORPUS) -> tuple[list[Row], dict[str, Any]]:
     """Builds the corpus under ``work``; returns the rows (in the order each round runs them) and
-    the corpus's description."""
+    the corpus's description. Each e2e row but the one-file row has a twin on the small corpus
+    (:func:`small_copies`) when there are at least two copies."""
     originals = audio_files(source)
     keep = {p.relative_to(source).as_posix(): (lhotse_can_open(p) if lhotse else True) for p in originals}
     corpus = work / "corpus"
@@ -356,15 +367,24 @@ def plan_rows(work: Path, copies: int, threads: int, lhotse: bool, workers: int,
     one_dir = work / "one"
     one = build_corpus(source, one_dir, 1, keep=lambda rel: rel == ONE_FILE)
     audio_s = audio_seconds(files)
+    n_small = small_copies(copies)
+    small_dir = work / "small"
+    small = build_corpus(source, small_dir, n_small, keep=lambda rel: keep[rel]) if n_small else []
+    small_s = audio_seconds(small) if small else 0.0
     rows = []
 
     def e2e(name: str, baseline: str | None, flags: Sequence[str] = (), cpus: set[int] | None = None,
-            folder: Path = corpus, seconds: float = audio_s) -> Row:
-        out = work / "out" / name.replace(" ", "-").replace(",", "")
-        return Row(name, baseline, seconds, command=_tokenize_command(f"{folder}/**/*", out, threads, flags),
-                   cpus=cpus, output=out, check=check_audiotok_output,
-                   warm=lambda: _run_process(_tokenize_command(f"{warm_dir}/**/*", work / "out" / "warm", threads,
-                                                               flags), cpus))
+            folder: Path = corpus, seconds: float = audio_s) -> list[Row]:
+        def row(name: str, baseline: str | None, folder: Path, seconds: float) -> Row:
+            out = work / "out" / name.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
+            return Row(name, baseline, seconds, command=_tokenize_command(f"{folder}/**/*", out, threads, flags),
+                       cpus=cpus, output=out, check=check_audiotok_output,
+                       warm=lambda: _run_process(_tokenize_command(f"{warm_dir}/**/*", work / "out" / "warm",
+                                                                   threads, flags), cpus))
+        made = [row(name, baseline, folder, seconds)]
+        if small and folder == corpus:
+            made.append(row(name + SMALL, baseline and baseline + SMALL, small_dir, small_s))
+        return made
 
     if lhotse:
         out = work / "out" / "lhotse"
@@ -378,20 +398,28 @@ def plan_rows(work: Path, copies: int, threads: int, lhotse: bool, workers: int,
                         "--torch-threads", str(threads)]
         rows.append(Row(LHOTSE_E2E, None, audio_s, command=command, output=out, check=check_lhotse_output,
                         warm=lambda: _run_process(warm_command, None)))
-    rows.append(e2e(E2E, LHOTSE_E2E if lhotse else None))
+        if small:
+            small_listing = work / "small-files.txt"
+            small_listing.write_text("".join(f"{p}\n" for p in small))
+            rows.append(Row(LHOTSE_E2E + SMALL, None, small_s, command=[
+                *command[:4], str(small_listing), "--root", str(small_dir), "--out", str(work / "out" / "lhotse-small"),
+                "--torch-threads", str(threads)], output=work / "out" / "lhotse-small", check=check_lhotse_output,
+                warm=lambda: None))
+    rows += e2e(E2E, LHOTSE_E2E if lhotse else None)
     cpus = sorted(os.sched_getaffinity(0))
     if workers > 1 and len(cpus) >= workers:
         for profile, one_name, many_name in (("direct-multiprocess", "audiotok e2e, 1 worker, 1 core",
                                               f"audiotok e2e, {workers} workers"),
                                              ("direct-threads", "audiotok e2e, 1 thread, 1 core",
                                               f"audiotok e2e, {workers} threads")):
-            rows.append(e2e(one_name, None, ["--profile", profile, "--direct_num_workers=1"], cpus={cpus[0]}))
-            rows.append(e2e(many_name, one_name, ["--profile", profile, f"--direct_num_workers={workers}"],
-                            cpus=set(cpus[:workers])))
-    rows.append(e2e(ONE, None, folder=one_dir, seconds=audio_seconds(one)))
+            rows += e2e(one_name, None, ["--profile", profile, "--direct_num_workers=1"], cpus={cpus[0]})
+            rows += e2e(many_name, one_name, ["--profile", profile, f"--direct_num_workers={workers}"],
+                        cpus=set(cpus[:workers]))
+    rows += e2e(ONE, None, folder=one_dir, seconds=audio_seconds(one))
     rows.append(Row(BARE, None, audio_s, call=lambda: bare_decode(files), warm=lambda: bare_decode(originals)))
     rows.append(Row(STAGE, BARE, audio_s, call=lambda: decode_stage(corpus), warm=lambda: decode_stage(warm_dir)))
     described = {"copies": copies, "files": len(files), "audio_s": round(audio_s, 1),
+                 "small": {"copies": n_small, "files": len(small), "audio_s": round(small_s, 1)},
                  "bytes": sum(p.stat().st_size for p in files),
                  "left_out": sorted(rel for rel, ok in keep.items() if not ok)}
     return rows, described
@@ -462,13 +490,54 @@ def measure(workdir: Path, copies: int, repeats: int = 1, warmup: bool = True, l
                      "n_mels": N_MELS, "sample_rate_hz": TARGET_RATE_HZ},
         "corpus": corpus,
         "rows": report_rows,
+        "steady_state": steady_state(plan),
         "fixed_cost_s": round(fixed.best_wall_s, 3) if fixed else None,
     }
+
+
+def steady_state(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Each configuration's marginal rate and fixed cost, from its rows on the two corpus sizes.
+
+    The marginal rate is (audio of the corpus - audio of the small corpus) / (wall - small wall):
+    a run's fixed cost (interpreter, imports, pipeline, worker start-up, the card) cancels out;
+    the fixed cost is the wall time extrapolated to no audio. ``ratio``: the marginal rate over
+    the baseline configuration's.
+    """
+    by_name = {r.name: r for r in rows if r.walls}
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        twin = by_name.get(row.name + SMALL)
+        if row.name not in by_name or twin is None:
+            continue
+        extra_wall, extra_audio = row.best_wall_s - twin.best_wall_s, row.audio_s - twin.audio_s
+        if extra_wall <= 0 or extra_audio <= 0:
+            out[row.name] = {"name": row.name, "baseline": row.baseline, "marginal_x_realtime": None,
+                             "fixed_s": None, "ratio": None}
+            continue
+        rate = extra_audio / extra_wall
+        out[row.name] = {"name": row.name, "baseline": row.baseline, "marginal_x_realtime": round(rate, 1),
+                         "fixed_s": round(row.best_wall_s - row.audio_s / rate, 2), "ratio": None}
+    for entry in out.values():
+        base = out.get(entry["baseline"]) if entry["baseline"] else None
+        if base and base["marginal_x_realtime"] and entry["marginal_x_realtime"]:
+            entry["ratio"] = round(entry["marginal_x_realtime"] / base["marginal_x_realtime"], 3)
+    return list(out.values())
 
 
 def _short(command: list[str], workdir: Path) -> str:
     text = " ".join(command[1:]).replace(str(workdir), "WORK").replace(str(ROOT) + "/", "")
     return "python " + text
+
+
+def _aligned(headers: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """Columns padded to their widest cell: the first and last left-aligned, the others right."""
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
+    last = len(headers) - 1
+
+    def line(cells):
+        return "  ".join(x.ljust(w) if i in (0, last) else x.rjust(w) for i, (x, w) in enumerate(zip(cells, widths)))
+
+    return [line(headers), "  ".join("-" * w for w in widths), *(line(b) for b in body)]
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -488,11 +557,18 @@ def format_table(report: dict[str, Any]) -> str:
     body = [[r["name"], f"{r['wall_s']:.2f}", f"{r['x_realtime']:.0f}x" if r["x_realtime"] >= 10
              else f"{r['x_realtime']:.1f}x", f"{r['ratio']:.2f}" if r["ratio"] is not None else "-",
              r["baseline"] or ""] for r in report["rows"]]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
-    lines.append("  ".join(h.ljust(w) if i in (0, 4) else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(cell.ljust(w) if i in (0, 4) else cell.rjust(w) for i, (cell, w) in enumerate(zip(b, widths)))
-              for b in body]
+    lines += _aligned(headers, body)
+    steady = report.get("steady_state") or []
+    if steady:
+        small = c.get("small") or {}
+        lines += ["", f"steady state: from the corpus and a small one ({small.get('files', '?')} files, "
+                      f"{small.get('audio_s', 0) / 3600:.2f} h): marginal rate = extra audio / extra wall seconds; "
+                      "fixed = wall at no audio"]
+        heads = ["configuration", "marginal x real time", "fixed s", "ratio", "vs"]
+        cells = [[e["name"], f"{e['marginal_x_realtime']:.0f}x" if e["marginal_x_realtime"] else "-",
+                  f"{e['fixed_s']:.2f}" if e["fixed_s"] is not None else "-",
+                  f"{e['ratio']:.2f}" if e["ratio"] is not None else "-", e["baseline"] or ""] for e in steady]
+        lines += _aligned(heads, cells)
     if report["fixed_cost_s"] is not None:
         lines += ["", f"fixed cost of a run (the default job on one {ONE_FILE.rsplit('/', 1)[-1]}): "
                       f"{report['fixed_cost_s']:.2f} s"]

@@ -41,7 +41,7 @@ def test_every_row_runs_and_its_output_loads_back(small_corpus, tmp_path):
     report = throughput.measure(tmp_path / "work", copies=2, warmup=False, source=small_corpus, workers=2)
     json.loads(json.dumps(report))  # what --json writes
     rows = {r["name"]: r for r in report["rows"]}
-    assert list(rows)[:2] == ["lhotse e2e", "audiotok e2e"]
+    assert list(rows)[:3] == ["lhotse e2e", "lhotse e2e (small corpus)", "audiotok e2e"]
     assert {"audiotok e2e, one file", "bare decode loop", "audiotok decode stage"} <= set(rows)
     for row in rows.values():
         assert row["wall_s"] > 0 and row["x_realtime"] > 0, row
@@ -56,6 +56,36 @@ def test_every_row_runs_and_its_output_loads_back(small_corpus, tmp_path):
         assert rows["audiotok e2e, 2 workers"]["output"]["samples"] == rows["audiotok e2e, 2 threads"]["output"][
             "samples"] == 6
     assert "audiotok decode stage" in throughput.format_table(report)
+    # Each e2e row has its twin on the small corpus (one copy), and a steady-state entry from the pair
+    small = report["corpus"]["small"]
+    assert (small["copies"], small["files"]) == (1, 2) and abs(small["audio_s"] * 2 - report["corpus"]["audio_s"]) < 0.2
+    assert rows["audiotok e2e (small corpus)"]["output"]["samples"] == 3
+    steady = {e["name"]: e for e in report["steady_state"]}
+    assert {"lhotse e2e", "audiotok e2e"} <= set(steady) and "audiotok e2e, one file" not in steady
+    assert steady["audiotok e2e"]["baseline"] == "lhotse e2e"
+    assert "steady state" in throughput.format_table(report)
+
+
+def test_steady_state_is_the_marginal_rate_of_two_corpus_sizes():
+    """The fixed cost of a run cancels out: 100 s of audio in 3 s and 20 s in 1 s is 40x real
+    time at the margin, 0.5 s fixed; a baseline at 20x gives a ratio of 2."""
+    def row(name, baseline, audio_s, wall_s):
+        return throughput.Row(name, baseline, audio_s, walls=[wall_s + 1.0, wall_s])  # the fastest round counts
+    rows = [row("base", None, 100.0, 5.5), row("base" + throughput.SMALL, None, 20.0, 1.5),
+            row("fast", "base", 100.0, 3.0), row("fast" + throughput.SMALL, "base" + throughput.SMALL, 20.0, 1.0),
+            row("alone", None, 10.0, 1.0),
+            row("flat", "base", 100.0, 2.0), row("flat" + throughput.SMALL, None, 20.0, 2.0)]
+    steady = {e["name"]: e for e in throughput.steady_state(rows)}
+    assert set(steady) == {"base", "fast", "flat"}
+    assert steady["base"] == {"name": "base", "baseline": None, "marginal_x_realtime": 20.0, "fixed_s": 0.5,
+                              "ratio": None}
+    assert steady["fast"] == {"name": "fast", "baseline": "base", "marginal_x_realtime": 40.0, "fixed_s": 0.5,
+                              "ratio": 2.0}
+    assert steady["flat"]["marginal_x_realtime"] is None  # no extra time for the extra audio: no figure
+
+
+def test_small_corpus_is_a_quarter_of_the_copies():
+    assert [throughput.small_copies(n) for n in (1, 2, 3, 4, 110)] == [0, 1, 1, 1, 27]
 
 
 def test_unknown_row_is_refused_with_the_known_ones(small_corpus, tmp_path):
