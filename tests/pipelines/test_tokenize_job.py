@@ -55,9 +55,14 @@ def read_dataset(out):
 
 
 def test_pipeline_writes_readable_shards_and_dead_letters(corpus, tmp_path):
+    """With Beam's construction-time type checks on (TestPipeline's default options; the local
+    profiles turn them off), so that the job's type hints stay consistent."""
+    from apache_beam.options.pipeline_options import TypeOptions
+
     out = tmp_path / "out"
     config = job_config(corpus, out, max_samples=3)
     with TestPipeline(runner=RUNNER) as p:
+        assert p.options.view_as(TypeOptions).pipeline_type_check
         index_pc = job.build(p, config)
         assert_that(index_pc | beam.Map(lambda ix: ix["totals"]["samples"]), equal_to([8]))
     index, samples = read_dataset(out)

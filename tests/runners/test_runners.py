@@ -39,12 +39,26 @@ def _flags(profile, *user):
 
 
 def test_default_profile_runs_in_process_without_prism():
-    assert profiles.beam_flags("direct", []) == ["--runner=FnApiRunner"]
+    assert profiles.beam_flags("direct", []) == ["--runner=FnApiRunner", "--no_pipeline_type_check"]
+
+
+@pytest.mark.parametrize("profile", ["direct", "direct-threads", "direct-multiprocess"])
+def test_local_profiles_skip_construction_type_checks_unless_asked(profile):
+    from apache_beam.options.pipeline_options import TypeOptions
+
+    assert not profiles.pipeline_options(profile, []).view_as(TypeOptions).pipeline_type_check
+    for flag in ("--pipeline_type_check", "--pipeline-type-check"):  # ours: Beam has only the negative flag
+        flags = profiles.beam_flags(profile, [flag, "--direct_num_workers=3"])
+        assert flags[-1] == "--direct_num_workers=3" and not any("type_check" in f for f in flags)
+        assert profiles.pipeline_options(profile, [flag]).view_as(TypeOptions).pipeline_type_check
+    assert profiles.pipeline_options("dataflow", ["--project=p", "--region=r", "--temp_location=gs://b/t"]
+                                     ).view_as(TypeOptions).pipeline_type_check
 
 
 def test_user_flags_win_in_either_spelling():
     flags = profiles.beam_flags("direct-multiprocess", ["--direct_num_workers", "4"])
-    assert flags == ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers", "4"]
+    assert flags == ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--no_pipeline_type_check",
+                     "--direct_num_workers", "4"]
     assert _flags("spark", "--spark-master-url=local[4]")["spark_master_url"] == ["local[4]"]
 
 
