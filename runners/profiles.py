@@ -217,7 +217,7 @@ DEFAULT_PROFILE = "direct"
 
 # Local runs build the job on every run, and its wall time is theirs: Beam's construction-time
 # type checks (and the inference of element types they drive, which picks typed coders) cost
-# ~0.4 s of a run, for a pipeline whose types our tests check. ``--pipeline_type_check`` (a flag
+# ~0.3 s of a run, for a pipeline whose types our tests check. ``--pipeline_type_check`` (a flag
 # of ours: Beam has only the negative one) brings them back.
 TYPE_CHECK_FLAG = "pipeline_type_check"
 _LOCAL_BUILD = ("--no_" + TYPE_CHECK_FLAG,)
