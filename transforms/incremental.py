@@ -163,7 +163,7 @@ def write_run(url: str, kind: str, lines: Iterable[tuple[str, str]]) -> Run:
 
 
 def read_lines(url: str, start: int, end: int) -> list[str]:
-    """The lines in bytes ``[start, end)`` of a run."""
+    """The lines in bytes ``[start, end)`` of a file of JSON lines (a run, a batch of selected inputs)."""
     return [line for line in storage.read_range(url, start, end).decode("utf-8").split("\n") if line]
 
 
@@ -824,8 +824,7 @@ def batch_lines(refs: Sequence[AudioRef]) -> tuple[bytes, list[tuple[int, int]]]
 
 def read_batch(batch: tuple[str, int, int]) -> list[AudioRef]:
     """The inputs of one batch (``(url, start, end)`` of :func:`batch_lines`' file)."""
-    url, start, end = batch
-    return [ref_from_line(line) for line in storage.read_range(url, start, end).decode("utf-8").splitlines()]
+    return [ref_from_line(line) for line in read_lines(*batch)]
 
 
 class SelectInputs(beam.PTransform):
