@@ -74,5 +74,5 @@ setup(
     package_data={"audiotok.runners": ["dataflow/*", "*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["audiotok=audiotok.pipelines.cli:main"]},
+    entry_points={"console_scripts": ["audiotok=audiotok.pipelines.cli:entry_point"]},
 )

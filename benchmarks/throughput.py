@@ -343,7 +343,7 @@ def _run_process(command: list[str], cpus: set[int] | None) -> None:
 
 
 def _tokenize_command(pattern: str, output: Path, threads: int, flags: Sequence[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "audiotok.pipelines.tokenize", "--input", pattern, "--output", str(output),
+    return [sys.executable, "-m", "audiotok.pipelines.cli", "tokenize", "--input", pattern, "--output", str(output),
             "--tokenizer", "logmel", "--segment-s", str(SEGMENT_S), "--min-segment-s", str(MIN_SEGMENT_S),
             "--torch-threads", str(threads), "--overwrite", *flags]
 

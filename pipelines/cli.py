@@ -120,9 +120,21 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(drop_known_noise)
-    module = importlib.import_module(SUBCOMMANDS[command].module)
+    from audiotok.transforms import interpreter
+
+    with interpreter.startup():  # Beam, torch and our modules live as long as the process
+        module = importlib.import_module(SUBCOMMANDS[command].module)
     return module.main(rest)
 
 
+def entry_point() -> int:
+    """The ``audiotok`` executable: :func:`main` in a process it owns (see
+    ``audiotok.transforms.interpreter``); a caller of :func:`main` keeps its own process as it is."""
+    from audiotok.transforms import interpreter
+
+    interpreter.own_process()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point())

@@ -25,7 +25,8 @@ from apache_beam.runners.runner import PipelineState
 from audiotok.pipelines import fit_kmeans
 from audiotok.pipelines import gc
 from audiotok.runners import profiles
-from audiotok.transforms import card, dataset, failures, incremental, lease, lm, metrics, shards, storage
+from audiotok.transforms import (card, dataset, failures, incremental, interpreter, lease, lm, metrics, shards,
+                                 storage)
 from audiotok.transforms.decode import DecodeConfig
 from audiotok.transforms.match import ListInputs, MatchConfig
 from audiotok.transforms.read import ReadSegments
@@ -399,9 +400,10 @@ def launch(config: JobConfig, beam_options: PipelineOptions, held: lease.Lease |
     owned = held or claim_output(config, held_by="job")
     try:
         config = with_fitted_codebooks(with_absolute_locations(config), beam_options)
-        plan = plan_run(config, owner=owned.owner, release_lease=held is None)
-        p = beam.Pipeline(options=beam_options)
-        build(p, config, plan=plan, run_id=owned.owner)
+        with interpreter.startup():  # what building makes lives until the end (see interpreter)
+            plan = plan_run(config, owner=owned.owner, release_lease=held is None)
+            p = beam.Pipeline(options=beam_options)
+            build(p, config, plan=plan, run_id=owned.owner)
         result = p.run()
     except BaseException:
         if held is None:
@@ -576,4 +578,5 @@ def main(argv: list[str] | None = None, wait: bool = True) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    interpreter.own_process()
     sys.exit(main())

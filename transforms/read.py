@@ -86,8 +86,9 @@ class _DecodeFn(beam.DoFn):
         self._config, self._split = config, split
 
     def setup(self) -> None:
-        from audiotok.transforms import isolation
+        from audiotok.transforms import interpreter, isolation
 
+        interpreter.freeze_at_exit()  # a worker process exits sooner (once per process)
         self._progress = Progress("decoded")
         count = self._config.decoder_processes if self._config.isolation == "process" else 1
         self._decoders = [isolation.make_decoder(self._config, self._split) for _ in range(count)]
