@@ -7,10 +7,13 @@ over the profile's default (for list flags such as ``--experiments`` and
 key, and the others stay).
 
 * ``direct`` (default): in this process (FnApiRunner; skips the DirectRunner's Prism download).
-* ``direct-multiprocess``: two local worker processes.
-* ``direct-threads``: bundles on two threads of this process (``--direct_num_workers``), each
-  thread with its own decoder processes; no worker start-up and no data plane between
-  processes, but the threads share the interpreter's lock for the Python parts of the work.
+* ``direct-multiprocess``: one local worker process per usable core (``--direct_num_workers``
+  overrides): the way to use every core of one machine; each worker process starts, imports
+  Beam and torch and loads the tokenizer, a fixed cost a corpus of hours amortizes.
+* ``direct-threads``: bundles on one thread per usable core of this process
+  (``--direct_num_workers``), each thread with its own decoder processes; no worker start-up and
+  no data plane between processes, but the threads share the interpreter's lock for the Python
+  parts of the work, which caps their gain.
 * ``portable``: a Beam job service at ``--job_endpoint`` (``python -m audiotok.runners.portable``
   starts one); LOOPBACK workers unless ``--environment_type`` says otherwise.
 * ``dataflow``: Google Cloud Dataflow; needs ``--project``, ``--region``, ``--temp_location``;
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -160,6 +164,18 @@ def _dataflow_packaging(given: Flags) -> tuple[str, ...]:
         "runners/dataflow/Dockerfile) or --setup_file=PATH/TO/audiotok/setup.py")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the platform has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _one_worker_per_core(given: Flags) -> tuple[str, ...]:
+    return () if "direct_num_workers" in given else (f"--direct_num_workers={usable_cores()}",)
+
+
 def _prism_defaults(given: Flags) -> tuple[str, ...]:
     if "prism_location" in given:
         return ()
@@ -224,9 +240,9 @@ _LOCAL_BUILD = ("--no_" + TYPE_CHECK_FLAG,)
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile("direct", "in this process (default)", ("--runner=FnApiRunner",) + _LOCAL_BUILD),
-    Profile("direct-multiprocess", "two local worker processes",
-            ("--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
-            + _LOCAL_BUILD),
+    Profile("direct-multiprocess", "one local worker process per core (the way to use all cores of one machine)",
+            ("--runner=FnApiRunner", "--direct_running_mode=multi_processing") + _LOCAL_BUILD,
+            derive=_one_worker_per_core),
     Profile("portable", "a Beam job service at --job_endpoint (python -m audiotok.runners.portable starts one)",
             ("--runner=PortableRunner", "--environment_type=LOOPBACK"), required=("job_endpoint",)),
     Profile("dataflow", "Google Cloud Dataflow (--project, --region, --temp_location)",
@@ -249,9 +265,9 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
              f"--environment_cache_millis={ENVIRONMENT_CACHE_MS}"), derive=_flink_defaults),
     Profile("prism", "Beam's Prism runner (Go, portable), workers in this process",
             ("--runner=PrismRunner",), derive=_prism_defaults),
-    Profile("direct-threads", "bundles on two threads of this process, each with its decoder processes",
-            ("--runner=FnApiRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=2")
-            + _LOCAL_BUILD),
+    Profile("direct-threads", "bundles on one thread per core of this process, each with its decoder processes",
+            ("--runner=FnApiRunner", "--direct_running_mode=multi_threading") + _LOCAL_BUILD,
+            derive=_one_worker_per_core),
 )}
 
 

@@ -443,3 +443,14 @@ def test_the_dataflow_image_copies_what_exists_and_installs_the_model_libraries(
     pins = open(os.path.join(REPO_ROOT, "requirements.txt"), encoding="utf-8").read()
     for package in ("apache-beam[gcp]==", "torch==", "transformers==", "snac==", "silero-vad=="):
         assert package in pins, package
+
+
+@pytest.mark.parametrize("profile", ["direct-threads", "direct-multiprocess"])
+def test_local_multi_worker_profiles_take_one_worker_per_usable_core(profile, monkeypatch):
+    monkeypatch.setattr(profiles, "usable_cores", lambda: 5)
+    assert _flags(profile)["direct_num_workers"] == ["5"]
+    assert _flags(profile, "--direct_num_workers=3")["direct_num_workers"] == ["3"]
+
+
+def test_usable_cores_are_the_cores_this_process_may_run_on():
+    assert profiles.usable_cores() == len(os.sched_getaffinity(0))
