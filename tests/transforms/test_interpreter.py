@@ -101,10 +101,12 @@ def test_the_executable_owns_its_process_and_main_does_not():
     assert done.stderr.split() == ["False", "True"]
 
 
-def test_a_decoding_worker_freezes_at_exit():
+def test_a_decoding_worker_freezes_at_exit(monkeypatch):
+    calls = []
+    monkeypatch.setattr(interpreter, "freeze_at_exit", lambda: calls.append(1))
     fn = _DecodeFn(DecodeConfig(isolation="none"), None)
     fn.setup()
     try:
-        assert interpreter._exit_registered
+        assert calls == [1]
     finally:
         fn.teardown()
