@@ -10,7 +10,8 @@ temporary folder (default 110: 2.0 hours, 880 files). Rows, one after the other:
 
   - ``lhotse e2e``: Lhotse's recipe (``Recording`` -> ``cut_into_windows`` -> ``Fbank`` ->
     ``SharWriter``) in a fresh interpreter (``python benchmarks/throughput.py lhotse-e2e``);
-  - ``audiotok e2e``: ``python -m audiotok.pipelines.tokenize --tokenizer logmel``, defaults;
+  - ``audiotok e2e``: ``audiotok tokenize --tokenizer logmel`` (``python -m audiotok.pipelines.cli``),
+    defaults;
   - ``audiotok e2e, N workers``: the same on N worker processes (``--profile
     direct-multiprocess --direct_num_workers=N``), on N cores;
   - ``audiotok e2e, 1 worker, 1 core``: that profile with one worker, the process tree held to
@@ -32,8 +33,9 @@ temporary folder (default 110: 2.0 hours, 880 files). Rows, one after the other:
     soxr to 16 kHz.
 
 ``x real time`` = seconds of input audio / wall seconds. ``ratio`` = a row's x real time / its
-baseline's (and in the steady-state table, a marginal rate / its baseline's): ``lhotse e2e`` for the e2e rows, the one-core row of the same profile for the N-worker and
-N-thread rows, ``bare decode loop`` for the decode stage. Every row gets an untimed warm-up
+baseline's (and in the steady-state table, a marginal rate / its baseline's): ``lhotse e2e`` for
+the e2e rows, the one-core row of the same profile for the N-worker and N-thread rows, ``bare
+decode loop`` for the decode stage. Every row gets an untimed warm-up
 on the original files (imports, page cache) unless ``--quick``, then ``--repeats`` interleaved
 rounds; a row reports its fastest. Both sides use ``--torch-threads`` (default 1) torch threads.
 The load average before and after is in the report: read the ratios, not the speeds, on a busy
