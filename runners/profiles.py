@@ -110,7 +110,8 @@ class Profile:
         user_flags = list(user_flags)
         if TYPE_CHECK_FLAG in given:  # ours, not Beam's: it only turns our default off
             defaults = [f for f in defaults if f != "--no_" + TYPE_CHECK_FLAG]
-            user_flags = [f for f in user_flags if not (f.startswith("--") and set(parse_flags([f])) == {TYPE_CHECK_FLAG})]
+            user_flags = [f for f in user_flags
+                          if not (f.startswith("--") and set(parse_flags([f])) == {TYPE_CHECK_FLAG})]
         return [f for f in defaults if not _overridden(f, given)] + user_flags
 
 
